@@ -1,0 +1,316 @@
+"""Strict, layered configuration: built-in defaults < /etc/pr1d/pr1d.toml < --config < PR1_* env.
+
+Every field is documented where it is declared (``Field(description=...)``); `docs/configuration.md`
+is generated from these declarations (`python -m pr1d.config --markdown`) and a test keeps it current.
+An unknown key, a wrong type or an out-of-range value stops start-up with the file, the key path and
+what was expected -- never silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+SYSTEM_CONFIG = Path("/etc/pr1d/pr1d.toml")
+ENV_PREFIX = "PR1_"
+# PR1_* variables that are not config keys (clients and the CLI read them directly).
+RESERVED_ENV = {"PR1_SOCKET", "PR1_CONFIG", "PR1_STATE_DIR", "PR1_EVENT_FD", "PR1_NO_SYSTEM_CONFIG"}
+
+
+class _Section(BaseModel):
+    # strict: TOML already gives typed values, so "5" for an integer is a mistake worth reporting.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class DaemonConfig(_Section):
+    state_dir: str = Field(
+        "~/.local/state/pr1d",
+        description="Directory holding the ledger, scheduler job store, run folders and the lock. "
+        "`pr1d serve --state-dir` overrides it; under systemd it is /var/lib/pr1d.",
+    )
+    socket_path: str = Field(
+        "",
+        description="Unix socket path. Empty: $RUNTIME_DIRECTORY/pr1d.sock under systemd, "
+        "else <state_dir>/pr1d.sock.",
+    )
+    max_training_stages: int = Field(
+        1, ge=1, le=64, description="How many stage workers may run at once (one per GPU set is typical)."
+    )
+    heartbeat_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="A stage worker that sends no event for this long is killed and its stage failed.",
+    )
+    stop_grace_s: float = Field(
+        20.0,
+        gt=0,
+        description="After SIGTERM (cancel or daemon stop) a worker gets this long to checkpoint before SIGKILL. "
+        "Keep it below the unit's TimeoutStopSec.",
+    )
+    worker_python: str = Field(
+        "", description="Interpreter for stage workers. Empty: the daemon's own interpreter."
+    )
+    launcher: Literal["python", "accelerate"] = Field(
+        "python",
+        description="`python` runs `python -m pr1d.stages.X`; `accelerate` runs `accelerate launch` "
+        "with `accelerate_config` for several GPUs or nodes.",
+    )
+    accelerate_config: str = Field("", description="Path of the accelerate config file for `launcher = \"accelerate\"`.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Daemon log level.")
+
+
+class AuthConfig(_Section):
+    operator_users: list[str] = Field(
+        ["root"],
+        description="Unix users allowed to operate (trigger, cancel, approve, reject, rollback, hold). "
+        "The daemon's own user is always an operator.",
+    )
+    operator_groups: list[str] = Field(["pr1-oncall"], description="Unix groups whose members may operate.")
+    reader_users: list[str] = Field([], description="Unix users allowed to read (status, runs, logs).")
+    reader_groups: list[str] = Field(["pr1-viewers"], description="Unix groups whose members may read.")
+
+
+class RpcConfig(_Section):
+    max_line_bytes: int = Field(
+        1 << 20, ge=1024, le=64 << 20, description="Longest accepted request line; longer closes the connection."
+    )
+    max_clients: int = Field(256, ge=1, description="Concurrent socket connections; more are refused.")
+    client_queue: int = Field(
+        2000,
+        ge=10,
+        description="Pushed events buffered per subscriber. A client that falls this far behind "
+        "(it stopped reading) is disconnected so it cannot hold daemon memory.",
+    )
+    write_timeout_s: float = Field(5.0, gt=0, description="A reply that cannot be written in this time drops the client.")
+
+
+class SchedulerConfig(_Section):
+    poll_interval_s: float = Field(60.0, gt=0, description="How often the scoring API is polled.")
+    misfire_grace_s: int = Field(
+        3600,
+        ge=1,
+        description="A periodic job missed while the daemon was down still runs if it is at most this late "
+        "(APScheduler's default of 1 s would silently drop it). Missed runs are coalesced into one.",
+    )
+
+
+class ScoringConfig(_Section):
+    base_url: str = Field("http://127.0.0.1:8765", description="Base URL of the scoring API (the agent platform).")
+    token_env: str = Field(
+        "PR1_SCORING_TOKEN", description="Environment variable holding the bearer token (never stored in the ledger)."
+    )
+    token_file: str = Field(
+        "", description="File holding the bearer token; used when the variable in `token_env` is unset."
+    )
+    timeout_s: float = Field(10.0, gt=0, le=300, description="Per-request timeout.")
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+
+class Config(_Section):
+    daemon: DaemonConfig = DaemonConfig()
+    auth: AuthConfig = AuthConfig()
+    rpc: RpcConfig = RpcConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    scoring: ScoringConfig = ScoringConfig()
+
+    # -- derived values ---------------------------------------------------------------------------
+    def state_path(self) -> Path:
+        return Path(os.path.expanduser(self.daemon.state_dir))
+
+    def socket(self) -> Path:
+        return default_socket_path(self)
+
+    def scoring_token(self) -> str | None:
+        """The bearer token from the environment or the secret file; None when neither is set."""
+        tok = os.environ.get(self.scoring.token_env)
+        if tok:
+            return tok.strip()
+        if self.scoring.token_file:
+            try:
+                return Path(self.scoring.token_file).read_text().strip() or None
+            except OSError as e:
+                raise ConfigError(f"scoring.token_file {self.scoring.token_file}: {e.strerror}") from None
+        return None
+
+
+def default_socket_path(cfg: Config | None = None) -> Path:
+    if cfg is not None and cfg.daemon.socket_path:
+        return Path(os.path.expanduser(cfg.daemon.socket_path))
+    rt = os.environ.get("RUNTIME_DIRECTORY")
+    if rt:
+        return Path(rt.split(":")[0]) / "pr1d.sock"
+    state = cfg.state_path() if cfg is not None else Path(os.path.expanduser(DaemonConfig().state_dir))
+    return state / "pr1d.sock"
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the person who has to fix it (one line per problem)."""
+
+
+@dataclass
+class _Layer:
+    source: str
+    data: dict[str, Any]
+
+
+def _flatten(d: dict[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    out: dict[tuple[str, ...], Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, prefix + (k,)))
+        else:
+            out[prefix + (k,)] = v
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: permission denied reading config file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not valid UTF-8") from None
+
+
+def _env_layer(environ: dict[str, str]) -> _Layer:
+    """PR1_SECTION__KEY=value -> {section: {key: value}}; the value is read as a TOML literal when it is one."""
+    data: dict[str, Any] = {}
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or name in RESERVED_ENV or "__" not in name:
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        node = data
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"environment {name}: conflicts with another PR1_ variable")
+        node[parts[-1]] = value
+    return _Layer("environment (PR1_*)", data)
+
+
+def _describe(err: dict[str, Any]) -> str:
+    t = err["type"]
+    if t == "extra_forbidden":
+        return "unknown key"
+    ctx = err.get("ctx") or {}
+    expected = {
+        "int_type": "an integer",
+        "float_type": "a number",
+        "string_type": "a string",
+        "bool_type": "true or false",
+        "list_type": "a list",
+        "model_type": "a table",
+        "literal_error": f"one of {ctx.get('expected', '')}",
+        "greater_than_equal": f"a value >= {ctx.get('ge')}",
+        "greater_than": f"a value > {ctx.get('gt')}",
+        "less_than_equal": f"a value <= {ctx.get('le')}",
+        "less_than": f"a value < {ctx.get('lt')}",
+    }.get(t)
+    got = err.get("input")
+    if expected:
+        return f"expected {expected}, got {got!r}"
+    return f"{err['msg']} (got {got!r})"
+
+
+def load_config(
+    paths: list[Path] | None = None,
+    *,
+    environ: dict[str, str] | None = None,
+    use_system: bool | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Config:
+    """Build the effective config from every layer; raise ConfigError naming file and key on any problem."""
+    environ = dict(os.environ if environ is None else environ)
+    if use_system is None:
+        use_system = not environ.get("PR1_NO_SYSTEM_CONFIG")
+    layers: list[_Layer] = []
+    if use_system and SYSTEM_CONFIG.exists():
+        layers.append(_Layer(str(SYSTEM_CONFIG), _read_toml(SYSTEM_CONFIG)))
+    for p in paths or []:
+        layers.append(_Layer(str(p), _read_toml(Path(p))))
+    layers.append(_env_layer(environ))
+    if overrides:
+        layers.append(_Layer("command line", overrides))
+
+    merged: dict[str, Any] = {}
+    origin: dict[tuple[str, ...], str] = {}
+    for layer in layers:
+        merged = _merge(merged, layer.data)
+        for key in _flatten(layer.data):
+            origin[key] = layer.source
+        for key in layer.data:  # a whole section given as a non-table still needs an origin
+            origin.setdefault((key,), layer.source)
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = tuple(str(x) for x in err["loc"])
+            src = next((origin[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in origin), "built-in defaults")
+            lines.append(f"{src}: key `{'.'.join(loc)}`: {_describe(err)}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def config_markdown() -> str:
+    """Render every config key with its type, default and description (docs/configuration.md)."""
+    out = [
+        "# Configuration reference",
+        "",
+        "Generated from `pr1d/config.py` by `python -m pr1d.config --markdown`; do not edit by hand.",
+        "",
+        "Layers, lowest to highest: built-in defaults, `/etc/pr1d/pr1d.toml`, `--config PATH`, then",
+        "environment variables `PR1_<SECTION>__<KEY>` (for example `PR1_DAEMON__MAX_TRAINING_STAGES=2`;",
+        "the value is read as a TOML literal). Unknown keys, wrong types and out-of-range values stop",
+        "start-up with the file and key. `SIGHUP` reloads; an invalid new config is refused and the old one stays.",
+        "",
+    ]
+    for name, field in Config.model_fields.items():
+        section = field.annotation
+        out += [f"## `[{name}]`", "", (section.__doc__ or "").strip() if section.__doc__ != _Section.__doc__ else "", ""]
+        out += ["| key | type | default | meaning |", "|---|---|---|---|"]
+        for key, f in section.model_fields.items():
+            ann = getattr(f.annotation, "__name__", None) or str(f.annotation).replace("typing.", "")
+            default = f.default
+            out.append(f"| `{key}` | `{ann}` | `{default!r}` | {f.description or ''} |")
+        out.append("")
+    return "\n".join(line for line in out) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["--markdown"]:
+        sys.stdout.write(config_markdown())
+    else:
+        print("usage: python -m pr1d.config --markdown", file=sys.stderr)
+        sys.exit(2)

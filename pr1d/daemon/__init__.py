@@ -1,0 +1,1 @@
+"""The daemon process: lock, systemd notification, signals, dispatcher."""

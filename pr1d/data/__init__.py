@@ -1,0 +1,1 @@
+"""Data: the Parallel format, the gradebook and the dataset builder."""

@@ -1,0 +1,1 @@
+"""Evaluation: GSM-lite, backtest, grading and the promotion gate."""

@@ -1,0 +1,1 @@
+"""Knowledge base: vector stores, cache and service discovery."""

@@ -1,0 +1,1 @@
+"""The run ledger: SQLite schema, migrations and the run state machine."""

@@ -1,0 +1,504 @@
+"""The run ledger: SQLite (WAL) through SQLModel, versioned, migrated, and the only writer of run state.
+
+All methods are synchronous and short; the daemon calls them from one dedicated thread so that the
+event loop never blocks on disk and writes never interleave.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, func, insert, text
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, SQLModel, col, create_engine, select
+
+from .models import (
+    SCHEMA_VERSION,
+    Agent,
+    Artifact,
+    AuditRow,
+    Deployment,
+    Metric,
+    ModelVersion,
+    Run,
+    SchemaMeta,
+    Stage,
+)
+from .states import (
+    ACTIVE_RUN_STATES,
+    RunState,
+    StageState,
+    check_run_transition,
+    check_stage_transition,
+)
+
+
+class LedgerError(Exception):
+    """A ledger problem worded for the operator (schema refused, not found, conflict)."""
+
+
+class NotFound(LedgerError):
+    pass
+
+
+class Conflict(LedgerError):
+    pass
+
+
+# Migrations from version N to N+1. Every version this project has shipped has an entry here;
+# version 1 is the first shipped schema, so the table is empty until the schema changes.
+MIGRATIONS: dict[int, Callable[[Any], None]] = {}
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _set_pragmas(dbapi_conn: sqlite3.Connection, _record: object) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    # FULL: a committed transition survives power loss, not only a process crash.
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    # Another process holding the write lock (a backup, an operator's sqlite3 shell) makes us wait, not fail.
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def open_engine(path: Path) -> Engine:
+    engine = create_engine(
+        f"sqlite:///{path}",
+        connect_args={"check_same_thread": False, "timeout": 30},
+    )
+    event.listen(engine, "connect", _set_pragmas)
+    return engine
+
+
+class Ledger:
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.engine = open_engine(self.path)
+        self._check_schema()
+
+    # -- schema -----------------------------------------------------------------------------------
+    def _check_schema(self) -> None:
+        with self.engine.begin() as conn:
+            has_meta = conn.execute(
+                text("SELECT name FROM sqlite_master WHERE type='table' AND name='schema_meta'")
+            ).first()
+            if not has_meta:
+                others = conn.execute(text("SELECT count(*) FROM sqlite_master WHERE type='table'")).scalar()
+                if others:
+                    raise LedgerError(
+                        f"{self.path}: not a pr1 ledger (tables but no schema_meta); refusing to touch it"
+                    )
+                SQLModel.metadata.create_all(conn)
+                conn.execute(
+                    insert(SchemaMeta).values(key="schema_version", value=str(SCHEMA_VERSION))
+                )
+                return
+            row = conn.execute(text("SELECT value FROM schema_meta WHERE key='schema_version'")).first()
+            version = int(row[0]) if row else 0
+        if version > SCHEMA_VERSION:
+            raise LedgerError(
+                f"{self.path}: ledger schema version {version} is newer than this pr1d understands "
+                f"({SCHEMA_VERSION}); run the pr1d release that wrote it, or restore a backup"
+            )
+        if version < SCHEMA_VERSION:
+            self._migrate(version)
+
+    def _migrate(self, version: int) -> None:
+        missing = [v for v in range(version, SCHEMA_VERSION) if v not in MIGRATIONS]
+        if missing:
+            raise LedgerError(f"{self.path}: no migration from ledger schema version {missing[0]}")
+        backup = self.path.with_name(f"{self.path.name}.v{version}.bak")
+        self.backup(backup)  # a migration that goes wrong must be undoable by hand
+        with self.engine.begin() as conn:
+            for v in range(version, SCHEMA_VERSION):
+                MIGRATIONS[v](conn)
+                conn.execute(
+                    text("UPDATE schema_meta SET value=:v WHERE key='schema_version'"), {"v": str(v + 1)}
+                )
+
+    def schema_version(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(text("SELECT value FROM schema_meta WHERE key='schema_version'")).scalar())
+
+    def integrity_check(self) -> str:
+        with self.engine.connect() as conn:
+            return str(conn.execute(text("PRAGMA integrity_check")).scalar())
+
+    def backup(self, dest: Path | str) -> Path:
+        """Online, consistent copy through SQLite's backup API (readers and the writer keep going)."""
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".partial")
+        src = sqlite3.connect(self.path, timeout=30)
+        dst = sqlite3.connect(tmp)
+        try:
+            src.backup(dst, pages=1024)
+        finally:
+            dst.close()
+            src.close()
+        tmp.replace(dest)
+        return dest
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- audit ------------------------------------------------------------------------------------
+    @staticmethod
+    def _audit(
+        s: Session,
+        actor: str,
+        action: str,
+        entity: str,
+        entity_id: object,
+        *,
+        src: str | None = None,
+        dst: str | None = None,
+        reason: str | None = None,
+        details: dict | None = None,
+    ) -> None:
+        s.add(
+            AuditRow(
+                ts=_now(),
+                actor=actor,
+                action=action,
+                entity=entity,
+                entity_id=str(entity_id),
+                from_state=src,
+                to_state=dst,
+                reason=reason,
+                details=details,
+            )
+        )
+
+    def audit(self, actor: str, action: str, entity: str, entity_id: object, **kw: Any) -> None:
+        with Session(self.engine) as s:
+            self._audit(s, actor, action, entity, entity_id, **kw)
+            s.commit()
+
+    def audit_log(self, entity: str | None = None, entity_id: object = None, limit: int = 200) -> list[dict]:
+        with Session(self.engine) as s:
+            q = select(AuditRow)
+            if entity:
+                q = q.where(AuditRow.entity == entity)
+            if entity_id is not None:
+                q = q.where(AuditRow.entity_id == str(entity_id))
+            rows = s.exec(q.order_by(col(AuditRow.id).desc()).limit(limit)).all()
+            return [r.model_dump() for r in reversed(rows)]
+
+    # -- agents -----------------------------------------------------------------------------------
+    def upsert_agents(self, agents: Iterable[dict]) -> int:
+        n = 0
+        now = _now()
+        with Session(self.engine) as s:
+            for a in agents:
+                row = s.get(Agent, a["id"])
+                if row is None:
+                    s.add(Agent(id=a["id"], model=a.get("model", ""), profile=a.get("profile", ""),
+                                created_at=now, updated_at=now))
+                    n += 1
+                elif (row.model, row.profile) != (a.get("model", row.model), a.get("profile", row.profile)):
+                    row.model, row.profile, row.updated_at = a.get("model", row.model), a.get("profile", row.profile), now
+                    s.add(row)
+            s.commit()
+        return n
+
+    def get_agent(self, agent_id: str) -> dict:
+        with Session(self.engine) as s:
+            row = s.get(Agent, agent_id)
+            if row is None:
+                raise NotFound(f"no such agent: {agent_id}")
+            return row.model_dump()
+
+    def list_agents(self) -> list[dict]:
+        with Session(self.engine) as s:
+            return [a.model_dump() for a in s.exec(select(Agent).order_by(Agent.id)).all()]
+
+    def set_hold(self, agent_id: str, hold: bool, actor: str, reason: str | None) -> dict:
+        with Session(self.engine) as s:
+            row = s.get(Agent, agent_id)
+            if row is None:
+                raise NotFound(f"no such agent: {agent_id}")
+            before = row.hold
+            row.hold, row.hold_reason, row.hold_by, row.updated_at = hold, reason if hold else None, actor if hold else None, _now()
+            s.add(row)
+            self._audit(s, actor, "hold" if hold else "unhold", "agent", agent_id,
+                        src=str(before).lower(), dst=str(hold).lower(), reason=reason)
+            s.commit()
+            return row.model_dump()
+
+    def update_agent_fields(self, agent_id: str, **fields: Any) -> None:
+        with Session(self.engine) as s:
+            row = s.get(Agent, agent_id)
+            if row is None:
+                raise NotFound(f"no such agent: {agent_id}")
+            for k, v in fields.items():
+                setattr(row, k, v)
+            row.updated_at = _now()
+            s.add(row)
+            s.commit()
+
+    # -- runs -------------------------------------------------------------------------------------
+    def create_run(
+        self,
+        agent_id: str,
+        kind: str,
+        actor: str,
+        *,
+        params: dict | None = None,
+        idempotency_key: str | None = None,
+        trigger_id: int | None = None,
+        reason: str | None = None,
+        stages: list[str] | None = None,
+    ) -> tuple[dict, bool]:
+        """Queue a run; returns (run, created). A repeated idempotency key returns the first run."""
+        with Session(self.engine) as s:
+            if idempotency_key:
+                prior = s.exec(select(Run).where(Run.idempotency_key == idempotency_key)).first()
+                if prior is not None:
+                    if (prior.agent_id, prior.kind) != (agent_id, kind):
+                        raise Conflict(
+                            f"idempotency key {idempotency_key!r} already used for run {prior.id} "
+                            f"({prior.agent_id}, {prior.kind})"
+                        )
+                    return prior.model_dump(), False
+            agent = s.get(Agent, agent_id)
+            if agent is None:
+                raise NotFound(f"no such agent: {agent_id}")
+            active = s.exec(
+                select(Run).where(Run.agent_id == agent_id, col(Run.state).in_([str(x) for x in ACTIVE_RUN_STATES]))
+            ).first()
+            if active is not None:
+                raise Conflict(f"agent {agent_id} already has run {active.id} ({active.state})")
+            now = _now()
+            run = Run(agent_id=agent_id, kind=kind, state=RunState.queued, reason=reason,
+                      idempotency_key=idempotency_key, trigger_id=trigger_id, params=params or {},
+                      created_by=actor, created_at=now, updated_at=now)
+            s.add(run)
+            s.flush()
+            for i, name in enumerate(stages or []):
+                s.add(Stage(run_id=run.id, seq=i, name=name))
+            self._audit(s, actor, "create", "run", run.id, dst=RunState.queued, reason=reason,
+                        details={"agent": agent_id, "kind": kind, "params": params or {}})
+            s.commit()
+            s.refresh(run)
+            return run.model_dump(), True
+
+    def transition_run(self, run_id: int, dst: str, actor: str, reason: str | None = None, **fields: Any) -> dict:
+        """Move a run to dst (raises IllegalTransition) and write the audit row, in one transaction."""
+        with Session(self.engine) as s:
+            run = s.get(Run, run_id)
+            if run is None:
+                raise NotFound(f"no such run: {run_id}")
+            src = run.state
+            check_run_transition(run_id, src, dst)
+            now = _now()
+            run.state, run.reason, run.updated_at = str(dst), reason, now
+            if dst == RunState.running and run.started_at is None:
+                run.started_at = now
+            if dst in (RunState.failed, RunState.cancelled, RunState.rejected, RunState.awaiting_approval):
+                run.finished_at = now
+            for k, v in fields.items():
+                setattr(run, k, v)
+            s.add(run)
+            self._audit(s, actor, "transition", "run", run_id, src=src, dst=str(dst), reason=reason)
+            s.commit()
+            s.refresh(run)
+            return run.model_dump()
+
+    def update_run_fields(self, run_id: int, **fields: Any) -> None:
+        with Session(self.engine) as s:
+            run = s.get(Run, run_id)
+            if run is None:
+                raise NotFound(f"no such run: {run_id}")
+            for k, v in fields.items():
+                setattr(run, k, v)
+            run.updated_at = _now()
+            s.add(run)
+            s.commit()
+
+    def get_run(self, run_id: int) -> dict:
+        with Session(self.engine) as s:
+            run = s.get(Run, run_id)
+            if run is None:
+                raise NotFound(f"no such run: {run_id}")
+            return run.model_dump()
+
+    def run_detail(self, run_id: int) -> dict:
+        with Session(self.engine) as s:
+            run = s.get(Run, run_id)
+            if run is None:
+                raise NotFound(f"no such run: {run_id}")
+            out = run.model_dump()
+            out["stages"] = [x.model_dump() for x in s.exec(select(Stage).where(Stage.run_id == run_id).order_by(Stage.seq))]
+            out["artifacts"] = [x.model_dump() for x in s.exec(select(Artifact).where(Artifact.run_id == run_id).order_by(Artifact.id))]
+            last = (
+                select(Metric.name, func.max(Metric.id).label("mid"))
+                .where(Metric.run_id == run_id)
+                .group_by(Metric.name)
+                .subquery()
+            )
+            out["metrics_last"] = {
+                m.name: m.value for m in s.exec(select(Metric).join(last, col(Metric.id) == last.c.mid))
+            }
+            out["audit"] = [
+                x.model_dump()
+                for x in s.exec(
+                    select(AuditRow).where(AuditRow.entity == "run", AuditRow.entity_id == str(run_id)).order_by(AuditRow.id)
+                )
+            ]
+            return out
+
+    def list_runs(
+        self,
+        *,
+        state: str | None = None,
+        agent_id: str | None = None,
+        kind: str | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> list[dict]:
+        """Newest first; page with before_id (keyset paging stays fast at any ledger size)."""
+        with Session(self.engine) as s:
+            q = select(Run)
+            if state:
+                q = q.where(Run.state == state)
+            if agent_id:
+                q = q.where(Run.agent_id == agent_id)
+            if kind:
+                q = q.where(Run.kind == kind)
+            if before_id:
+                q = q.where(col(Run.id) < before_id)
+            return [r.model_dump() for r in s.exec(q.order_by(col(Run.id).desc()).limit(limit)).all()]
+
+    def runs_by_state(self, *states: str) -> list[dict]:
+        with Session(self.engine) as s:
+            q = select(Run).where(col(Run.state).in_(list(states))).order_by(Run.id)
+            return [r.model_dump() for r in s.exec(q).all()]
+
+    def count_runs_by_state(self) -> dict[str, int]:
+        with Session(self.engine) as s:
+            return dict(s.exec(select(Run.state, func.count()).group_by(Run.state)).all())
+
+    def next_queued_run(self, exclude: set[int] | None = None) -> dict | None:
+        with Session(self.engine) as s:
+            q = select(Run).where(Run.state == RunState.queued)
+            if exclude:
+                q = q.where(col(Run.id).not_in(list(exclude)))
+            row = s.exec(q.order_by(Run.id).limit(1)).first()
+            return row.model_dump() if row else None
+
+    # -- stages -----------------------------------------------------------------------------------
+    def stages(self, run_id: int) -> list[dict]:
+        with Session(self.engine) as s:
+            return [x.model_dump() for x in s.exec(select(Stage).where(Stage.run_id == run_id).order_by(Stage.seq))]
+
+    def transition_stage(self, stage_id: int, dst: str, actor: str = "daemon", reason: str | None = None, **fields: Any) -> dict:
+        with Session(self.engine) as s:
+            st = s.get(Stage, stage_id)
+            if st is None:
+                raise NotFound(f"no such stage: {stage_id}")
+            src = st.state
+            check_stage_transition(stage_id, src, dst)
+            now = _now()
+            st.state = str(dst)
+            if dst == StageState.running:
+                st.started_at, st.attempt, st.finished_at, st.error = now, st.attempt + 1, None, None
+            elif dst != StageState.pending:
+                st.finished_at = now
+            for k, v in fields.items():
+                setattr(st, k, v)
+            s.add(st)
+            self._audit(s, actor, "transition", "stage", stage_id, src=src, dst=str(dst), reason=reason,
+                        details={"run": st.run_id, "stage": st.name})
+            s.commit()
+            s.refresh(st)
+            return st.model_dump()
+
+    def update_stage_fields(self, stage_id: int, **fields: Any) -> None:
+        with Session(self.engine) as s:
+            st = s.get(Stage, stage_id)
+            if st is None:
+                raise NotFound(f"no such stage: {stage_id}")
+            for k, v in fields.items():
+                setattr(st, k, v)
+            s.add(st)
+            s.commit()
+
+    def record_metrics(self, run_id: int, stage_id: int | None, items: list[tuple[str, int | None, float]]) -> None:
+        if not items:
+            return
+        now = _now()
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(Metric),
+                [dict(run_id=run_id, stage_id=stage_id, name=n, step=st, value=float(v), ts=now) for n, st, v in items],
+            )
+
+    def metrics(self, run_id: int, name: str | None = None, limit: int = 5000) -> list[dict]:
+        with Session(self.engine) as s:
+            q = select(Metric).where(Metric.run_id == run_id)
+            if name:
+                q = q.where(Metric.name == name)
+            return [m.model_dump() for m in s.exec(q.order_by(Metric.id).limit(limit)).all()]
+
+    def record_artifact(self, run_id: int, stage_id: int | None, name: str, path: str, sha256: str,
+                        size: int, kind: str = "file", meta: dict | None = None) -> dict:
+        with Session(self.engine) as s:
+            a = Artifact(run_id=run_id, stage_id=stage_id, name=name, kind=kind, path=path, sha256=sha256,
+                         size=size, meta=meta, created_at=_now())
+            s.add(a)
+            s.commit()
+            s.refresh(a)
+            return a.model_dump()
+
+    # -- recovery ---------------------------------------------------------------------------------
+    def recover_after_restart(self) -> list[dict]:
+        """After an unclean stop: stages left `running` become `interrupted`, as do their runs.
+
+        Returns the stages that were running (with their last pid) so the daemon can make sure no
+        orphaned worker is still writing before it resumes them.
+        """
+        orphans: list[dict] = []
+        with Session(self.engine) as s:
+            for st in s.exec(select(Stage).where(Stage.state == StageState.running)).all():
+                orphans.append(st.model_dump())
+                st.state, st.finished_at = StageState.interrupted, _now()
+                s.add(st)
+                self._audit(s, "daemon", "transition", "stage", st.id, src="running", dst="interrupted",
+                            reason="daemon restarted while the stage ran", details={"run": st.run_id, "stage": st.name})
+            for run in s.exec(select(Run).where(Run.state == RunState.running)).all():
+                run.state, run.reason, run.updated_at = RunState.interrupted, "daemon restarted mid-stage", _now()
+                s.add(run)
+                self._audit(s, "daemon", "transition", "run", run.id, src="running", dst="interrupted",
+                            reason="daemon restarted mid-stage")
+            s.commit()
+        return orphans
+
+    # -- registry (model versions, deployments) -----------------------------------------------------
+    def deployments(self, agent_id: str | None = None, limit: int = 200) -> list[dict]:
+        with Session(self.engine) as s:
+            q = select(Deployment)
+            if agent_id:
+                q = q.where(Deployment.agent_id == agent_id)
+            return [d.model_dump() for d in s.exec(q.order_by(col(Deployment.id).desc()).limit(limit)).all()]
+
+    def model_version(self, version_id: str) -> dict:
+        with Session(self.engine) as s:
+            v = s.get(ModelVersion, version_id)
+            if v is None:
+                raise NotFound(f"no such model version: {version_id}")
+            return v.model_dump()
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), default=str)

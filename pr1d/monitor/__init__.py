@@ -1,0 +1,1 @@
+"""Score monitoring: poller, signals, trigger rules."""

@@ -1,0 +1,1 @@
+"""Run pipeline: stage plans per run kind and the stage launcher."""

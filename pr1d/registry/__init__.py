@@ -1,0 +1,1 @@
+"""Model registry: versions, deployments, promote and rollback."""

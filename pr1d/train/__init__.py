@@ -1,0 +1,1 @@
+"""Training (SFT, RL, rewards, curriculum): imported only by stage workers, never by the daemon."""

@@ -1,0 +1,1 @@
+"""pr1tui: the Textual operations console (a socket API client only)."""
