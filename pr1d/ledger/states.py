@@ -10,6 +10,7 @@ class RunState(StrEnum):
     running = "running"
     interrupted = "interrupted"  # daemon stopped mid-stage; resumes from the stage's last checkpoint
     awaiting_approval = "awaiting_approval"
+    succeeded = "succeeded"  # finished with nothing to approve (diagnostic kinds such as `sleep`)
     promoted = "promoted"
     rejected = "rejected"
     failed = "failed"
@@ -30,12 +31,13 @@ R = RunState
 RUN_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     R.queued: frozenset({R.running, R.cancelled}),
     # running -> rejected: a gate (SFT uplift, promotion gate) said no; running -> queued never happens.
-    R.running: frozenset({R.awaiting_approval, R.rejected, R.failed, R.cancelled, R.interrupted}),
+    R.running: frozenset({R.awaiting_approval, R.succeeded, R.rejected, R.failed, R.cancelled, R.interrupted}),
     R.interrupted: frozenset({R.queued, R.running, R.cancelled, R.failed}),
     # awaiting_approval -> rejected covers both a person's "no" and an expired approval.
     R.awaiting_approval: frozenset({R.promoted, R.rejected, R.cancelled}),
     R.promoted: frozenset({R.rolled_back}),
     R.rolled_back: frozenset(),
+    R.succeeded: frozenset(),
     R.rejected: frozenset(),
     R.failed: frozenset(),
     R.cancelled: frozenset(),

@@ -305,7 +305,8 @@ class Ledger:
             run.state, run.reason, run.updated_at = str(dst), reason, now
             if dst == RunState.running and run.started_at is None:
                 run.started_at = now
-            if dst in (RunState.failed, RunState.cancelled, RunState.rejected, RunState.awaiting_approval):
+            if dst in (RunState.failed, RunState.cancelled, RunState.rejected, RunState.awaiting_approval,
+                       RunState.succeeded):
                 run.finished_at = now
             for k, v in fields.items():
                 setattr(run, k, v)

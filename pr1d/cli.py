@@ -1,0 +1,92 @@
+"""`pr1d` command line: serve (the daemon), sim, demo, model, eval. Imports stay lazy so each starts fast."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+EXIT_CONFIG = 78  # EX_CONFIG: the unit's RestartPreventExitStatus stops a restart loop on a bad config
+
+
+def _setup_logging(level: str) -> None:
+    # Under journald the journal adds its own timestamps.
+    fmt = "%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM") else \
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, stream=sys.stderr)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load_config
+    from .daemon.core import Daemon
+    from .daemon.lock import LockHeld
+    from .ledger.store import LedgerError
+
+    paths = [Path(args.config)] if args.config else []
+    overrides: dict = {}
+    if args.state_dir:
+        overrides.setdefault("daemon", {})["state_dir"] = str(Path(args.state_dir).resolve())
+    if args.socket:
+        overrides.setdefault("daemon", {})["socket_path"] = str(Path(args.socket).resolve())
+    try:
+        cfg = load_config(paths, overrides=overrides)
+    except ConfigError as e:
+        for line in str(e).splitlines():
+            print(f"pr1d: config error: {line}", file=sys.stderr)
+        return EXIT_CONFIG
+    _setup_logging(cfg.daemon.log_level)
+    daemon = Daemon(cfg, config_paths=paths, overrides=overrides, burst=args.burst)
+    try:
+        return asyncio.run(daemon.run())
+    except LockHeld as e:
+        print(f"pr1d: {e}", file=sys.stderr)
+        return 1
+    except LedgerError as e:
+        print(f"pr1d: ledger error: {e}", file=sys.stderr)
+        return 1
+    except PermissionError as e:
+        print(f"pr1d: permission denied: {e.filename}: {e.strerror}", file=sys.stderr)
+        return 1
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    from .sim import cli as sim_cli
+
+    return sim_cli.run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(prog="pr1d", description="pr1 daemon: watches agent grades, runs Parallel-R1 curricula.")
+    p.add_argument("--version", action="version", version=f"pr1d {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="run the daemon (systemd runs this)")
+    s.add_argument("--config", help="config file (layered over /etc/pr1d/pr1d.toml and built-in defaults)")
+    s.add_argument("--state-dir", help="ledger, run folders, lock (overrides daemon.state_dir)")
+    s.add_argument("--socket", help="socket path (overrides daemon.socket_path)")
+    s.add_argument("--burst", action="store_true", help="process the queue until it is empty, then exit")
+    s.set_defaults(func=cmd_serve)
+
+    try:
+        from .sim import cli as sim_cli
+    except ImportError:
+        sim_cli = None
+    if sim_cli is not None:
+        s = sub.add_parser("sim", help="run the simulated agent platform (scoring API) on 127.0.0.1")
+        sim_cli.add_arguments(s)
+        s.set_defaults(func=cmd_sim)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,318 @@
+"""`pr1ctl`: the scriptable client of the daemon's socket API (tables for people, --json for scripts).
+
+Exit codes: 0 ok, 1 error (the daemon said no), 2 usage, 3 daemon unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+from datetime import datetime
+from typing import Any
+
+from .rpc.client import Client, DaemonUnreachable, find_socket
+from .rpc.schema import RpcError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+def _run_id(text: str) -> int:
+    t = text.strip().lower().removeprefix("run-").removeprefix("r")
+    if not t.isdigit() or int(t) < 1:
+        raise argparse.ArgumentTypeError(f"not a run id: {text!r} (expected e.g. 42 or r42)")
+    return int(t)
+
+
+def _kv(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    k, v = text.split("=", 1)
+    try:
+        return k, json.loads(v)
+    except json.JSONDecodeError:
+        return k, v
+
+
+def _ts(t: float | None) -> str:
+    return datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S") if t else "-"
+
+
+class Out:
+    def __init__(self, as_json: bool):
+        self.as_json = as_json
+        from rich.console import Console
+
+        self.console = Console(highlight=False, soft_wrap=False)
+
+    def doc(self, obj: Any) -> None:
+        sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+    def table(self, title: str, columns: list[str], rows: list[list[Any]]) -> None:
+        from rich.table import Table
+
+        t = Table(title=title, title_justify="left", show_lines=False)
+        for c in columns:
+            t.add_column(c, overflow="fold")
+        for r in rows:
+            t.add_row(*["-" if v is None else str(v) for v in r])
+        self.console.print(t)
+
+    def kv(self, title: str, pairs: list[tuple[str, Any]]) -> None:
+        self.table(title, ["key", "value"], [[k, v] for k, v in pairs])
+
+
+def cmd_status(c: Client, a: argparse.Namespace, o: Out) -> int:
+    s = c.call("status")
+    if o.as_json:
+        o.doc(s)
+        return 0
+    o.kv("pr1d", [("version", s["version"]), ("pid", s["pid"]), ("uptime", f"{s['uptime_s']:.0f} s"),
+                  ("state dir", s["state_dir"]), ("socket", s["socket"]), ("queue length", s["queue_length"]),
+                  ("runs", ", ".join(f"{k}={v}" for k, v in sorted(s["runs_by_state"].items())) or "none"),
+                  ("running", ", ".join(f"run {r['run']} {r['stage']} (pid {r['pid']})" for r in s["running"]) or "none"),
+                  ("config reload", s.get("config_reload_error") or "ok")])
+    if s["scheduler_jobs"]:
+        o.table("scheduler jobs", ["id", "name", "trigger", "next run"],
+                [[j["id"], j["name"], j["trigger"], j["next_run_time"]] for j in s["scheduler_jobs"]])
+    return 0
+
+
+def cmd_agents(c: Client, a: argparse.Namespace, o: Out) -> int:
+    agents = c.call("agents.list")
+    if o.as_json:
+        o.doc(agents)
+        return 0
+    o.table("agents", ["agent", "model", "version", "hold", "health"],
+            [[x["id"], x["model"], x.get("current_version"),
+              f"yes: {x.get('hold_reason') or ''} ({x.get('hold_by')})" if x["hold"] else "no",
+              _health(x.get("health"))] for x in agents])
+    return 0
+
+
+def _health(h: dict | None) -> str:
+    if not h:
+        return "-"
+    if h.get("consecutive_failures"):
+        return f"failing x{h['consecutive_failures']}: {h.get('last_error', '')}"
+    return f"ok ({_ts(h.get('last_success'))})"
+
+
+def cmd_runs(c: Client, a: argparse.Namespace, o: Out) -> int:
+    runs = c.call("runs.list", state=a.state, agent=a.agent, kind=a.kind, limit=a.limit, before_id=a.before)
+    if o.as_json:
+        o.doc(runs)
+        return 0
+    o.table("runs (newest first)", ["run", "agent", "kind", "state", "stage", "created", "by", "reason"],
+            [[r["id"], r["agent_id"], r["kind"], r["state"], r.get("current_stage"), _ts(r["created_at"]),
+              r["created_by"], r.get("reason")] for r in runs])
+    return 0
+
+
+def cmd_show(c: Client, a: argparse.Namespace, o: Out) -> int:
+    r = c.call("runs.show", run=a.run)
+    if o.as_json:
+        o.doc(r)
+        return 0
+    o.kv(f"run {r['id']}", [("agent", r["agent_id"]), ("kind", r["kind"]), ("state", r["state"]),
+                            ("reason", r.get("reason")), ("created", f"{_ts(r['created_at'])} by {r['created_by']}"),
+                            ("params", json.dumps(r.get("params") or {})),
+                            ("gate", json.dumps(r["gate"]) if r.get("gate") else None)])
+    o.table("stages", ["#", "stage", "state", "attempt", "progress", "error"],
+            [[s["seq"], s["name"], s["state"], s["attempt"],
+              f"{100 * s['progress']:.0f}%" if s.get("progress") is not None else None, s.get("error")]
+             for s in r["stages"]])
+    if r["artifacts"]:
+        o.table("artifacts", ["name", "kind", "sha256", "path"],
+                [[x["name"], x["kind"], x["sha256"][:16], x["path"]] for x in r["artifacts"]])
+    if r["metrics_last"]:
+        o.kv("last metrics", sorted(r["metrics_last"].items()))
+    o.table("audit", ["when", "who", "from", "to", "reason"],
+            [[_ts(x["ts"]), x["actor"], x.get("from_state"), x.get("to_state"), x.get("reason")] for x in r["audit"]])
+    return 0
+
+
+def cmd_logs(c: Client, a: argparse.Namespace, o: Out) -> int:
+    if a.follow:
+        # Subscribe first, then read the tail, so no line falls between the two.
+        c.call("events.subscribe", topics=["log", "run"], run=a.run)
+    logs = c.call("runs.logs", run=a.run, stage=a.stage, tail_bytes=a.bytes)
+    if o.as_json and not a.follow:
+        o.doc(logs)
+        return 0
+    for entry in logs["logs"]:
+        if not o.as_json:
+            sys.stdout.write(f"==> {entry['stage']} <==\n")
+        sys.stdout.write(entry["text"])
+    sys.stdout.flush()
+    if not a.follow:
+        return 0
+    state = c.call("runs.show", run=a.run)["state"]
+    if state not in ("queued", "running", "interrupted"):
+        return 0
+    try:
+        for ev in c.events():
+            if ev["topic"] == "log":
+                line = json.dumps(ev) if o.as_json else f"[{ev['stage']}] {ev['line']}"
+                sys.stdout.write(line + "\n")
+                sys.stdout.flush()
+            elif ev["topic"] == "run" and ev["state"] not in ("queued", "running", "interrupted"):
+                return 0
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def _simple(method: str, **fixed: Any):
+    def run(c: Client, a: argparse.Namespace, o: Out) -> int:
+        params = {k: getattr(a, k) for k in fixed.get("args", ())}
+        res = c.call(method, **params)
+        if o.as_json:
+            o.doc(res)
+        else:
+            o.console.print(fixed["say"](res, a))
+        return 0
+
+    return run
+
+
+def cmd_trigger(c: Client, a: argparse.Namespace, o: Out) -> int:
+    key = a.idempotency_key or f"pr1ctl-{uuid.uuid4()}"
+    res = c.call("runs.trigger", agent=a.agent, kind=a.kind, params=dict(a.param or []),
+                 idempotency_key=key, reason=a.reason or "")
+    if o.as_json:
+        o.doc(res)
+    else:
+        r = res["run"]
+        o.console.print(f"run {r['id']} {'queued' if res['created'] else 'already exists'}: {r['agent_id']} {r['kind']} ({r['state']})")
+    return 0
+
+
+def cmd_deployments(c: Client, a: argparse.Namespace, o: Out) -> int:
+    ds = c.call("deployments.list", agent=a.agent)
+    if o.as_json:
+        o.doc(ds)
+        return 0
+    o.table("deployments (newest first)", ["when", "agent", "version", "action", "by", "reason", "run"],
+            [[_ts(d["ts"]), d["agent_id"], d["version_id"], d["action"], d["actor"], d.get("reason"), d.get("run_id")]
+             for d in ds])
+    return 0
+
+
+def cmd_audit(c: Client, a: argparse.Namespace, o: Out) -> int:
+    rows = c.call("audit.list", entity=a.entity, entity_id=a.id, limit=a.limit)
+    if o.as_json:
+        o.doc(rows)
+        return 0
+    o.table("audit", ["when", "who", "action", "entity", "from", "to", "reason"],
+            [[_ts(x["ts"]), x["actor"], x["action"], f"{x['entity']} {x['entity_id']}", x.get("from_state"),
+              x.get("to_state"), x.get("reason")] for x in rows])
+    return 0
+
+
+def cmd_backup(c: Client, a: argparse.Namespace, o: Out) -> int:
+    import os
+
+    res = c.call("ledger.backup", path=os.path.abspath(a.path))
+    if o.as_json:
+        o.doc(res)
+    else:
+        o.console.print(f"ledger backed up to {res['path']} ({res['bytes']} bytes)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--socket", default=argparse.SUPPRESS, help="daemon socket (else $PR1_SOCKET, config, default)")
+    common.add_argument("--config", default=argparse.SUPPRESS, help="config file to read the socket path from")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="one JSON document on stdout")
+    p = argparse.ArgumentParser(prog="pr1ctl", parents=[common], description="Inspect and operate the pr1 daemon.")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: Any, help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, parents=[common], help=help_)
+        sp.set_defaults(func=fn)
+        return sp
+
+    add("status", cmd_status, "daemon version, pid, uptime, queue, scheduler jobs")
+    add("agents", cmd_agents, "agents, holds, current versions, poll health")
+    sp = add("runs", cmd_runs, "runs, newest first")
+    sp.add_argument("--state")
+    sp.add_argument("--agent")
+    sp.add_argument("--kind")
+    sp.add_argument("--limit", type=int, default=50)
+    sp.add_argument("--before", type=int, help="page: runs with id below this")
+    sp = add("show", cmd_show, "one run: stages, artifacts, metrics, gate, audit")
+    sp.add_argument("run", type=_run_id)
+    sp = add("logs", cmd_logs, "a run's stage logs")
+    sp.add_argument("run", type=_run_id)
+    sp.add_argument("--follow", "-f", action="store_true", help="keep printing new lines until the run ends")
+    sp.add_argument("--stage")
+    sp.add_argument("--bytes", type=int, default=65536, help="how much of each log's tail to print")
+    sp = add("trigger", cmd_trigger, "queue a run for an agent")
+    sp.add_argument("agent")
+    sp.add_argument("--kind", required=True, help="sft | rl | full | targeted-sft (and sleep/noop diagnostics)")
+    sp.add_argument("--param", type=_kv, action="append", metavar="KEY=VALUE", help="stage parameter (JSON value)")
+    sp.add_argument("--reason")
+    sp.add_argument("--idempotency-key", help="retrying with the same key never creates a second run")
+    for name, method, word in (("hold", "agents.hold", "held"), ("unhold", "agents.unhold", "released")):
+        sp = add(name, _simple(method, args=("agent", "reason"),
+                               say=lambda r, a, w=word: f"agent {a.agent} {w}"), f"{name} an agent (no new runs while held)")
+        sp.add_argument("agent")
+        sp.add_argument("--reason", default="")
+    for name, method in (("approve", "runs.approve"), ("reject", "runs.reject")):
+        sp = add(name, _simple(method, args=("run", "reason"),
+                               say=lambda r, a: f"run {r['run']}: {r['state']}"), f"{name} a run awaiting approval")
+        sp.add_argument("run", type=_run_id)
+        sp.add_argument("--reason", required=True)
+    sp = add("cancel", _simple("runs.cancel", args=("run", "reason"), say=lambda r, a: f"run {r['run']}: {r['state']}"),
+             "cancel a run (a running stage checkpoints and stops)")
+    sp.add_argument("run", type=_run_id)
+    sp.add_argument("--reason", default="")
+    sp = add("rollback", _simple("deployments.rollback", args=("agent", "to", "reason"),
+                                 say=lambda r, a: f"agent {a.agent}: {r}"), "switch an agent back to its previous version")
+    sp.add_argument("agent")
+    sp.add_argument("--to", help="version id (default: the previous one)")
+    sp.add_argument("--reason", required=True)
+    sp = add("deployments", cmd_deployments, "deployment history")
+    sp.add_argument("agent", nargs="?")
+    sp = add("audit", cmd_audit, "audit log")
+    sp.add_argument("--entity")
+    sp.add_argument("--id")
+    sp.add_argument("--limit", type=int, default=100)
+    add("whoami", _simple("whoami", say=lambda r, a: f"{r['user']} (uid {r['uid']}): {r['role']}"),
+        "your Unix user and role as the daemon sees you")
+    led = sub.add_parser("ledger", parents=[common], help="ledger maintenance")
+    lsub = led.add_subparsers(dest="ledger_cmd", required=True, metavar="COMMAND")
+    sp = lsub.add_parser("backup", parents=[common], help="online backup through SQLite's backup API")
+    sp.add_argument("path")
+    sp.set_defaults(func=cmd_backup)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    as_json = getattr(args, "json", False)
+    try:
+        path = find_socket(getattr(args, "socket", None), getattr(args, "config", None))
+    except Exception as e:  # a broken --config file: say so, as a usage problem
+        print(f"pr1ctl: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        with Client(path) as c:
+            return args.func(c, args, Out(as_json))
+    except DaemonUnreachable as e:
+        print(f"pr1ctl: {e}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except RpcError as e:
+        print(f"pr1ctl: {e.message}", file=sys.stderr)
+        return EXIT_ERROR
+    except BrokenPipeError:
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

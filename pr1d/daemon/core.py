@@ -1,0 +1,544 @@
+"""The pr1d daemon: lock, ledger thread, socket API, scheduler, run dispatcher and stage supervision.
+
+Reads top to bottom as the process lives: start (lock, recover, listen, READY), serve (dispatch
+queued runs into stage workers, answer the socket), stop (STOPPING, ask workers to checkpoint,
+mark them interrupted, exit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .. import __version__
+from ..config import Config, ConfigError, load_config
+from ..ledger.states import IllegalTransition, RunState, StageState
+from ..ledger.store import Conflict, Ledger, LedgerError, NotFound
+from ..pipeline.launcher import Outcome, StageProcess, StageSpec
+from ..pipeline.plans import UnknownPlan, plan_for
+from ..rpc import schema
+from ..rpc.auth import RoleResolver
+from ..rpc.schema import RpcError
+from ..rpc.server import Connection, RpcServer
+from . import jobs, systemd
+from .lock import StateLock
+
+log = logging.getLogger("pr1d")
+T = TypeVar("T")
+
+
+class Daemon:
+    def __init__(self, cfg: Config, *, config_paths: list[Path] | None = None,
+                 overrides: dict | None = None, burst: bool = False):
+        self.cfg = cfg
+        self.config_paths = config_paths or []
+        self.overrides = overrides or {}
+        self.burst = burst
+        self.state_dir = cfg.state_path()
+        self.started = time.time()
+        self.lock = StateLock(self.state_dir)
+        self.ledger: Ledger | None = None
+        self._db_pool = ThreadPoolExecutor(1, thread_name_prefix="ledger")
+        self.server: RpcServer | None = None
+        self.scheduler: Any = None
+        self.stopping = asyncio.Event()
+        self.wakeup = asyncio.Event()
+        self.run_tasks: dict[int, asyncio.Task] = {}
+        self.stage_procs: dict[int, StageProcess] = {}  # run id -> running worker
+        self.cancel_requests: dict[int, tuple[str, str]] = {}  # run id -> (user, reason)
+        self.reload_error: str | None = None
+
+    # == start ====================================================================================
+    async def run(self) -> int:
+        self.lock.acquire()
+        try:
+            return await self._run_locked()
+        finally:
+            self.lock.release()
+            self._db_pool.shutdown(wait=True)
+
+    async def _run_locked(self) -> int:
+        loop = asyncio.get_running_loop()
+        (self.state_dir / "runs").mkdir(parents=True, exist_ok=True)
+        self.ledger = await self.db_call(Ledger, self.state_dir / "ledger.sqlite")
+        await self._recover()
+        jobs.install(self)
+        self.server = RpcServer(self.cfg.socket(), self.cfg.rpc, RoleResolver(self.cfg.auth), self._handlers())
+        await self.server.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop, sig)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        if not self.burst:
+            self._start_scheduler()
+        systemd.notify(f"READY=1\nSTATUS=serving on {self.cfg.socket()}\nMAINPID={os.getpid()}")
+        log.info("pr1d %s ready: state %s, socket %s", __version__, self.state_dir, self.cfg.socket())
+        watchdog = asyncio.create_task(systemd.watchdog_loop(lambda: not self.stopping.is_set()))
+        try:
+            await self._dispatch_loop()
+        finally:
+            watchdog.cancel()
+            await self._shutdown()
+        return 0
+
+    async def db_call(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        """Run a ledger call on the single ledger thread: the loop never blocks on disk."""
+        return await asyncio.get_running_loop().run_in_executor(self._db_pool, functools.partial(fn, *args, **kw))
+
+    async def db(self, method: str, *args: Any, **kw: Any) -> Any:
+        return await self.db_call(getattr(self.ledger, method), *args, **kw)
+
+    async def _recover(self) -> None:
+        """After a crash: stop orphaned workers, mark their stages interrupted, requeue interrupted runs."""
+        orphans = await self.db("recover_after_restart")
+        for st in orphans:
+            pid = st.get("pid")
+            if pid and _is_our_worker(pid):
+                log.warning("stopping orphaned worker pid %s (run %s stage %s)", pid, st["run_id"], st["name"])
+                await _terminate_pid(pid, self.cfg.daemon.stop_grace_s)
+        for run in await self.db("runs_by_state", RunState.interrupted):
+            await self.db("transition_run", run["id"], RunState.queued, "daemon", "resuming after daemon restart")
+
+    def _start_scheduler(self) -> None:
+        from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+        self.scheduler = AsyncIOScheduler(
+            jobstores={"default": SQLAlchemyJobStore(url=f"sqlite:///{self.state_dir / 'jobs.sqlite'}")},
+            # Why these: coalesce collapses runs missed while the daemon was down into one;
+            # max_instances=1 stops a slow job overlapping itself; a generous misfire grace
+            # (instead of APScheduler's 1 s) means a missed run still happens after a restart.
+            job_defaults={"coalesce": True, "max_instances": 1,
+                          "misfire_grace_time": self.cfg.scheduler.misfire_grace_s},
+        )
+        self.scheduler.add_job("pr1d.daemon.jobs:housekeeping", "interval", seconds=600, id="housekeeping",
+                               name="WAL checkpoint and approval expiry", replace_existing=True)
+        self.scheduler.start()
+
+    # == serve: the run dispatcher ================================================================
+    async def _dispatch_loop(self) -> None:
+        while not self.stopping.is_set():
+            started = await self._start_queued()
+            if self.burst and not self.run_tasks and not started:
+                if not await self.db("runs_by_state", RunState.queued):
+                    log.info("burst mode: queue empty, exiting")
+                    return
+            self.wakeup.clear()
+            try:
+                await asyncio.wait_for(self.wakeup.wait(), timeout=1.0)
+            except TimeoutError:
+                pass
+
+    async def _start_queued(self) -> int:
+        started = 0
+        while len(self.run_tasks) < self.cfg.daemon.max_training_stages and not self.stopping.is_set():
+            run = await self.db("next_queued_run", set(self.run_tasks))
+            if run is None:
+                break
+            task = asyncio.create_task(self._execute_run(run["id"]))
+            self.run_tasks[run["id"]] = task
+            task.add_done_callback(lambda _t, rid=run["id"]: self._run_done(rid))
+            started += 1
+        return started
+
+    def _run_done(self, run_id: int) -> None:
+        task = self.run_tasks.pop(run_id, None)
+        if task is not None and not task.cancelled() and task.exception() is not None:
+            log.error("run %s: supervisor crashed: %r", run_id, task.exception())
+        self.wakeup.set()
+
+    async def _set_run(self, run_id: int, dst: str, actor: str, reason: str | None, **fields: Any) -> dict:
+        run = await self.db("transition_run", run_id, dst, actor, reason, **fields)
+        self.publish("run", {"run": run_id, "agent": run["agent_id"], "state": run["state"], "reason": reason,
+                             "actor": actor, "kind": run["kind"]}, run_id)
+        return run
+
+    async def _set_stage(self, run_id: int, stage: dict, dst: str, reason: str | None = None, **fields: Any) -> dict:
+        st = await self.db("transition_stage", stage["id"], dst, "daemon", reason, **fields)
+        self.publish("stage", {"run": run_id, "stage": st["name"], "seq": st["seq"], "state": st["state"],
+                               "error": st.get("error")}, run_id)
+        return st
+
+    async def _execute_run(self, run_id: int) -> None:
+        """Run every stage not yet succeeded, in order; the run ends in exactly one legal state."""
+        try:
+            run = await self._set_run(run_id, RunState.running, "daemon", "dispatched")
+        except IllegalTransition:
+            return  # cancelled between being picked and being started
+        last_result: dict = {}
+        for stage in await self.db("stages", run_id):
+            if stage["state"] == StageState.succeeded:
+                last_result = stage.get("result") or {}
+                continue
+            outcome = await self._run_stage(run, stage)
+            if outcome.state == "succeeded":
+                last_result = outcome.result or {}
+                stop = last_result.get("stop_run")
+                if isinstance(stop, dict):  # a gate said no: the run ends here, with its evidence
+                    await self._set_run(run_id, stop.get("state", RunState.rejected), "daemon",
+                                        stop.get("reason"), gate=last_result.get("gate"))
+                    return
+                continue
+            if outcome.state == "interrupted":
+                await self._set_run(run_id, RunState.interrupted, "daemon", outcome.error)
+            elif outcome.state == "cancelled":
+                user, reason = self.cancel_requests.pop(run_id, ("daemon", "cancelled"))
+                await self._set_run(run_id, RunState.cancelled, user, reason)
+            else:
+                await self._set_run(run_id, RunState.failed, "daemon", f"stage {stage['name']}: {outcome.error}")
+            return
+        final = last_result.get("final_state", RunState.succeeded)
+        await self._set_run(run_id, final, "daemon", last_result.get("final_reason", "all stages done"),
+                            gate=last_result.get("gate"), current_stage=None)
+
+    async def _run_stage(self, run: dict, stage: dict) -> Outcome:
+        run_id = run["id"]
+        run_dir = self.state_dir / "runs" / str(run_id)
+        stage_dir = run_dir / f"{stage['seq']:02d}-{stage['name']}"
+        has_ckpt = bool(stage.get("checkpoint"))
+        spec = StageSpec(
+            run_id=run_id, stage_id=stage["id"], stage=stage["name"], agent_id=run["agent_id"],
+            run_dir=run_dir, stage_dir=stage_dir, checkpoint_dir=stage_dir / "checkpoints",
+            params=dict(run.get("params") or {}), resume=has_ckpt,
+            heartbeat_s=max(0.05, min(5.0, self.cfg.daemon.heartbeat_timeout_s / 4)),
+        )
+        d = self.cfg.daemon
+        proc = StageProcess(spec, functools.partial(self._on_event, run_id, stage["id"]),
+                            heartbeat_timeout_s=d.heartbeat_timeout_s, stop_grace_s=d.stop_grace_s,
+                            python=d.worker_python, launcher=d.launcher, accelerate_config=d.accelerate_config)
+        await proc.start()
+        self.stage_procs[run_id] = proc
+        await self._set_stage(run_id, stage, StageState.running,
+                              "resuming from checkpoint" if has_ckpt else "started",
+                              pid=proc.pid, log_path=str(proc.log_path))
+        await self.db("update_run_fields", run_id, current_stage=stage["name"])
+        if run_id in self.cancel_requests:
+            proc.stop("cancel")
+        if self.stopping.is_set():
+            proc.stop("shutdown")
+        tail = asyncio.create_task(self._tail_log(run_id, stage["name"], proc.log_path))
+        try:
+            outcome = await proc.wait()
+        finally:
+            tail.cancel()
+            self.stage_procs.pop(run_id, None)
+        state = {"succeeded": StageState.succeeded, "interrupted": StageState.interrupted,
+                 "cancelled": StageState.cancelled}.get(outcome.state, StageState.failed)
+        await self._set_stage(run_id, stage, state, outcome.error, exit_code=outcome.exit_code,
+                              error=outcome.error, result=outcome.result)
+        log.info("run %s stage %s: %s%s", run_id, stage["name"], outcome.state,
+                 f" ({outcome.error})" if outcome.error else "")
+        return outcome
+
+    async def _on_event(self, run_id: int, stage_id: int, ev: dict) -> None:
+        t = ev["type"]
+        if t == "progress":
+            total = ev.get("total")
+            frac = ev["step"] / total if isinstance(total, int) and total > 0 else None
+            await self.db("update_stage_fields", stage_id, progress=frac, eta_s=ev.get("eta_s"))
+            self.publish("progress", {"run": run_id, "stage_id": stage_id, "step": ev["step"], "total": total,
+                                      "progress": frac, "eta_s": ev.get("eta_s"), "message": ev.get("message", "")},
+                         run_id)
+        elif t == "metric":
+            await self.db("record_metrics", run_id, stage_id, [(ev["name"], ev.get("step"), ev["value"])])
+            self.publish("metric", {"run": run_id, "name": ev["name"], "value": ev["value"], "step": ev.get("step")},
+                         run_id)
+        elif t == "artifact":
+            await self.db("record_artifact", run_id, stage_id, ev["name"], ev["path"], ev["sha256"],
+                          int(ev.get("size") or 0), str(ev.get("kind") or "file"), ev.get("meta"))
+        elif t == "checkpoint":
+            await self.db("update_stage_fields", stage_id, checkpoint=ev["path"])
+
+    async def _tail_log(self, run_id: int, stage: str, path: Path) -> None:
+        """Push new stage-log lines to subscribers (pr1ctl logs --follow, the console)."""
+        offset = 0
+        partial = b""
+        while True:
+            await asyncio.sleep(0.3)
+            if self.server is None or not self.server.subscribers("log"):
+                continue
+            try:
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    chunk = f.read(1 << 20)
+            except FileNotFoundError:
+                continue
+            if not chunk:
+                continue
+            offset += len(chunk)
+            lines = (partial + chunk).split(b"\n")
+            partial = lines.pop()
+            for line in lines:
+                self.publish("log", {"run": run_id, "stage": stage, "line": line.decode(errors="replace")}, run_id)
+
+    def publish(self, topic: str, data: dict, run: int | None = None) -> None:
+        if self.server is not None:
+            self.server.broadcast(topic, data, run)
+
+    async def housekeeping(self) -> None:
+        await self.db_call(_wal_checkpoint, self.ledger)
+
+    # == stop =====================================================================================
+    def request_stop(self, sig: int | None = None) -> None:
+        if not self.stopping.is_set():
+            log.info("received %s: stopping (workers checkpoint and exit)", signal.Signals(sig).name if sig else "stop")
+            systemd.notify("STOPPING=1\nSTATUS=stopping: asking stage workers to checkpoint")
+            self.stopping.set()
+            self.wakeup.set()
+            for proc in self.stage_procs.values():
+                proc.stop("shutdown")
+
+    async def _shutdown(self) -> None:
+        self.request_stop()
+        if self.server is not None:
+            self.server.accepting = False
+        if self.run_tasks:
+            await asyncio.wait(list(self.run_tasks.values()), timeout=self.cfg.daemon.stop_grace_s + 10)
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
+        if self.server is not None:
+            await self.server.close()
+        if self.ledger is not None:
+            await self.db_call(self.ledger.close)
+        log.info("pr1d stopped")
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read every config layer; an invalid new config is refused and the old one stays."""
+        try:
+            new = await asyncio.to_thread(load_config, self.config_paths, overrides=self.overrides)
+        except ConfigError as e:
+            self.reload_error = str(e)
+            log.error("config reload refused, keeping the running config:\n%s", e)
+            systemd.notify("STATUS=config reload refused (see journal); running with the previous config")
+            return
+        if new.state_path() != self.state_dir or new.socket() != self.cfg.socket():
+            log.warning("config reload: state_dir/socket_path changes need a restart; other keys applied")
+        self.cfg, self.reload_error = new, None
+        if self.server is not None:
+            self.server.cfg = new.rpc
+            self.server.resolver.update(new.auth)
+        log.info("config reloaded")
+        systemd.notify("STATUS=config reloaded")
+
+    # == socket API handlers ======================================================================
+    def _handlers(self) -> dict[str, Callable]:
+        names = {
+            "status": self.h_status, "whoami": self.h_whoami, "agents.list": self.h_agents,
+            "agents.hold": self.h_hold, "agents.unhold": self.h_unhold, "runs.list": self.h_runs,
+            "runs.show": self.h_show, "runs.logs": self.h_logs, "runs.metrics": self.h_metrics,
+            "runs.trigger": self.h_trigger, "runs.cancel": self.h_cancel, "runs.approve": self.h_approve,
+            "runs.reject": self.h_reject, "deployments.list": self.h_deployments,
+            "deployments.rollback": self.h_rollback, "audit.list": self.h_audit,
+            "events.subscribe": self.h_subscribe, "events.unsubscribe": self.h_unsubscribe,
+            "ledger.backup": self.h_backup,
+        }
+        return {k: _mapped_errors(v) for k, v in names.items()}
+
+    async def h_status(self, conn: Connection, p: Any) -> dict:
+        counts = await self.db("count_runs_by_state")
+        jobs_out = []
+        if self.scheduler is not None:
+            for j in self.scheduler.get_jobs():
+                jobs_out.append({"id": j.id, "name": j.name, "trigger": str(j.trigger),
+                                 "next_run_time": j.next_run_time.isoformat() if j.next_run_time else None})
+        return {
+            "version": __version__, "pid": os.getpid(), "uptime_s": round(time.time() - self.started, 3),
+            "state_dir": str(self.state_dir), "socket": str(self.cfg.socket()),
+            "queue_length": counts.get(RunState.queued, 0), "runs_by_state": counts,
+            "running": [{"run": rid, "stage": pr.spec.stage, "pid": pr.pid} for rid, pr in self.stage_procs.items()],
+            "scheduler_jobs": jobs_out, "burst": self.burst, "stopping": self.stopping.is_set(),
+            "config_reload_error": self.reload_error,
+            "clients": len(self.server.conns) if self.server else 0,
+        }
+
+    async def h_whoami(self, conn: Connection, p: Any) -> dict:
+        return {"user": conn.peer.user, "uid": conn.peer.uid, "role": conn.peer.role}
+
+    async def h_agents(self, conn: Connection, p: Any) -> list[dict]:
+        return await self.db("list_agents")
+
+    async def h_hold(self, conn: Connection, p: Any) -> dict:
+        a = await self.db("set_hold", p.agent, True, conn.user, p.reason or None)
+        self.publish("agent", {"agent": p.agent, "hold": True, "actor": conn.user})
+        return a
+
+    async def h_unhold(self, conn: Connection, p: Any) -> dict:
+        a = await self.db("set_hold", p.agent, False, conn.user, p.reason or None)
+        self.publish("agent", {"agent": p.agent, "hold": False, "actor": conn.user})
+        return a
+
+    async def h_runs(self, conn: Connection, p: Any) -> list[dict]:
+        return await self.db("list_runs", state=p.state, agent_id=p.agent, kind=p.kind, limit=p.limit,
+                             before_id=p.before_id)
+
+    async def h_show(self, conn: Connection, p: Any) -> dict:
+        return await self.db("run_detail", p.run)
+
+    async def h_metrics(self, conn: Connection, p: Any) -> list[dict]:
+        return await self.db("metrics", p.run)
+
+    async def h_logs(self, conn: Connection, p: Any) -> dict:
+        stages = await self.db("stages", p.run)
+        out = []
+        for st in stages:
+            if p.stage and st["name"] != p.stage:
+                continue
+            if not st.get("log_path"):
+                continue
+            out.append({"stage": st["name"], **await asyncio.to_thread(_tail_file, Path(st["log_path"]), p.tail_bytes)})
+        return {"run": p.run, "logs": out}
+
+    async def h_trigger(self, conn: Connection, p: Any) -> dict:
+        if self.stopping.is_set():
+            raise RpcError(schema.UNAVAILABLE, "pr1d is shutting down; trigger again once it is back")
+        try:
+            stages = plan_for(p.kind)
+        except UnknownPlan as e:
+            raise RpcError(schema.INVALID_PARAMS, str(e)) from None
+        agent = await self.db("get_agent", p.agent)
+        if agent["hold"]:
+            raise RpcError(schema.CONFLICT, f"agent {p.agent} is on hold ({agent.get('hold_reason') or 'no reason'}, "
+                                            f"by {agent.get('hold_by')}); `pr1ctl unhold {p.agent}` first")
+        run, created = await self.db("create_run", p.agent, p.kind, conn.user, params=p.params,
+                                     idempotency_key=p.idempotency_key, reason=p.reason or f"manual trigger by {conn.user}",
+                                     stages=list(stages))
+        if created:
+            self.publish("run", {"run": run["id"], "agent": p.agent, "state": run["state"], "kind": p.kind,
+                                 "actor": conn.user, "reason": run["reason"]}, run["id"])
+            self.wakeup.set()
+        return {"run": run, "created": created}
+
+    async def h_cancel(self, conn: Connection, p: Any) -> dict:
+        run = await self.db("get_run", p.run)
+        reason = p.reason or f"cancelled by {conn.user}"
+        proc = self.stage_procs.get(p.run)
+        if run["state"] == RunState.running and proc is not None:
+            self.cancel_requests[p.run] = (conn.user, reason)
+            proc.stop("cancel")
+            return {"run": p.run, "state": "cancelling"}
+        if run["state"] == RunState.running:
+            # Between stages: the supervisor sees the request when it starts the next stage.
+            self.cancel_requests[p.run] = (conn.user, reason)
+            return {"run": p.run, "state": "cancelling"}
+        out = await self._set_run(p.run, RunState.cancelled, conn.user, reason)
+        return {"run": p.run, "state": out["state"]}
+
+    async def h_approve(self, conn: Connection, p: Any) -> dict:
+        run = await self.db("get_run", p.run)
+        if run["state"] != RunState.awaiting_approval:
+            raise RpcError(schema.CONFLICT, f"run {p.run} is {run['state']}, not awaiting_approval")
+        raise RpcError(schema.UNAVAILABLE, "promotion needs the model registry, which this pr1d build does not have yet")
+
+    async def h_reject(self, conn: Connection, p: Any) -> dict:
+        run = await self.db("get_run", p.run)
+        if run["state"] != RunState.awaiting_approval:
+            raise RpcError(schema.CONFLICT, f"run {p.run} is {run['state']}, not awaiting_approval")
+        out = await self._set_run(p.run, RunState.rejected, conn.user, p.reason)
+        return {"run": p.run, "state": out["state"]}
+
+    async def h_deployments(self, conn: Connection, p: Any) -> list[dict]:
+        return await self.db("deployments", p.agent, p.limit)
+
+    async def h_rollback(self, conn: Connection, p: Any) -> dict:
+        await self.db("get_agent", p.agent)
+        history = await self.db("deployments", p.agent, 2)
+        if p.to:
+            await self.db("model_version", p.to)  # NotFound names the version
+        if len(history) < 2 and not p.to:
+            raise RpcError(schema.NOT_FOUND, f"agent {p.agent} has no previous version to roll back to")
+        raise RpcError(schema.UNAVAILABLE, "rollback needs the model registry, which this pr1d build does not have yet")
+
+    async def h_audit(self, conn: Connection, p: Any) -> list[dict]:
+        return await self.db("audit_log", p.entity, p.entity_id, p.limit)
+
+    async def h_subscribe(self, conn: Connection, p: Any) -> dict:
+        bad = [t for t in p.topics if t not in schema.TOPICS]
+        if bad:
+            raise RpcError(schema.INVALID_PARAMS, f"unknown topic(s) {bad}; known: {list(schema.TOPICS)}")
+        conn.topics, conn.run_filter = frozenset(p.topics), p.run
+        return {"topics": sorted(conn.topics), "run": p.run}
+
+    async def h_unsubscribe(self, conn: Connection, p: Any) -> dict:
+        conn.topics = frozenset()
+        return {"topics": []}
+
+    async def h_backup(self, conn: Connection, p: Any) -> dict:
+        dest = Path(p.path)
+        if not dest.is_absolute():
+            raise RpcError(schema.INVALID_PARAMS, "backup path must be absolute (it is written by the daemon)")
+        out = await self.db("backup", dest)
+        await self.db("audit", conn.user, "backup", "ledger", "ledger", details={"path": str(out)})
+        return {"path": str(out), "bytes": out.stat().st_size}
+
+
+def _mapped_errors(fn: Callable) -> Callable:
+    """Ledger exceptions become JSON-RPC errors with stable codes."""
+
+    @functools.wraps(fn)
+    async def wrapper(conn: Connection, p: Any) -> Any:
+        try:
+            return await fn(conn, p)
+        except NotFound as e:
+            raise RpcError(schema.NOT_FOUND, str(e)) from None
+        except (Conflict, IllegalTransition) as e:
+            raise RpcError(schema.CONFLICT, str(e)) from None
+        except LedgerError as e:
+            raise RpcError(schema.INTERNAL_ERROR, str(e)) from None
+
+    return wrapper
+
+
+def _wal_checkpoint(ledger: Ledger) -> None:
+    from sqlalchemy import text
+
+    with ledger.engine.connect() as conn:
+        conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
+
+
+def _tail_file(path: Path, n: int) -> dict:
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            f.seek(max(0, size - n))
+            data = f.read(n)
+    except FileNotFoundError:
+        return {"text": "", "offset": 0, "truncated": False}
+    return {"text": data.decode(errors="replace"), "offset": size, "truncated": size > n}
+
+
+def _is_our_worker(pid: int) -> bool:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return False
+    return b"pr1d.stages." in cmd
+
+
+async def _terminate_pid(pid: int, grace: float) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not Path(f"/proc/{pid}").exists() or _is_zombie(pid):
+            return
+        await asyncio.sleep(0.1)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True

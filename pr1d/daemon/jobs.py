@@ -1,0 +1,26 @@
+"""Scheduled jobs, referenced by "module:function" so APScheduler's persistent store can hold them.
+
+They find the running daemon through `current()`; the store keeps only the schedule, no state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_daemon: Any = None
+
+
+def install(daemon: Any) -> None:
+    global _daemon
+    _daemon = daemon
+
+
+def current() -> Any:
+    if _daemon is None:
+        raise RuntimeError("no pr1d daemon running in this process")
+    return _daemon
+
+
+async def housekeeping() -> None:
+    """Checkpoint the WAL so it cannot grow without bound, and expire stale approvals."""
+    await current().housekeeping()

@@ -1,0 +1,212 @@
+"""The socket API contract: JSON-RPC 2.0 framing, error codes, methods, their params and roles.
+
+Shared by the daemon (pr1d/rpc/server.py) and its clients (pr1ctl, pr1tui). One JSON document per
+line (newline-delimited); requests carry "id", server pushes are notifications with method "event".
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+JSONRPC = "2.0"
+MAX_LINE_BYTES = 1 << 20  # default; the daemon's limit comes from config rpc.max_line_bytes
+
+# JSON-RPC 2.0 standard codes
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+# pr1 application codes (documented in docs/architecture.md)
+PERMISSION_DENIED = -32001
+NOT_FOUND = -32002
+CONFLICT = -32003  # illegal state transition, duplicate run, agent busy
+UNAVAILABLE = -32004  # daemon shutting down, capability not in this build
+OVERLOADED = -32005  # too many clients, client too slow
+
+Role = Literal["reader", "operator"]
+ROLE_RANK = {"reader": 1, "operator": 2}
+
+TOPICS = ("run", "stage", "progress", "metric", "log", "agent", "alert", "daemon")
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class NoParams(_Params):
+    pass
+
+
+class AgentParams(_Params):
+    agent: str = Field(min_length=1, max_length=200)
+
+
+class HoldParams(AgentParams):
+    reason: str = Field("", max_length=2000)
+
+
+class RunsListParams(_Params):
+    state: str | None = None
+    agent: str | None = None
+    kind: str | None = None
+    limit: int = Field(100, ge=1, le=1000)
+    before_id: int | None = Field(None, ge=1)
+
+
+class RunParams(_Params):
+    run: int = Field(ge=1)
+
+
+class LogsParams(RunParams):
+    stage: str | None = None
+    tail_bytes: int = Field(65536, ge=0, le=16 << 20)
+
+
+class TriggerParams(_Params):
+    agent: str = Field(min_length=1, max_length=200)
+    kind: str = Field(min_length=1, max_length=64)
+    params: dict[str, Any] = Field(default_factory=dict)
+    idempotency_key: str | None = Field(None, min_length=1, max_length=200)
+    reason: str = Field("", max_length=2000)
+
+
+class CancelParams(RunParams):
+    reason: str = Field("", max_length=2000)
+
+
+class DecisionParams(RunParams):
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class RollbackParams(_Params):
+    agent: str = Field(min_length=1, max_length=200)
+    to: str | None = Field(None, min_length=1, max_length=200)
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class DeploymentsParams(_Params):
+    agent: str | None = None
+    limit: int = Field(200, ge=1, le=5000)
+
+
+class SubscribeParams(_Params):
+    topics: list[str] = Field(default_factory=lambda: list(TOPICS))
+    run: int | None = Field(None, ge=1)
+
+
+class BackupParams(_Params):
+    path: str = Field(min_length=1, max_length=4096)
+
+
+class AuditParams(_Params):
+    entity: str | None = None
+    entity_id: str | None = None
+    limit: int = Field(200, ge=1, le=5000)
+
+
+class MethodSpec(BaseModel):
+    params: type[_Params]
+    role: Role
+    doc: str
+
+
+METHODS: dict[str, MethodSpec] = {
+    "status": MethodSpec(params=NoParams, role="reader", doc="Daemon version, pid, uptime, queue, jobs, health."),
+    "whoami": MethodSpec(params=NoParams, role="reader", doc="The caller's Unix user and role as the daemon sees them."),
+    "agents.list": MethodSpec(params=NoParams, role="reader", doc="Agents with hold flag, current version, health."),
+    "agents.hold": MethodSpec(params=HoldParams, role="operator", doc="Set a maintenance hold: no new runs."),
+    "agents.unhold": MethodSpec(params=HoldParams, role="operator", doc="Clear a hold."),
+    "runs.list": MethodSpec(params=RunsListParams, role="reader", doc="Runs, newest first, keyset-paged."),
+    "runs.show": MethodSpec(params=RunParams, role="reader", doc="One run with stages, artifacts, metrics, audit."),
+    "runs.logs": MethodSpec(params=LogsParams, role="reader", doc="The tail of a run's stage logs."),
+    "runs.metrics": MethodSpec(params=RunParams, role="reader", doc="A run's metric time series."),
+    "runs.trigger": MethodSpec(params=TriggerParams, role="operator", doc="Queue a run (idempotent by key)."),
+    "runs.cancel": MethodSpec(params=CancelParams, role="operator", doc="Cancel a queued/running/awaiting run."),
+    "runs.approve": MethodSpec(params=DecisionParams, role="operator", doc="Approve a run awaiting approval."),
+    "runs.reject": MethodSpec(params=DecisionParams, role="operator", doc="Reject a run awaiting approval."),
+    "deployments.list": MethodSpec(params=DeploymentsParams, role="reader", doc="Deployment history."),
+    "deployments.rollback": MethodSpec(params=RollbackParams, role="operator", doc="Switch an agent back."),
+    "audit.list": MethodSpec(params=AuditParams, role="reader", doc="Audit rows, oldest first."),
+    "events.subscribe": MethodSpec(params=SubscribeParams, role="reader", doc="Push events on this connection."),
+    "events.unsubscribe": MethodSpec(params=NoParams, role="reader", doc="Stop pushing events."),
+    "ledger.backup": MethodSpec(params=BackupParams, role="operator", doc="Online backup of the ledger."),
+}
+
+
+class RpcError(Exception):
+    """An error reply from the daemon (or a local protocol failure), with its JSON-RPC code."""
+
+    def __init__(self, code: int, message: str, data: Any = None):
+        super().__init__(message)
+        self.code, self.message, self.data = code, message, data
+
+    def to_json(self) -> dict:
+        err: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.data is not None:
+            err["data"] = self.data
+        return err
+
+
+def encode(obj: dict) -> bytes:
+    return (json.dumps(obj, separators=(",", ":"), default=str) + "\n").encode()
+
+
+def request(method: str, params: dict | None, id_: int | str) -> bytes:
+    return encode({"jsonrpc": JSONRPC, "method": method, "params": params or {}, "id": id_})
+
+
+def response(id_: Any, result: Any) -> bytes:
+    return encode({"jsonrpc": JSONRPC, "id": id_, "result": result})
+
+
+def error_response(id_: Any, err: RpcError) -> bytes:
+    return encode({"jsonrpc": JSONRPC, "id": id_, "error": err.to_json()})
+
+
+def notification(topic: str, data: dict) -> bytes:
+    return encode({"jsonrpc": JSONRPC, "method": "event", "params": {"topic": topic, **data}})
+
+
+def parse_request(line: bytes) -> tuple[Any, str, _Params]:
+    """Decode and validate one request line; raises RpcError (with the request id when known)."""
+    try:
+        msg = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise RpcError(PARSE_ERROR, f"parse error: {str(e)[:200]}") from None
+    if not isinstance(msg, dict):
+        raise RpcError(INVALID_REQUEST, "invalid request: expected a JSON object")
+    id_ = msg.get("id")
+    if not isinstance(id_, (int, str)) or isinstance(id_, bool):
+        err = RpcError(INVALID_REQUEST, "invalid request: `id` must be an integer or a string")
+        err.data = None
+        raise err
+    if msg.get("jsonrpc") != JSONRPC:
+        raise _with_id(RpcError(INVALID_REQUEST, 'invalid request: `jsonrpc` must be "2.0"'), id_)
+    method = msg.get("method")
+    if not isinstance(method, str):
+        raise _with_id(RpcError(INVALID_REQUEST, "invalid request: `method` must be a string"), id_)
+    spec = METHODS.get(method)
+    if spec is None:
+        raise _with_id(RpcError(METHOD_NOT_FOUND, f"method not found: {method[:100]}"), id_)
+    raw = msg.get("params", {})
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise _with_id(RpcError(INVALID_PARAMS, "invalid params: expected an object"), id_)
+    try:
+        params = spec.params.model_validate(raw)
+    except ValidationError as e:
+        problems = [
+            f"{'.'.join(str(x) for x in er['loc']) or 'params'}: {er['msg']}" for er in e.errors()[:10]
+        ]
+        raise _with_id(RpcError(INVALID_PARAMS, "invalid params: " + "; ".join(problems)), id_) from None
+    return id_, method, params
+
+
+def _with_id(err: RpcError, id_: Any) -> RpcError:
+    err.request_id = id_  # type: ignore[attr-defined]
+    return err
