@@ -38,6 +38,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"pr1d: config error: {line}", file=sys.stderr)
         return EXIT_CONFIG
     _setup_logging(cfg.daemon.log_level)
+    import faulthandler
+
+    faulthandler.enable()  # a watchdog SIGABRT prints the stuck stack to the journal
     daemon = Daemon(cfg, config_paths=paths, overrides=overrides, burst=args.burst)
     try:
         return asyncio.run(daemon.run())

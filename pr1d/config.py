@@ -28,6 +28,8 @@ class _Section(BaseModel):
 
 
 class DaemonConfig(_Section):
+    """The daemon process: where it keeps state, how it runs stage workers."""
+
     state_dir: str = Field(
         "~/.local/state/pr1d",
         description="Directory holding the ledger, scheduler job store, run folders and the lock. "
@@ -65,6 +67,8 @@ class DaemonConfig(_Section):
 
 
 class AuthConfig(_Section):
+    """Who may use the socket (checked with SO_PEERCRED). Everyone else is refused."""
+
     operator_users: list[str] = Field(
         ["root"],
         description="Unix users allowed to operate (trigger, cancel, approve, reject, rollback, hold). "
@@ -76,6 +80,8 @@ class AuthConfig(_Section):
 
 
 class RpcConfig(_Section):
+    """Socket API limits that keep one bad client from hurting the daemon or other clients."""
+
     max_line_bytes: int = Field(
         1 << 20, ge=1024, le=64 << 20, description="Longest accepted request line; longer closes the connection."
     )
@@ -90,6 +96,8 @@ class RpcConfig(_Section):
 
 
 class SchedulerConfig(_Section):
+    """APScheduler (persistent job store in the state dir)."""
+
     poll_interval_s: float = Field(60.0, gt=0, description="How often the scoring API is polled.")
     misfire_grace_s: int = Field(
         3600,
@@ -100,6 +108,8 @@ class SchedulerConfig(_Section):
 
 
 class ScoringConfig(_Section):
+    """The agent platform's scoring API. The token is read from the environment or a file, never stored."""
+
     base_url: str = Field("http://127.0.0.1:8765", description="Base URL of the scoring API (the agent platform).")
     token_env: str = Field(
         "PR1_SCORING_TOKEN", description="Environment variable holding the bearer token (never stored in the ledger)."
@@ -281,6 +291,33 @@ def load_config(
         raise ConfigError("\n".join(lines)) from None
 
 
+def _type_name(ann: Any) -> str:
+    from typing import get_args, get_origin
+
+    if get_origin(ann) is Literal:
+        return " | ".join(repr(a) for a in get_args(ann))
+    return getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+
+
+def _model_markdown(model: type[BaseModel], prefix: str, out: list[str]) -> None:
+    rows, nested = [], []
+    for key, f in model.model_fields.items():
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            nested.append((key, ann))
+            continue
+        default = f.default if f.default_factory is None else f.default_factory()
+        rows.append(f"| `{key}` | `{_type_name(ann)}` | `{default!r}` | {f.description or ''} |")
+    if rows:
+        out += ["| key | type | default | meaning |", "|---|---|---|---|", *rows, ""]
+    for key, sub in nested:
+        name = f"{prefix}.{key}" if prefix else key
+        out += [f"## `[{name}]`", ""]
+        if sub.__doc__ and sub.__doc__ != _Section.__doc__:
+            out += [" ".join(sub.__doc__.split()), ""]
+        _model_markdown(sub, name, out)
+
+
 def config_markdown() -> str:
     """Render every config key with its type, default and description (docs/configuration.md)."""
     out = [
@@ -294,16 +331,61 @@ def config_markdown() -> str:
         "start-up with the file and key. `SIGHUP` reloads; an invalid new config is refused and the old one stays.",
         "",
     ]
-    for name, field in Config.model_fields.items():
-        section = field.annotation
-        out += [f"## `[{name}]`", "", (section.__doc__ or "").strip() if section.__doc__ != _Section.__doc__ else "", ""]
-        out += ["| key | type | default | meaning |", "|---|---|---|---|"]
-        for key, f in section.model_fields.items():
-            ann = getattr(f.annotation, "__name__", None) or str(f.annotation).replace("typing.", "")
-            default = f.default
-            out.append(f"| `{key}` | `{ann}` | `{default!r}` | {f.description or ''} |")
-        out.append("")
+    _model_markdown(Config, "", out)
     return "\n".join(line for line in out) + "\n"
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    raise TypeError(f"cannot render {v!r} as TOML")
+
+
+def _wrap_comment(text: str, width: int = 100) -> list[str]:
+    import textwrap
+
+    return ["# " + line for line in textwrap.wrap(text, width - 2)] or ["#"]
+
+
+def _model_toml(model: type[BaseModel], prefix: str, out: list[str]) -> None:
+    nested = []
+    for key, f in model.model_fields.items():
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            nested.append((key, ann))
+            continue
+        default = f.default if f.default_factory is None else f.default_factory()
+        out += _wrap_comment(f.description or "")
+        out.append(f"{key} = {_toml_value(default)}")
+        out.append("")
+    for key, sub in nested:
+        name = f"{prefix}.{key}" if prefix else key
+        out.append(f"[{name}]")
+        if sub.__doc__ and sub.__doc__ != _Section.__doc__:
+            out += _wrap_comment(" ".join(sub.__doc__.split()))
+        out.append("")
+        _model_toml(sub, name, out)
+
+
+def config_toml() -> str:
+    """The documented default config file (config/pr1d.toml): every key, its default, what it means."""
+    out = [
+        "# pr1d configuration: the built-in defaults, every key documented.",
+        "# Generated by `python -m pr1d.config --toml` from pr1d/config.py; a test keeps it current.",
+        "# Copy the keys you change to /etc/pr1d/pr1d.toml (or a file passed with --config); unknown keys are",
+        "# refused at start-up. Environment: PR1_<SECTION>__<KEY>=value overrides any key.",
+        "",
+    ]
+    _model_toml(Config, "", out)
+    return "\n".join(out).rstrip() + "\n"
 
 
 if __name__ == "__main__":
@@ -311,6 +393,8 @@ if __name__ == "__main__":
 
     if sys.argv[1:] == ["--markdown"]:
         sys.stdout.write(config_markdown())
+    elif sys.argv[1:] == ["--toml"]:
+        sys.stdout.write(config_toml())
     else:
-        print("usage: python -m pr1d.config --markdown", file=sys.stderr)
+        print("usage: python -m pr1d.config --markdown | --toml", file=sys.stderr)
         sys.exit(2)

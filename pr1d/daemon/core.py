@@ -257,26 +257,35 @@ class Daemon:
             await self.db("update_stage_fields", stage_id, checkpoint=ev["path"])
 
     async def _tail_log(self, run_id: int, stage: str, path: Path) -> None:
-        """Push new stage-log lines to subscribers (pr1ctl logs --follow, the console)."""
-        offset = 0
-        partial = b""
-        while True:
-            await asyncio.sleep(0.3)
+        """Push new stage-log lines to subscribers (pr1ctl logs --follow, the console).
+
+        Cancelled when the stage ends; the last lines are flushed then, before the stage's state
+        event goes out, so a follower never misses the end of the log.
+        """
+        offset, partial = 0, b""
+
+        def drain() -> None:
+            nonlocal offset, partial
             if self.server is None or not self.server.subscribers("log"):
-                continue
+                return
             try:
                 with open(path, "rb") as f:
                     f.seek(offset)
                     chunk = f.read(1 << 20)
             except FileNotFoundError:
-                continue
-            if not chunk:
-                continue
+                return
             offset += len(chunk)
             lines = (partial + chunk).split(b"\n")
             partial = lines.pop()
             for line in lines:
                 self.publish("log", {"run": run_id, "stage": stage, "line": line.decode(errors="replace")}, run_id)
+
+        try:
+            while True:
+                await asyncio.sleep(0.3)
+                drain()
+        finally:
+            drain()
 
     def publish(self, topic: str, data: dict, run: int | None = None) -> None:
         if self.server is not None:

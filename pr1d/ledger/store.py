@@ -152,6 +152,10 @@ class Ledger:
     def close(self) -> None:
         self.engine.dispose()
 
+    def _session(self) -> Session:
+        # expire_on_commit=False: rows stay readable after commit (model_dump of an expired row is empty).
+        return Session(self.engine, expire_on_commit=False)
+
     # -- audit ------------------------------------------------------------------------------------
     @staticmethod
     def _audit(
@@ -181,12 +185,12 @@ class Ledger:
         )
 
     def audit(self, actor: str, action: str, entity: str, entity_id: object, **kw: Any) -> None:
-        with Session(self.engine) as s:
+        with self._session() as s:
             self._audit(s, actor, action, entity, entity_id, **kw)
             s.commit()
 
     def audit_log(self, entity: str | None = None, entity_id: object = None, limit: int = 200) -> list[dict]:
-        with Session(self.engine) as s:
+        with self._session() as s:
             q = select(AuditRow)
             if entity:
                 q = q.where(AuditRow.entity == entity)
@@ -199,7 +203,7 @@ class Ledger:
     def upsert_agents(self, agents: Iterable[dict]) -> int:
         n = 0
         now = _now()
-        with Session(self.engine) as s:
+        with self._session() as s:
             for a in agents:
                 row = s.get(Agent, a["id"])
                 if row is None:
@@ -213,18 +217,18 @@ class Ledger:
         return n
 
     def get_agent(self, agent_id: str) -> dict:
-        with Session(self.engine) as s:
+        with self._session() as s:
             row = s.get(Agent, agent_id)
             if row is None:
                 raise NotFound(f"no such agent: {agent_id}")
             return row.model_dump()
 
     def list_agents(self) -> list[dict]:
-        with Session(self.engine) as s:
+        with self._session() as s:
             return [a.model_dump() for a in s.exec(select(Agent).order_by(Agent.id)).all()]
 
     def set_hold(self, agent_id: str, hold: bool, actor: str, reason: str | None) -> dict:
-        with Session(self.engine) as s:
+        with self._session() as s:
             row = s.get(Agent, agent_id)
             if row is None:
                 raise NotFound(f"no such agent: {agent_id}")
@@ -237,7 +241,7 @@ class Ledger:
             return row.model_dump()
 
     def update_agent_fields(self, agent_id: str, **fields: Any) -> None:
-        with Session(self.engine) as s:
+        with self._session() as s:
             row = s.get(Agent, agent_id)
             if row is None:
                 raise NotFound(f"no such agent: {agent_id}")
@@ -261,7 +265,7 @@ class Ledger:
         stages: list[str] | None = None,
     ) -> tuple[dict, bool]:
         """Queue a run; returns (run, created). A repeated idempotency key returns the first run."""
-        with Session(self.engine) as s:
+        with self._session() as s:
             if idempotency_key:
                 prior = s.exec(select(Run).where(Run.idempotency_key == idempotency_key)).first()
                 if prior is not None:
@@ -295,7 +299,7 @@ class Ledger:
 
     def transition_run(self, run_id: int, dst: str, actor: str, reason: str | None = None, **fields: Any) -> dict:
         """Move a run to dst (raises IllegalTransition) and write the audit row, in one transaction."""
-        with Session(self.engine) as s:
+        with self._session() as s:
             run = s.get(Run, run_id)
             if run is None:
                 raise NotFound(f"no such run: {run_id}")
@@ -317,7 +321,7 @@ class Ledger:
             return run.model_dump()
 
     def update_run_fields(self, run_id: int, **fields: Any) -> None:
-        with Session(self.engine) as s:
+        with self._session() as s:
             run = s.get(Run, run_id)
             if run is None:
                 raise NotFound(f"no such run: {run_id}")
@@ -328,14 +332,14 @@ class Ledger:
             s.commit()
 
     def get_run(self, run_id: int) -> dict:
-        with Session(self.engine) as s:
+        with self._session() as s:
             run = s.get(Run, run_id)
             if run is None:
                 raise NotFound(f"no such run: {run_id}")
             return run.model_dump()
 
     def run_detail(self, run_id: int) -> dict:
-        with Session(self.engine) as s:
+        with self._session() as s:
             run = s.get(Run, run_id)
             if run is None:
                 raise NotFound(f"no such run: {run_id}")
@@ -369,7 +373,7 @@ class Ledger:
         before_id: int | None = None,
     ) -> list[dict]:
         """Newest first; page with before_id (keyset paging stays fast at any ledger size)."""
-        with Session(self.engine) as s:
+        with self._session() as s:
             q = select(Run)
             if state:
                 q = q.where(Run.state == state)
@@ -382,16 +386,16 @@ class Ledger:
             return [r.model_dump() for r in s.exec(q.order_by(col(Run.id).desc()).limit(limit)).all()]
 
     def runs_by_state(self, *states: str) -> list[dict]:
-        with Session(self.engine) as s:
+        with self._session() as s:
             q = select(Run).where(col(Run.state).in_(list(states))).order_by(Run.id)
             return [r.model_dump() for r in s.exec(q).all()]
 
     def count_runs_by_state(self) -> dict[str, int]:
-        with Session(self.engine) as s:
+        with self._session() as s:
             return dict(s.exec(select(Run.state, func.count()).group_by(Run.state)).all())
 
     def next_queued_run(self, exclude: set[int] | None = None) -> dict | None:
-        with Session(self.engine) as s:
+        with self._session() as s:
             q = select(Run).where(Run.state == RunState.queued)
             if exclude:
                 q = q.where(col(Run.id).not_in(list(exclude)))
@@ -400,11 +404,11 @@ class Ledger:
 
     # -- stages -----------------------------------------------------------------------------------
     def stages(self, run_id: int) -> list[dict]:
-        with Session(self.engine) as s:
+        with self._session() as s:
             return [x.model_dump() for x in s.exec(select(Stage).where(Stage.run_id == run_id).order_by(Stage.seq))]
 
     def transition_stage(self, stage_id: int, dst: str, actor: str = "daemon", reason: str | None = None, **fields: Any) -> dict:
-        with Session(self.engine) as s:
+        with self._session() as s:
             st = s.get(Stage, stage_id)
             if st is None:
                 raise NotFound(f"no such stage: {stage_id}")
@@ -426,7 +430,7 @@ class Ledger:
             return st.model_dump()
 
     def update_stage_fields(self, stage_id: int, **fields: Any) -> None:
-        with Session(self.engine) as s:
+        with self._session() as s:
             st = s.get(Stage, stage_id)
             if st is None:
                 raise NotFound(f"no such stage: {stage_id}")
@@ -446,7 +450,7 @@ class Ledger:
             )
 
     def metrics(self, run_id: int, name: str | None = None, limit: int = 5000) -> list[dict]:
-        with Session(self.engine) as s:
+        with self._session() as s:
             q = select(Metric).where(Metric.run_id == run_id)
             if name:
                 q = q.where(Metric.name == name)
@@ -454,7 +458,7 @@ class Ledger:
 
     def record_artifact(self, run_id: int, stage_id: int | None, name: str, path: str, sha256: str,
                         size: int, kind: str = "file", meta: dict | None = None) -> dict:
-        with Session(self.engine) as s:
+        with self._session() as s:
             a = Artifact(run_id=run_id, stage_id=stage_id, name=name, kind=kind, path=path, sha256=sha256,
                          size=size, meta=meta, created_at=_now())
             s.add(a)
@@ -470,7 +474,7 @@ class Ledger:
         orphaned worker is still writing before it resumes them.
         """
         orphans: list[dict] = []
-        with Session(self.engine) as s:
+        with self._session() as s:
             for st in s.exec(select(Stage).where(Stage.state == StageState.running)).all():
                 orphans.append(st.model_dump())
                 st.state, st.finished_at = StageState.interrupted, _now()
@@ -487,14 +491,14 @@ class Ledger:
 
     # -- registry (model versions, deployments) -----------------------------------------------------
     def deployments(self, agent_id: str | None = None, limit: int = 200) -> list[dict]:
-        with Session(self.engine) as s:
+        with self._session() as s:
             q = select(Deployment)
             if agent_id:
                 q = q.where(Deployment.agent_id == agent_id)
             return [d.model_dump() for d in s.exec(q.order_by(col(Deployment.id).desc()).limit(limit)).all()]
 
     def model_version(self, version_id: str) -> dict:
-        with Session(self.engine) as s:
+        with self._session() as s:
             v = s.get(ModelVersion, version_id)
             if v is None:
                 raise NotFound(f"no such model version: {version_id}")

@@ -93,6 +93,14 @@ class Client:
         try:
             self.sock.sendall(schema.request(method, {k: v for k, v in params.items() if v is not None}, id_))
         except (BrokenPipeError, ConnectionResetError):
+            # The daemon may have refused us (permission denied) and hung up before reading: its
+            # reason is still in our receive buffer, and it is worth more than "broken pipe".
+            try:
+                msg = self._readline()
+            except (DaemonUnreachable, OSError, ValueError):
+                raise DaemonUnreachable(self.path, "connection closed by the daemon") from None
+            if "error" in msg:
+                _raise_error(msg)
             raise DaemonUnreachable(self.path, "connection closed by the daemon") from None
         while True:
             msg = self._readline()

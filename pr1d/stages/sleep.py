@@ -42,6 +42,8 @@ def main(w: Worker) -> dict:
         rate = (step - start) / max(1e-9, time.monotonic() - t0)
         w.progress(step, total, eta_s=(total - step) / rate if rate else None)
         w.metric("sleep.step", step, step)
+        if step % 5 == 0 or step == total:
+            w.log(f"step {step}/{total}")
     if "exit_code" in w.params:
         os._exit(int(w.params["exit_code"]))
     return {"steps": total, "resumed_from": start}
