@@ -17,6 +17,8 @@ def _setup_logging(level: str) -> None:
     fmt = "%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM") else \
         "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, stream=sys.stderr)
+    # One line per HTTP request would drown the journal at 10,000 agents; failures are logged by the poller.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

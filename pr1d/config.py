@@ -16,6 +16,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .monitor.rules import RuleConfig, effective_rule_config
+from .monitor.signals import SignalConfig, effective_signal_config
+
 SYSTEM_CONFIG = Path("/etc/pr1d/pr1d.toml")
 ENV_PREFIX = "PR1_"
 # PR1_* variables that are not config keys (clients and the CLI read them directly).
@@ -118,6 +121,19 @@ class ScoringConfig(_Section):
         "", description="File holding the bearer token; used when the variable in `token_env` is unset."
     )
     timeout_s: float = Field(10.0, gt=0, le=300, description="Per-request timeout.")
+    concurrency: int = Field(32, ge=1, le=1024, description="Agents polled at once (HTTP requests in flight).")
+    page_limit: int = Field(500, ge=1, le=1000, description="Evaluations asked for per page.")
+    max_pages_per_cycle: int = Field(
+        20, ge=1, description="Pages read per agent per cycle; the rest waits for the next cycle (bounds a cycle)."
+    )
+    max_attempts: int = Field(4, ge=1, le=20, description="Tries per request on timeouts, 5xx and resets.")
+    backoff_base_s: float = Field(0.2, gt=0, description="First retry delay; doubles per try, with full jitter.")
+    backoff_max_s: float = Field(10.0, gt=0, description="Longest retry delay (a Retry-After header is honoured up to this).")
+    field_map: dict[str, str] = Field(
+        {},
+        description="Contract field -> the platform's field name, for platforms whose names differ "
+        "(e.g. {weighted_score = \"score\", id = \"evaluation_id\"}). See docs/scoring-api.md.",
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -127,12 +143,58 @@ class ScoringConfig(_Section):
         return v.rstrip("/")
 
 
+class MonitorConfig(_Section):
+    """Score monitoring: the signals and trigger rules (docs/entry-criteria.md)."""
+
+    enabled: bool = Field(True, description="Poll the scoring API and queue runs when signals fire.")
+    signals: SignalConfig = SignalConfig()
+    rules: RuleConfig = RuleConfig()
+    profiles: dict[str, dict[str, Any]] = Field(
+        {},
+        description="Per agent profile overrides of [monitor.signals] and [monitor.rules] keys, e.g. "
+        "profiles.premium = {target = 0.9, cooldown_s = 600.0}.",
+    )
+
+    @field_validator("profiles")
+    @classmethod
+    def _profiles_valid(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, over in v.items():
+            split_profile_override(name, over)  # raises with the profile and key named
+        return v
+
+    def for_profile(self, profile: str) -> tuple[SignalConfig, RuleConfig]:
+        over = self.profiles.get(profile)
+        if not over:
+            return self.signals, self.rules
+        sig, rule = split_profile_override(profile, over)
+        return effective_signal_config(self.signals, sig), effective_rule_config(self.rules, rule)
+
+
+def split_profile_override(name: str, over: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    sig = {k: v for k, v in over.items() if k in SignalConfig.model_fields}
+    rule = {k: v for k, v in over.items() if k in RuleConfig.model_fields}
+    unknown = set(over) - set(sig) - set(rule)
+    if unknown:
+        raise ValueError(f"profile {name!r}: unknown key(s) {sorted(unknown)}")
+    try:
+        effective_signal_config(SignalConfig(), sig)
+        effective_rule_config(RuleConfig(), rule)
+    except ValidationError as e:
+        er = e.errors()[0]
+        loc = ".".join(str(x) for x in er["loc"])
+        raise ValueError(f"profile {name!r}: key `{loc}`: {er['msg']} (got {er.get('input')!r})") from None
+    except TypeError as e:
+        raise ValueError(f"profile {name!r}: {e}") from None
+    return sig, rule
+
+
 class Config(_Section):
     daemon: DaemonConfig = DaemonConfig()
     auth: AuthConfig = AuthConfig()
     rpc: RpcConfig = RpcConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     scoring: ScoringConfig = ScoringConfig()
+    monitor: MonitorConfig = MonitorConfig()
 
     # -- derived values ---------------------------------------------------------------------------
     def state_path(self) -> Path:

@@ -27,6 +27,8 @@ def pr1_env(**extra: str) -> dict[str, str]:
     env.pop("NOTIFY_SOCKET", None)
     env.pop("WATCHDOG_USEC", None)
     env["PR1_NO_SYSTEM_CONFIG"] = "1"
+    # Daemons in tests poll only when a test points them at a `pr1d sim`.
+    env.setdefault("PR1_MONITOR__ENABLED", "false")
     env.update(extra)
     return env
 

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from .. import __version__
 from ..config import Config, ConfigError, load_config
+from ..ledger import store
 from ..ledger.states import IllegalTransition, RunState, StageState
 from ..ledger.store import Conflict, Ledger, LedgerError, NotFound
 from ..pipeline.launcher import Outcome, StageProcess, StageSpec
@@ -55,6 +56,8 @@ class Daemon:
         self.stage_procs: dict[int, StageProcess] = {}  # run id -> running worker
         self.cancel_requests: dict[int, tuple[str, str]] = {}  # run id -> (user, reason)
         self.reload_error: str | None = None
+        self.poller: Any = None  # pr1d.monitor.poller.Poller when monitor.enabled
+        self._poll_lock = asyncio.Lock()
 
     # == start ====================================================================================
     async def run(self) -> int:
@@ -71,6 +74,10 @@ class Daemon:
         self.ledger = await self.db_call(Ledger, self.state_dir / "ledger.sqlite")
         await self._recover()
         jobs.install(self)
+        if self.cfg.monitor.enabled:
+            from ..monitor.poller import Poller
+
+            self.poller = Poller(self.cfg.scoring, self.cfg.scoring_token())
         self.server = RpcServer(self.cfg.socket(), self.cfg.rpc, RoleResolver(self.cfg.auth), self._handlers())
         await self.server.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -82,6 +89,8 @@ class Daemon:
         log.info("pr1d %s ready: state %s, socket %s", __version__, self.state_dir, self.cfg.socket())
         watchdog = asyncio.create_task(systemd.watchdog_loop(lambda: not self.stopping.is_set()))
         try:
+            if self.burst and self.poller is not None:
+                await self.poll_cycle()  # burst: one real poll cycle, then drain what it queued
             await self._dispatch_loop()
         finally:
             watchdog.cancel()
@@ -118,9 +127,20 @@ class Daemon:
             job_defaults={"coalesce": True, "max_instances": 1,
                           "misfire_grace_time": self.cfg.scheduler.misfire_grace_s},
         )
+        # Start first so the persistent store is open: jobs left there by an earlier run are then
+        # replaced (new interval from config) or removed (monitor switched off).
+        self.scheduler.start()
         self.scheduler.add_job("pr1d.daemon.jobs:housekeeping", "interval", seconds=600, id="housekeeping",
                                name="WAL checkpoint and approval expiry", replace_existing=True)
-        self.scheduler.start()
+        if self.poller is not None:
+            from datetime import UTC, datetime
+
+            self.scheduler.add_job("pr1d.daemon.jobs:poll_scores", "interval",
+                                   seconds=self.cfg.scheduler.poll_interval_s, id="poll",
+                                   name="poll the scoring API", replace_existing=True,
+                                   next_run_time=datetime.now(UTC))
+        elif self.scheduler.get_job("poll"):
+            self.scheduler.remove_job("poll")
 
     # == serve: the run dispatcher ================================================================
     async def _dispatch_loop(self) -> None:
@@ -291,6 +311,59 @@ class Daemon:
         if self.server is not None:
             self.server.broadcast(topic, data, run)
 
+    async def poll_cycle(self) -> dict:
+        """One poll of every agent: ingest new samples with their cursors, then evaluate signals."""
+        from ..monitor.evaluate import evaluate_agents
+        from ..monitor.poller import PollError, agent_health
+
+        if self.poller is None:
+            raise RpcError(schema.UNAVAILABLE, "monitoring is disabled (monitor.enabled = false)")
+        async with self._poll_lock:
+            t0, cpu0 = time.monotonic(), time.process_time()
+            report: dict[str, Any] = {"started_at": time.time(), "ok": True}
+            try:
+                agents = await self.poller.fetch_agents()
+            except PollError as e:
+                report.update(ok=False, error=str(e), duration_s=round(time.monotonic() - t0, 3))
+                self.poller.last_cycle = report
+                log.warning("poll cycle skipped: %s", e)
+                return report
+            await self.db("upsert_agents", agents)
+            known = await self.db_call(store.agent_cursors, self.ledger)
+            wanted = {a["id"]: known[a["id"]] for a in agents if a["id"] in known}
+            polls = await self.poller.poll_agents(wanted)
+            t_http = time.monotonic() - t0
+            inserted = 0
+            for i in range(0, len(polls), 1000):
+                batch = [{"agent_id": p.agent_id, "cursor": p.cursor, "samples": p.samples,
+                          "health": agent_health(wanted[p.agent_id]["health"], p)} for p in polls[i:i + 1000]]
+                inserted += await self.db_call(store.ingest_polls, self.ledger, batch)
+            changed = [p.agent_id for p in polls if p.samples]
+            outcomes = await self.db_call(evaluate_agents, self.ledger, changed, self.cfg.monitor)
+            for o in outcomes:
+                log.info("trigger %s: agent %s %s -> %s%s", o.trigger_id, o.agent_id, o.signal, o.job_kind,
+                         f" (suppressed: {o.suppressed})" if o.suppressed else f", run {o.run_id}")
+                self.publish("alert", {"kind": "trigger", "agent": o.agent_id, "signal": o.signal,
+                                       "job_kind": o.job_kind, "run": o.run_id, "suppressed": o.suppressed})
+                if o.run_id:
+                    self.publish("run", {"run": o.run_id, "agent": o.agent_id, "state": "queued", "kind": o.job_kind,
+                                         "actor": "daemon", "reason": f"{o.signal} signal fired"}, o.run_id)
+                    self.wakeup.set()
+            invalid: dict[str, int] = {}
+            for p in polls:
+                for k, v in p.invalid.items():
+                    invalid[k] = invalid.get(k, 0) + v
+            fetched = sum(len(p.samples) for p in polls)
+            report.update(
+                agents=len(agents), fetched=fetched, inserted=inserted, invalid=invalid,
+                agent_errors=sum(1 for p in polls if p.error), triggers=len(outcomes),
+                runs_created=[o.run_id for o in outcomes if o.run_id], duration_s=round(time.monotonic() - t0, 3),
+                http_s=round(t_http, 3), cpu_s=round(time.process_time() - cpu0, 3),
+            )
+            self.poller.last_cycle = report
+            self.publish("agent", {"kind": "poll", "agents": len(agents), "inserted": inserted})
+            return report
+
     async def housekeeping(self) -> None:
         await self.db_call(_wal_checkpoint, self.ledger)
 
@@ -314,6 +387,8 @@ class Daemon:
             self.scheduler.shutdown(wait=False)
         if self.server is not None:
             await self.server.close()
+        if self.poller is not None:
+            await self.poller.close()
         if self.ledger is not None:
             await self.db_call(self.ledger.close)
         log.info("pr1d stopped")
@@ -346,7 +421,7 @@ class Daemon:
             "runs.reject": self.h_reject, "deployments.list": self.h_deployments,
             "deployments.rollback": self.h_rollback, "audit.list": self.h_audit,
             "events.subscribe": self.h_subscribe, "events.unsubscribe": self.h_unsubscribe,
-            "ledger.backup": self.h_backup,
+            "ledger.backup": self.h_backup, "monitor.poll": self.h_poll, "monitor.triggers": self.h_triggers,
         }
         return {k: _mapped_errors(v) for k, v in names.items()}
 
@@ -365,6 +440,12 @@ class Daemon:
             "scheduler_jobs": jobs_out, "burst": self.burst, "stopping": self.stopping.is_set(),
             "config_reload_error": self.reload_error,
             "clients": len(self.server.conns) if self.server else 0,
+            "monitor": {
+                "enabled": self.poller is not None,
+                "scoring_url": self.cfg.scoring.base_url,
+                "last_cycle": self.poller.last_cycle if self.poller else None,
+                "endpoints": {k: v.to_dict() for k, v in self.poller.client.health.items()} if self.poller else {},
+            },
         }
 
     async def h_whoami(self, conn: Connection, p: Any) -> dict:
@@ -477,6 +558,12 @@ class Daemon:
     async def h_unsubscribe(self, conn: Connection, p: Any) -> dict:
         conn.topics = frozenset()
         return {"topics": []}
+
+    async def h_poll(self, conn: Connection, p: Any) -> dict:
+        return await self.poll_cycle()
+
+    async def h_triggers(self, conn: Connection, p: Any) -> list[dict]:
+        return await self.db_call(store.triggers, self.ledger, p.agent, p.limit)
 
     async def h_backup(self, conn: Connection, p: Any) -> dict:
         dest = Path(p.path)

@@ -24,3 +24,8 @@ def current() -> Any:
 async def housekeeping() -> None:
     """Checkpoint the WAL so it cannot grow without bound, and expire stale approvals."""
     await current().housekeeping()
+
+
+async def poll_scores() -> None:
+    """Poll the scoring API once; errors are recorded in health, never raised into the scheduler."""
+    await current().poll_cycle()

@@ -31,6 +31,9 @@ class Agent(SQLModel, table=True):
     current_version: str | None = None  # mirrors the deployments pointer for fast reads
     eval_cursor: str | None = None  # scoring API cursor for /evaluations
     health: dict | None = _json()  # poller's last success / consecutive failures / last error
+    baseline: dict | None = _json()  # frozen drift baseline: first K evaluations, or reset at promotion
+    signals: dict | None = _json()  # last evaluated signal states, for the console
+    last_polled_at: float | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
 

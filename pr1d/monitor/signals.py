@@ -169,16 +169,17 @@ class SignalConfig(BaseModel):
         "Platform `error`s and poll errors are not fails.",
     )
     drift_window: int = Field(
-        20,
+        50,
         ge=1,
         le=10_000,
         description="Drift compares the mean of the last this-many evaluations after the baseline with the baseline.",
     )
     drift_min_samples: int = Field(
-        10,
+        30,
         ge=1,
         le=10_000,
-        description="The drift mean rule judges only when its window holds this many valid scores.",
+        description="The drift mean rule judges only when its window holds this many valid scores. Large "
+        "enough that a burst of hard failures in an unreliable agent (reliability's case) is not a drift.",
     )
     drift_rel_drop: float = Field(
         0.07,
@@ -206,6 +207,14 @@ class SignalConfig(BaseModel):
         le=100.0,
         description="Page-Hinkley alarm level: fires when the accumulated drop beyond `ph_delta` is strictly above "
         "this. 0.5 = about four evaluations 0.2 under baseline, or ten 0.1 under.",
+    )
+    ph_smooth: int = Field(
+        5,
+        ge=1,
+        le=100,
+        description="Page-Hinkley reads the moving median of this many pass scores, not single scores: hard "
+        "failures are reliability's business, a sustained drop in the quality of passing work is drift's. "
+        "1 = raw pass scores.",
     )
     compliance_window: int = Field(
         50,
@@ -535,9 +544,16 @@ def page_hinkley(values: Iterable[float], baseline_mean: float, delta: float, la
     return st
 
 
+def _moving_median(xs: Sequence[float], k: int) -> list[float]:
+    """Trailing median of up to k values at each position: a sustained drop moves it, an outlier does not."""
+    from statistics import median
+
+    return [median(xs[max(0, i - k + 1) : i + 1]) for i in range(len(xs))]
+
+
 def drift_signal(samples: Iterable[Sample], baseline: Baseline | None, cfg: SignalConfig) -> SignalResult:
     """Fires when the recent mean dropped more than ``cfg.drift_rel_drop`` (relative) against ``baseline``,
-    or when Page--Hinkley over the valid scores since the baseline passes ``cfg.ph_lambda``.
+    or when Page--Hinkley over the moving median of pass scores since the baseline passes ``cfg.ph_lambda``.
 
     Only samples strictly after ``baseline.frozen_at`` count, so the baseline's own samples never
     dilute the comparison. No baseline yet: insufficient_data. The mean rule needs
@@ -552,6 +568,7 @@ def drift_signal(samples: Iterable[Sample], baseline: Baseline | None, cfg: Sign
         "rel_drop_threshold": cfg.drift_rel_drop,
         "ph_delta": cfg.ph_delta,
         "ph_lambda": cfg.ph_lambda,
+        "ph_smooth": cfg.ph_smooth,
         "warn_ratio": cfg.warn_ratio,
     }
     if baseline is None:
@@ -579,7 +596,11 @@ def drift_signal(samples: Iterable[Sample], baseline: Baseline | None, cfg: Sign
     else:
         mean_state = "ok"
 
-    ph_values = [v for x in since if (v := x.valid_score) is not None]
+    # Page-Hinkley reads how good the *passing* work is (a moving median of pass scores): hard failures
+    # are reliability's signal, and a burst of them must not read as a drift (flaky agents would
+    # otherwise always get a full curriculum, which outranks RL).
+    graded_since = [x for x in since if x.status == "pass" and x.valid_score is not None]
+    ph_values = _moving_median([x.valid_score for x in graded_since], cfg.ph_smooth)
     ph = page_hinkley(ph_values, baseline.mean, cfg.ph_delta, cfg.ph_lambda)
     if ph.n == 0:
         ph_state = "insufficient_data"
@@ -592,7 +613,6 @@ def drift_signal(samples: Iterable[Sample], baseline: Baseline | None, cfg: Sign
     ph_ev = ph.to_dict()
     if ph.fired_at_index is not None:
         # The eval that tripped the detector, so the console can point at it.
-        graded_since = [x for x in since if x.valid_score is not None]
         ph_ev["fired_at_eval_id"] = graded_since[ph.fired_at_index].eval_id
         ph_ev["fired_at_ts"] = graded_since[ph.fired_at_index].ts
 

@@ -98,6 +98,11 @@ class SubscribeParams(_Params):
     run: int | None = Field(None, ge=1)
 
 
+class TriggersParams(_Params):
+    agent: str | None = None
+    limit: int = Field(200, ge=1, le=5000)
+
+
 class BackupParams(_Params):
     path: str = Field(min_length=1, max_length=4096)
 
@@ -134,6 +139,8 @@ METHODS: dict[str, MethodSpec] = {
     "events.subscribe": MethodSpec(params=SubscribeParams, role="reader", doc="Push events on this connection."),
     "events.unsubscribe": MethodSpec(params=NoParams, role="reader", doc="Stop pushing events."),
     "ledger.backup": MethodSpec(params=BackupParams, role="operator", doc="Online backup of the ledger."),
+    "monitor.poll": MethodSpec(params=NoParams, role="operator", doc="Run one poll cycle now; returns its report."),
+    "monitor.triggers": MethodSpec(params=TriggersParams, role="reader", doc="Trigger rows with their evidence."),
 }
 
 

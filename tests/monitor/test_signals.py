@@ -30,6 +30,9 @@ from pr1d.monitor.signals import (
 )
 
 CFG = SignalConfig()
+# The drift tables below were written for a 20-evaluation window on raw scores; the defaults moved to
+# 50 / 30 / smoothing 5 (so unreliable agents are not read as drifting), the arithmetic did not.
+DRIFT_CFG = SignalConfig(drift_window=20, drift_min_samples=10, ph_smooth=1)
 NAN, INF = float("nan"), float("inf")
 
 
@@ -378,7 +381,7 @@ B = Baseline(mean=0.9, n=30, source="first_k", frozen_at=-1.0)  # every series()
     ],
 )  # fmt: skip
 def test_drift(recent, mean_state, ph_state, state):
-    r = drift_signal(series(recent), B, CFG)
+    r = drift_signal(series(recent), B, DRIFT_CFG)
     ev = r.evidence
     assert (ev["mean_state"], ev["ph_state"], r.state) == (mean_state, ph_state, state)
     assert r.fired == (state == "firing")
@@ -387,10 +390,10 @@ def test_drift(recent, mean_state, ph_state, state):
 
 
 def test_drift_without_baseline_is_insufficient_data():
-    r = drift_signal(series([0.1] * 100), None, CFG)
+    r = drift_signal(series([0.1] * 100), None, DRIFT_CFG)
     assert r.state == "insufficient_data" and not r.fired
     assert r.evidence["baseline"] is None and "30 of 30" in r.evidence["reason"]
-    r = drift_signal(series([0.1] * 12), None, CFG)
+    r = drift_signal(series([0.1] * 12), None, DRIFT_CFG)
     assert "12 of 30" in r.evidence["reason"]
     assert_json(r)
 
@@ -399,14 +402,14 @@ def test_drift_ignores_samples_up_to_the_baseline():
     # The baseline's own samples (ts <= frozen_at) never enter the recent window or the detector.
     xs = series([0.2] * 30 + [0.9] * 20)
     b = Baseline(0.9, 30, "first_k", frozen_at=29.0)
-    r = drift_signal(xs, b, CFG)
+    r = drift_signal(xs, b, DRIFT_CFG)
     assert r.state == "ok" and r.evidence["samples_since_baseline"] == 20
     assert r.evidence["page_hinkley"]["n"] == 20
 
 
 def test_drift_uses_only_the_recent_window_for_the_mean():
     xs = series([0.5] * 30 + [0.9] * 20)
-    r = drift_signal(xs, B, CFG)
+    r = drift_signal(xs, B, DRIFT_CFG)
     assert r.evidence["mean_state"] == "ok" and r.evidence["recent_mean"] == pytest.approx(0.9)
     # ... while Page-Hinkley, folding over everything since the baseline, remembers the early drop.
     assert r.evidence["ph_state"] == "firing" and r.evidence["page_hinkley"]["fired_at_eval_id"] == "e00001"
@@ -416,14 +419,14 @@ def test_drift_end_to_end_with_computed_baseline():
     xs = series([0.9] * 30 + [0.7] * 5)
     b = compute_baseline(xs, CFG)
     assert b is not None and b.frozen_at == 29.0
-    r = drift_signal(xs, b, CFG)
+    r = drift_signal(xs, b, DRIFT_CFG)
     assert r.fired and r.evidence["page_hinkley"]["fired_at_eval_id"] == "e00033"
 
 
 def test_drift_after_promotion_expectation():
     b = baseline_from_expectation(0.9, 100.0)
     xs = series([0.5] * 10, start=90.0) + series([0.9] * 5, start=101.0)
-    r = drift_signal(xs, b, CFG)
+    r = drift_signal(xs, b, DRIFT_CFG)
     # Only the 5 samples after the promotion count: the old model's 0.5s are not drift.
     assert r.evidence["samples_since_baseline"] == 5 and r.evidence["ph_state"] == "ok"
     assert r.evidence["mean_state"] == "insufficient_data" and r.state == "insufficient_data"
@@ -520,7 +523,7 @@ def test_defaults_are_the_plans():
         ({"compliance_keys": []}, False),
         ({"compliance_keys": [""]}, False),
         ({"reliability_min_samples": 60}, False),  # more than the window: could never fire
-        ({"drift_min_samples": 21}, False),
+        ({"drift_min_samples": 51}, False),
         ({"warn_ratio": 0.0}, False),
     ],
 )
@@ -549,3 +552,13 @@ def test_config_is_frozen():
     with pytest.raises(ValidationError):
         CFG.target = 0.5  # type: ignore[misc]
     assert math.isclose(CFG.target, 0.82)
+
+
+def test_drift_ignores_a_burst_of_hard_failures_but_catches_a_sustained_drop():
+    base = compute_baseline(series([0.93] * 26 + [0.55] * 4), CFG)
+    scores = [0.93] * 30 + [0.55, 0.93, 0.55, 0.55, 0.93, 0.93] + [0.93] * 10
+    burst = series(scores, statuses=["fail" if x < 0.6 else "pass" for x in scores], start=100.0)
+    assert drift_signal(burst, base, CFG).state in ("ok", "warn", "insufficient_data")
+    drop = series([0.93] * 30 + [0.70] * 12, start=100.0)
+    r = drift_signal(drop, base, CFG)
+    assert r.fired and r.evidence["page_hinkley"]["fired_at_index"] <= 30 + 8
