@@ -63,6 +63,12 @@ def cmd_sim(args: argparse.Namespace) -> int:
     return sim_cli.run(args)
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from . import demo
+
+    return demo.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -76,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--socket", help="socket path (overrides daemon.socket_path)")
     s.add_argument("--burst", action="store_true", help="process the queue until it is empty, then exit")
     s.set_defaults(func=cmd_serve)
+
+    from . import demo
+
+    s = sub.add_parser("demo", help="sim + daemon + the loop this build has, headless, on embedded defaults")
+    demo.add_arguments(s)
+    s.set_defaults(func=cmd_demo)
 
     try:
         from .sim import cli as sim_cli

@@ -331,13 +331,22 @@ class Daemon:
             await self.db("upsert_agents", agents)
             known = await self.db_call(store.agent_cursors, self.ledger)
             wanted = {a["id"]: known[a["id"]] for a in agents if a["id"] in known}
-            polls = await self.poller.poll_agents(wanted)
-            t_http = time.monotonic() - t0
-            inserted = 0
-            for i in range(0, len(polls), 1000):
+            # Poll and ingest in chunks: memory stays bounded at any fleet size, and a kill mid-cycle
+            # loses at most one chunk's HTTP work (never data: samples and cursors commit together).
+            polls, inserted, t_http, t_db = [], 0, 0.0, 0.0
+            ids = list(wanted)
+            for i in range(0, len(ids), 1000):
+                th = time.monotonic()
+                chunk = await self.poller.poll_agents({a: wanted[a] for a in ids[i:i + 1000]})
+                t_http += time.monotonic() - th
+                td = time.monotonic()
                 batch = [{"agent_id": p.agent_id, "cursor": p.cursor, "samples": p.samples,
-                          "health": agent_health(wanted[p.agent_id]["health"], p)} for p in polls[i:i + 1000]]
+                          "health": agent_health(wanted[p.agent_id]["health"], p)} for p in chunk]
                 inserted += await self.db_call(store.ingest_polls, self.ledger, batch)
+                t_db += time.monotonic() - td
+                for p in chunk:  # keep the summary, drop the samples
+                    polls.append(p)
+                    p.samples = [None] * len(p.samples)
             changed = [p.agent_id for p in polls if p.samples]
             outcomes = await self.db_call(evaluate_agents, self.ledger, changed, self.cfg.monitor)
             for o in outcomes:
@@ -354,11 +363,14 @@ class Daemon:
                 for k, v in p.invalid.items():
                     invalid[k] = invalid.get(k, 0) + v
             fetched = sum(len(p.samples) for p in polls)
+            t_http = round(t_http, 3)
             report.update(
                 agents=len(agents), fetched=fetched, inserted=inserted, invalid=invalid,
                 agent_errors=sum(1 for p in polls if p.error), triggers=len(outcomes),
                 runs_created=[o.run_id for o in outcomes if o.run_id], duration_s=round(time.monotonic() - t0, 3),
-                http_s=round(t_http, 3), cpu_s=round(time.process_time() - cpu0, 3),
+                http_s=t_http, ingest_s=round(t_db, 3),
+                ingest_per_s=round(inserted / t_db) if t_db > 0 else None,
+                evaluate_s=round(time.monotonic() - t0 - t_http - t_db, 3), cpu_s=round(time.process_time() - cpu0, 3),
             )
             self.poller.last_cycle = report
             self.publish("agent", {"kind": "poll", "agents": len(agents), "inserted": inserted})

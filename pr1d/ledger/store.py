@@ -627,3 +627,61 @@ def sample_count(ledger: Ledger, agent_id: str | None = None) -> int:
         if agent_id:
             return int(conn.execute(text("SELECT count(*) FROM score_samples WHERE agent_id = :a"), {"a": agent_id}).scalar())
         return int(conn.execute(text("SELECT count(*) FROM score_samples")).scalar())
+
+
+def monitor_snapshot(ledger: Ledger, agent_ids: list[str], history: int) -> dict[str, dict]:
+    """Everything the signal evaluation needs for many agents, read in a few queries on one connection."""
+    out: dict[str, dict] = {}
+    raw = ledger.engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        for i in range(0, len(agent_ids), 500):
+            chunk = agent_ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            for aid, profile, hold, hold_reason, baseline in cur.execute(
+                f"SELECT id, profile, hold, hold_reason, baseline FROM agents WHERE id IN ({marks})", chunk
+            ).fetchall():
+                out[aid] = {"id": aid, "profile": profile or "", "hold": bool(hold), "hold_reason": hold_reason,
+                            "baseline": json.loads(baseline) if baseline else None, "active": None, "last_end": None}
+            for aid, rid, state in cur.execute(
+                f"SELECT agent_id, id, state FROM runs WHERE agent_id IN ({marks}) AND state IN "
+                "('queued','running','interrupted','awaiting_approval')", chunk
+            ).fetchall():
+                if aid in out:
+                    out[aid]["active"] = {"id": rid, "state": state}
+            for aid, last in cur.execute(
+                f"SELECT agent_id, max(coalesce(finished_at, updated_at)) FROM runs WHERE agent_id IN ({marks}) "
+                "AND state NOT IN ('queued','running','interrupted','awaiting_approval') GROUP BY agent_id", chunk
+            ).fetchall():
+                if aid in out:
+                    out[aid]["last_end"] = last
+        for aid, a in out.items():
+            rows = cur.execute(
+                "SELECT ts, weighted_score, status, rubric, eval_id FROM score_samples WHERE agent_id = ? "
+                "ORDER BY ts DESC, eval_id DESC LIMIT ?", (aid, history)
+            ).fetchall()
+            a["samples"] = rows[::-1]
+    finally:
+        raw.close()
+    return out
+
+
+def save_monitor_state(ledger: Ledger, updates: list[tuple[str, dict | None, dict]]) -> None:
+    """(agent_id, baseline or None to keep, signals) for many agents, in one transaction."""
+    if not updates:
+        return
+    now = _now()
+    raw = ledger.engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        cur.executemany(
+            "UPDATE agents SET baseline = coalesce(?, baseline), signals = ?, updated_at = ? WHERE id = ?",
+            [(json.dumps(b) if b else None, json.dumps(sig), now, aid) for aid, b, sig in updates],
+        )
+        raw.commit()
+    except BaseException:
+        raw.rollback()
+        raise
+    finally:
+        raw.close()

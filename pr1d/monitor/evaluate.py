@@ -37,18 +37,6 @@ def _samples(rows: list[tuple]) -> list[Sample]:
     return out
 
 
-def _baseline(ledger: Ledger, agent: dict, cfg) -> Baseline | None:
-    b = agent.get("baseline")
-    if b:
-        return Baseline(mean=b["mean"], n=b["n"], source=b["source"], frozen_at=b["frozen_at"])
-    # Not frozen yet: the first K evaluations, computed once and then frozen until a promotion.
-    first = _samples(store.first_samples(ledger, agent["id"], cfg.baseline_k * 2))
-    base = compute_baseline(first, cfg)
-    if base is not None:
-        ledger.update_agent_fields(agent["id"], baseline=base.to_dict())
-    return base
-
-
 def _repeat(ledger: Ledger, agent_id: str, job_kind: str, suppressed: str, now: float, window_s: float) -> bool:
     last = store.triggers(ledger, agent_id, limit=1)
     if not last:
@@ -60,30 +48,51 @@ def _repeat(ledger: Ledger, agent_id: str, job_kind: str, suppressed: str, now: 
 
 def evaluate_agents(ledger: Ledger, agent_ids: list[str], mcfg: MonitorConfig,
                     now: float | None = None) -> list[TriggerOutcome]:
+    """Evaluate the signals of many agents: a few batched reads, pure decisions, one batched write.
+
+    Per-agent ORM round trips and commits (an fsync each) made this phase dominate a 10,000-agent
+    poll cycle; only the rare trigger rows and runs are written one by one.
+    """
     now = time.time() if now is None else now
-    outcomes: list[TriggerOutcome] = []
+    history = max(mcfg.for_profile(p)[0].history_needed() for p in ["", *mcfg.profiles])
+    snap = store.monitor_snapshot(ledger, agent_ids, history)
+    updates: list[tuple[str, dict | None, dict]] = []
+    decisions = []
     for agent_id in agent_ids:
-        agent = ledger.get_agent(agent_id)
-        scfg, rcfg = mcfg.for_profile(agent.get("profile") or "")
-        samples = _samples(store.recent_samples(ledger, agent_id, scfg.history_needed()))
-        if not samples:
+        a = snap.get(agent_id)
+        if a is None or not a["samples"]:
             continue
-        results = evaluate_all(samples, _baseline(ledger, agent, scfg), scfg)
-        ledger.update_agent_fields(agent_id, signals={r.name: {"state": r.state, "evidence": r.evidence}
-                                                      for r in results})
-        active, last_end = store.agent_run_state(ledger, agent_id)
-        state = AgentState(hold=bool(agent["hold"]), hold_reason=agent.get("hold_reason"),
+        scfg, rcfg = mcfg.for_profile(a["profile"])
+        samples = _samples(a["samples"][-scfg.history_needed():])
+        new_baseline = None
+        if a["baseline"]:
+            b = a["baseline"]
+            base: Baseline | None = Baseline(mean=b["mean"], n=b["n"], source=b["source"], frozen_at=b["frozen_at"])
+        else:
+            # Not frozen yet: the first K evaluations, computed once and then kept until a promotion.
+            base = compute_baseline(_samples(store.first_samples(ledger, agent_id, scfg.baseline_k * 2)), scfg)
+            new_baseline = base.to_dict() if base else None
+        results = evaluate_all(samples, base, scfg)
+        updates.append((agent_id, new_baseline,
+                        {r.name: {"state": r.state, "evidence": r.evidence} for r in results}))
+        active = a["active"]
+        state = AgentState(hold=a["hold"], hold_reason=a["hold_reason"],
                            active_run=ActiveRun(active["id"], active["state"]) if active else None,
-                           last_run_finished_at=last_end)
+                           last_run_finished_at=a["last_end"])
         d = decide(state, results, now, rcfg)
-        if d.job_kind is None:
-            continue
+        if d.job_kind is not None:
+            decisions.append((agent_id, d, rcfg))
+    store.save_monitor_state(ledger, updates)
+
+    outcomes: list[TriggerOutcome] = []
+    for agent_id, d, rcfg in decisions:
         suppressed = d.suppressed
+        stages = None
         if suppressed is None:
             try:
                 stages = plan_for(d.job_kind)
             except UnknownPlan as e:
-                stages, suppressed = None, f"plan_unavailable: {e}"
+                suppressed = f"plan_unavailable: {e}"
         if suppressed is not None and _repeat(ledger, agent_id, d.job_kind, suppressed, now, rcfg.cooldown_s):
             continue  # the same suppressed trigger was recorded recently: one row, not one per poll
         tid = store.record_trigger(ledger, agent_id, d.signal, d.job_kind, d.evidence, suppressed)

@@ -13,7 +13,6 @@ import pytest
 
 from pr1d.ledger import store
 from pr1d.ledger.store import Ledger
-
 from tests.conftest import BIN, pr1_env
 
 

