@@ -73,6 +73,18 @@ def cmd_status(c: Client, a: argparse.Namespace, o: Out) -> int:
                   ("runs", ", ".join(f"{k}={v}" for k, v in sorted(s["runs_by_state"].items())) or "none"),
                   ("running", ", ".join(f"run {r['run']} {r['stage']} (pid {r['pid']})" for r in s["running"]) or "none"),
                   ("config reload", s.get("config_reload_error") or "ok")])
+    mon = s.get("monitor") or {}
+    if mon.get("enabled"):
+        last = mon.get("last_cycle") or {}
+        o.kv("monitor", [("scoring API", mon.get("scoring_url")),
+                         ("last cycle", "never" if not last else
+                          (f"ok: {last.get('agents')} agents, {last.get('inserted')} new samples, "
+                           f"{last.get('triggers')} triggers in {last.get('duration_s')} s") if last.get("ok")
+                          else f"FAILED: {last.get('error')}")])
+        if mon.get("endpoints"):
+            o.table("scoring API endpoints", ["endpoint", "last success", "failures in a row", "last error"],
+                    [[k, _ts(v.get("last_success")), v.get("consecutive_failures"), v.get("last_error")]
+                     for k, v in sorted(mon["endpoints"].items())])
     if s["scheduler_jobs"]:
         o.table("scheduler jobs", ["id", "name", "trigger", "next run"],
                 [[j["id"], j["name"], j["trigger"], j["next_run_time"]] for j in s["scheduler_jobs"]])

@@ -175,3 +175,52 @@ def test_kill_mid_poll_no_duplicates_and_cursors_resume(sim_factory, tmp_path):
     assert led.integrity_check() == "ok"
     assert {a["eval_cursor"] for a in led.list_agents()} == {"e:60"}
     led.close()
+
+
+def test_bearer_token_from_secret_file_never_lands_in_state(sim_factory, tmp_path):
+    secret = "tok-" + "9f3a" * 8
+    sim = sim_factory("compliance-breach", "--token", secret)
+    state = tmp_path / "state"
+    sim_tick = urllib.request.Request(sim.url + "/_sim/tick", data=b'{"n": 120}', method="POST",
+                                      headers={"Authorization": f"Bearer {secret}"})
+    urllib.request.urlopen(sim_tick, timeout=10).read()
+    # wrong token: a clear 401 in health, no samples, no triggers
+    burst(state, sim, PR1_SCORING_TOKEN="wrong")
+    led = Ledger(state / "ledger.sqlite")
+    assert store.sample_count(led) == 0
+    led.close()
+    assert triggers(state) == []
+    # the right one, from a file named in config
+    tok = tmp_path / "token"
+    tok.write_text(secret + "\n")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[scoring]\ntoken_file = "{tok}"\ntoken_env = "NO_SUCH_VAR"\n')
+    cp = subprocess.run([str(BIN / "pr1d"), "serve", "--state-dir", str(state), "--burst", "--config", str(cfg)],
+                        capture_output=True, text=True, timeout=120,
+                        env=pr1_env(PR1_MONITOR__ENABLED="true", PR1_SCORING__BASE_URL=sim.url))
+    assert cp.returncode == 0, cp.stderr
+    assert [t["job_kind"] for t in triggers(state)] == ["targeted-sft"] * 3
+    # the secret appears nowhere in the state dir or the daemon's output
+    for f in state.rglob("*"):
+        if f.is_file():
+            assert secret.encode() not in f.read_bytes(), f
+    assert secret not in cp.stderr and secret not in cp.stdout
+
+
+def test_status_shows_scoring_health(sim_factory, daemon_factory, tmp_path):
+    sim = sim_factory("steady")
+    d = daemon_factory(extra_env={"PR1_MONITOR__ENABLED": "true", "PR1_SCORING__BASE_URL": sim.url}).start()
+    deadline = time.monotonic() + 20
+    while d.ctl_json("status")["monitor"]["last_cycle"] is None:  # the start-up poll
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    sim.tick(10)
+    with d.client() as c:
+        rep = c.call("monitor.poll")
+    assert rep["ok"] and rep["inserted"] == 10 * rep["agents"]
+    st = d.ctl_json("status")["monitor"]
+    assert st["enabled"] and st["endpoints"]["evaluations"]["consecutive_failures"] == 0
+    out = d.ctl("status").stdout
+    assert "scoring API endpoints" in out and "evaluations" in out
+    agents = d.ctl_json("agents")
+    assert all(a["health"]["consecutive_failures"] == 0 for a in agents)
