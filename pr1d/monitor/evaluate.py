@@ -55,6 +55,20 @@ def evaluate_agents(ledger: Ledger, agent_ids: list[str], mcfg: MonitorConfig,
     """
     now = time.time() if now is None else now
     history = max(mcfg.for_profile(p)[0].history_needed() for p in ["", *mcfg.profiles])
+    decisions = []
+    # Chunks of 1,000 agents: memory stays flat at fleet scale and each chunk is one write.
+    for i in range(0, len(agent_ids), 1000):
+        decisions += _evaluate_chunk(ledger, agent_ids[i:i + 1000], mcfg, now, history)
+    return _act(ledger, decisions, now)
+
+
+def _compact(evidence: dict) -> dict:
+    """The per-agent signal summary kept on the agent row: scalars only (the full evidence, with
+    its score lists, is kept on trigger rows, where it explains a run)."""
+    return {k: v for k, v in evidence.items() if not isinstance(v, (list, dict)) or k == "baseline"}
+
+
+def _evaluate_chunk(ledger: Ledger, agent_ids: list[str], mcfg: MonitorConfig, now: float, history: int) -> list:
     snap = store.monitor_snapshot(ledger, agent_ids, history)
     updates: list[tuple[str, dict | None, dict]] = []
     decisions = []
@@ -74,7 +88,7 @@ def evaluate_agents(ledger: Ledger, agent_ids: list[str], mcfg: MonitorConfig,
             new_baseline = base.to_dict() if base else None
         results = evaluate_all(samples, base, scfg)
         updates.append((agent_id, new_baseline,
-                        {r.name: {"state": r.state, "evidence": r.evidence} for r in results}))
+                        {r.name: {"state": r.state, "evidence": _compact(r.evidence)} for r in results}))
         active = a["active"]
         state = AgentState(hold=a["hold"], hold_reason=a["hold_reason"],
                            active_run=ActiveRun(active["id"], active["state"]) if active else None,
@@ -83,7 +97,10 @@ def evaluate_agents(ledger: Ledger, agent_ids: list[str], mcfg: MonitorConfig,
         if d.job_kind is not None:
             decisions.append((agent_id, d, rcfg))
     store.save_monitor_state(ledger, updates)
+    return decisions
 
+
+def _act(ledger: Ledger, decisions: list, now: float) -> list[TriggerOutcome]:
     outcomes: list[TriggerOutcome] = []
     for agent_id, d, rcfg in decisions:
         suppressed = d.suppressed
