@@ -16,8 +16,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .evaluate.gate import GateConfig
 from .monitor.rules import RuleConfig, effective_rule_config
 from .monitor.signals import SignalConfig, effective_signal_config
+from .registry.config import ApprovalConfig, RegistryConfig, WatchConfig
+from .scoreboard import ScoreboardConfig
 
 SYSTEM_CONFIG = Path("/etc/pr1d/pr1d.toml")
 ENV_PREFIX = "PR1_"
@@ -195,6 +198,11 @@ class Config(_Section):
     scheduler: SchedulerConfig = SchedulerConfig()
     scoring: ScoringConfig = ScoringConfig()
     monitor: MonitorConfig = MonitorConfig()
+    gate: GateConfig = GateConfig()
+    approvals: ApprovalConfig = ApprovalConfig()
+    registry: RegistryConfig = RegistryConfig()
+    watch: WatchConfig = WatchConfig()
+    scoreboard: ScoreboardConfig = ScoreboardConfig()
 
     # -- derived values ---------------------------------------------------------------------------
     def state_path(self) -> Path:

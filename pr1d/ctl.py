@@ -85,6 +85,12 @@ def cmd_status(c: Client, a: argparse.Namespace, o: Out) -> int:
             o.table("scoring API endpoints", ["endpoint", "last success", "failures in a row", "last error"],
                     [[k, _ts(v.get("last_success")), v.get("consecutive_failures"), v.get("last_error")]
                      for k, v in sorted(mon["endpoints"].items())])
+    reg = s.get("registry") or {}
+    alerts = [a.get("message", str(a)) for a in reg.get("alerts", [])]
+    alerts += [f"{a.get('agent')}: {a.get('kpi')} {a.get('rule')} ({a.get('value')})"
+               for a in (s.get("scoreboard") or {}).get("alerts", [])]
+    if alerts:
+        o.table("alerts", ["alert"], [[a] for a in alerts])
     if s["scheduler_jobs"]:
         o.table("scheduler jobs", ["id", "name", "trigger", "next run"],
                 [[j["id"], j["name"], j["trigger"], j["next_run_time"]] for j in s["scheduler_jobs"]])

@@ -29,6 +29,7 @@ def pr1_env(**extra: str) -> dict[str, str]:
     env["PR1_NO_SYSTEM_CONFIG"] = "1"
     # Daemons in tests poll only when a test points them at a `pr1d sim`.
     env.setdefault("PR1_MONITOR__ENABLED", "false")
+    env.setdefault("PR1_SCOREBOARD__METRICS_PORT", "0")  # any free port: tests run daemons side by side
     env.update(extra)
     return env
 

@@ -25,6 +25,7 @@ from ..ledger.states import IllegalTransition, RunState, StageState
 from ..ledger.store import Conflict, Ledger, LedgerError, NotFound
 from ..pipeline.launcher import Outcome, StageProcess, StageSpec
 from ..pipeline.plans import UnknownPlan, plan_for
+from ..registry.versions import RegistryError
 from ..rpc import schema
 from ..rpc.auth import RoleResolver
 from ..rpc.schema import RpcError
@@ -57,6 +58,8 @@ class Daemon:
         self.cancel_requests: dict[int, tuple[str, str]] = {}  # run id -> (user, reason)
         self.reload_error: str | None = None
         self.poller: Any = None  # pr1d.monitor.poller.Poller when monitor.enabled
+        self.registry: Any = None  # pr1d.registry.service.RegistryService
+        self.scoreboard: Any = None  # pr1d.scoreboard.ParallelScoreboard
         self._poll_lock = asyncio.Lock()
 
     # == start ====================================================================================
@@ -78,6 +81,17 @@ class Daemon:
             from ..monitor.poller import Poller
 
             self.poller = Poller(self.cfg.scoring, self.cfg.scoring_token())
+        from ..registry.service import RegistryService
+        from ..scoreboard import ParallelScoreboard
+
+        # Reconcile pointers with the ledger (the source of truth) and resume pending profile pushes.
+        self.registry = RegistryService(
+            self.ledger, self.state_dir, registry=self.cfg.registry, approvals=self.cfg.approvals,
+            watch=self.cfg.watch, agent_manager_url=self.cfg.scoring.base_url, token=self.cfg.scoring_token(),
+            db_call=self.db_call, publish=self.publish)
+        await self.registry.start()
+        self.scoreboard = ParallelScoreboard(self.ledger, self.cfg.scoreboard, publish=self.publish)
+        await self.scoreboard.start()
         self.server = RpcServer(self.cfg.socket(), self.cfg.rpc, RoleResolver(self.cfg.auth), self._handlers())
         await self.server.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -141,6 +155,12 @@ class Daemon:
                                    next_run_time=datetime.now(UTC))
         elif self.scheduler.get_job("poll"):
             self.scheduler.remove_job("poll")
+        self.scheduler.add_job("pr1d.daemon.jobs:retry_pushes", "interval",
+                               seconds=min(30.0, self.cfg.registry.push_retry_base_s), id="registry_push_retry",
+                               name="retry pending profile pushes", replace_existing=True)
+        self.scheduler.add_job("pr1d.daemon.jobs:refresh_scoreboard", "interval",
+                               seconds=self.cfg.scoreboard.refresh_s, id="scoreboard_refresh",
+                               name="recompute scoreboard KPIs", replace_existing=True)
 
     # == serve: the run dispatcher ================================================================
     async def _dispatch_loop(self) -> None:
@@ -349,6 +369,8 @@ class Daemon:
                     p.samples = [None] * len(p.samples)
             changed = [p.agent_id for p in polls if p.samples]
             outcomes = await self.db_call(evaluate_agents, self.ledger, changed, self.cfg.monitor)
+            if self.registry is not None:
+                await self.registry.check_watches()
             for o in outcomes:
                 log.info("trigger %s: agent %s %s -> %s%s", o.trigger_id, o.agent_id, o.signal, o.job_kind,
                          f" (suppressed: {o.suppressed})" if o.suppressed else f", run {o.run_id}")
@@ -378,6 +400,8 @@ class Daemon:
 
     async def housekeeping(self) -> None:
         await self.db_call(_wal_checkpoint, self.ledger)
+        if self.registry is not None:
+            await self.registry.expire_approvals()
 
     # == stop =====================================================================================
     def request_stop(self, sig: int | None = None) -> None:
@@ -401,6 +425,10 @@ class Daemon:
             await self.server.close()
         if self.poller is not None:
             await self.poller.close()
+        if self.scoreboard is not None:
+            await self.scoreboard.close()
+        if self.registry is not None:
+            await self.registry.close()
         if self.ledger is not None:
             await self.db_call(self.ledger.close)
         log.info("pr1d stopped")
@@ -420,6 +448,10 @@ class Daemon:
         if self.server is not None:
             self.server.cfg = new.rpc
             self.server.resolver.update(new.auth)
+        if self.registry is not None:
+            self.registry.update_config(registry=new.registry, approvals=new.approvals, watch=new.watch)
+        if self.scoreboard is not None:
+            self.scoreboard.cfg = new.scoreboard
         log.info("config reloaded")
         systemd.notify("STATUS=config reloaded")
 
@@ -434,6 +466,7 @@ class Daemon:
             "deployments.rollback": self.h_rollback, "audit.list": self.h_audit,
             "events.subscribe": self.h_subscribe, "events.unsubscribe": self.h_unsubscribe,
             "ledger.backup": self.h_backup, "monitor.poll": self.h_poll, "monitor.triggers": self.h_triggers,
+            "scoreboard.show": self.h_scoreboard,
         }
         return {k: _mapped_errors(v) for k, v in names.items()}
 
@@ -452,6 +485,9 @@ class Daemon:
             "scheduler_jobs": jobs_out, "burst": self.burst, "stopping": self.stopping.is_set(),
             "config_reload_error": self.reload_error,
             "clients": len(self.server.conns) if self.server else 0,
+            "registry": await self.registry.status() if self.registry else None,
+            "scoreboard": {"alerts": self.scoreboard.alerts, **self.scoreboard.snapshot()["metrics"]}
+            if self.scoreboard else None,
             "monitor": {
                 "enabled": self.poller is not None,
                 "scoring_url": self.cfg.scoring.base_url,
@@ -533,29 +569,19 @@ class Daemon:
         return {"run": p.run, "state": out["state"]}
 
     async def h_approve(self, conn: Connection, p: Any) -> dict:
-        run = await self.db("get_run", p.run)
-        if run["state"] != RunState.awaiting_approval:
-            raise RpcError(schema.CONFLICT, f"run {p.run} is {run['state']}, not awaiting_approval")
-        raise RpcError(schema.UNAVAILABLE, "promotion needs the model registry, which this pr1d build does not have yet")
+        return await self.registry.approve(p.run, conn.user, p.reason)
 
     async def h_reject(self, conn: Connection, p: Any) -> dict:
-        run = await self.db("get_run", p.run)
-        if run["state"] != RunState.awaiting_approval:
-            raise RpcError(schema.CONFLICT, f"run {p.run} is {run['state']}, not awaiting_approval")
-        out = await self._set_run(p.run, RunState.rejected, conn.user, p.reason)
-        return {"run": p.run, "state": out["state"]}
+        return await self.registry.reject(p.run, conn.user, p.reason)
 
     async def h_deployments(self, conn: Connection, p: Any) -> list[dict]:
-        return await self.db("deployments", p.agent, p.limit)
+        return await self.registry.deployments(p.agent, p.limit)
 
     async def h_rollback(self, conn: Connection, p: Any) -> dict:
-        await self.db("get_agent", p.agent)
-        history = await self.db("deployments", p.agent, 2)
-        if p.to:
-            await self.db("model_version", p.to)  # NotFound names the version
-        if len(history) < 2 and not p.to:
-            raise RpcError(schema.NOT_FOUND, f"agent {p.agent} has no previous version to roll back to")
-        raise RpcError(schema.UNAVAILABLE, "rollback needs the model registry, which this pr1d build does not have yet")
+        return await self.registry.rollback(p.agent, conn.user, p.reason, p.to)
+
+    async def h_scoreboard(self, conn: Connection, p: Any) -> dict:
+        return self.scoreboard.snapshot(p.agent)
 
     async def h_audit(self, conn: Connection, p: Any) -> list[dict]:
         return await self.db("audit_log", p.entity, p.entity_id, p.limit)
@@ -595,6 +621,8 @@ def _mapped_errors(fn: Callable) -> Callable:
             return await fn(conn, p)
         except NotFound as e:
             raise RpcError(schema.NOT_FOUND, str(e)) from None
+        except RegistryError as e:
+            raise RpcError(schema.CONFLICT, str(e)) from None
         except (Conflict, IllegalTransition) as e:
             raise RpcError(schema.CONFLICT, str(e)) from None
         except LedgerError as e:

@@ -29,3 +29,13 @@ async def housekeeping() -> None:
 async def poll_scores() -> None:
     """Poll the scoring API once; errors are recorded in health, never raised into the scheduler."""
     await current().poll_cycle()
+
+
+async def retry_pushes() -> None:
+    """Retry profile pushes the agent manager has not acknowledged yet (promote/rollback semantics)."""
+    await current().registry.retry_pushes()
+
+
+async def refresh_scoreboard() -> None:
+    """Recompute the KPIs, raise new escalations, push to the selector when configured."""
+    await current().scoreboard.refresh()

@@ -179,3 +179,8 @@ class AuditRow(SQLModel, table=True):
     to_state: str | None = None
     reason: str | None = None
     details: dict | None = _json()
+
+
+# The registry's tables (approvals, deployment push/watch state) are declared beside the registry
+# code; importing them here puts them in SQLModel.metadata so a new ledger gets them from create_all.
+from ..registry import tables as _registry_tables  # noqa: E402,F401

@@ -1,0 +1,92 @@
+"""Config sections of the registry (`[registry]`, `[approvals]`, `[watch]`): pydantic only, cheap to import.
+
+pr1d/config.py mounts them; clients load the config to find the socket, so nothing heavier than
+pydantic may be imported here.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class RegistryConfig(BaseModel):
+    """The model registry (`[registry]`): where versions live and how profile pushes are retried."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    models_dir: str = Field(
+        "models",
+        description="Where model versions are kept: <models_dir>/<agent>/<version>/ plus the `current` "
+        "symlink per agent. Relative paths are under the state directory.",
+    )
+    profile_name: str = Field(
+        "parallel_reasoner", min_length=1,
+        description="Profile name pushed to the agent manager with a promoted version (a version "
+        "registered with its own profile name, such as an agent's original model, pushes that one).",
+    )
+    agent_manager_url: str = Field(
+        "",
+        description="Base URL of the agent manager (POST /v1/agents/{id}/profile). Empty: the scoring "
+        "API's base_url; the bearer token is the scoring API's.",
+    )
+    push_timeout_s: float = Field(10.0, gt=0, le=300, description="Timeout of one profile push request.")
+    push_retry_base_s: float = Field(
+        5.0, gt=0, description="Delay before the first retry of a failed profile push; doubles per failure."
+    )
+    push_retry_max_s: float = Field(
+        300.0, gt=0,
+        description="Longest delay between two push retries. Pushes are retried until acknowledged; "
+        "status shows the pending push and its last error meanwhile.",
+    )
+    verify_on_deploy: bool = Field(
+        True,
+        description="Check a version's files against their recorded sha256 before switching to it "
+        "(promote and rollback refuse a version that does not match).",
+    )
+
+    @field_validator("agent_manager_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if v and not v.startswith(("http://", "https://")):
+            raise ValueError("must be empty or start with http:// or https://")
+        return v.rstrip("/")
+
+
+class ApprovalConfig(BaseModel):
+    """Approvals (`[approvals]`): how many people must approve a promotion, and how long they have."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    approvals_required: Literal[1, 2] = Field(
+        1, description="Distinct operators who must approve a run before it is promoted (2: two-person rule)."
+    )
+    ttl_s: float = Field(
+        259200.0, gt=0,
+        description="How long a run may wait for approval (seconds since it reached awaiting_approval); "
+        "after that it is rejected with reason approval_expired.",
+    )
+
+
+class WatchConfig(BaseModel):
+    """Post-promotion watch (`[watch]`): live grades of a new version against the gate's expectation."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    window: int = Field(
+        100, ge=1, description="Graded evaluations after a promotion that the watch covers; then it ends."
+    )
+    min_samples: int = Field(20, ge=1, description="Grades needed before the watch gives a verdict.")
+    tolerance: float = Field(
+        0.03, ge=0.0, le=1.0,
+        description="Score points the live mean may fall below the gate's expected score without an alert.",
+    )
+    z: float = Field(
+        1.645, ge=0.0, le=5.0,
+        description="One-sided confidence multiplier on the live mean's standard error (1.645 ~ 95%; "
+        "0 compares the plain mean).",
+    )
+    auto_rollback: bool = Field(
+        False, description="Roll the agent back automatically when the watch falls short (off: alert only)."
+    )
