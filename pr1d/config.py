@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .evaluate.gate import GateConfig
+from .kb.config import KBConfig
 from .monitor.rules import RuleConfig, effective_rule_config
 from .monitor.signals import SignalConfig, effective_signal_config
 from .registry.config import ApprovalConfig, RegistryConfig, WatchConfig
@@ -146,6 +147,22 @@ class ScoringConfig(_Section):
         return v.rstrip("/")
 
 
+class RetentionConfig(_Section):
+    """What `pr1ctl ledger compact` (and the daily retention job) removes. Runs, stages, triggers,
+    deployments and the audit log are never removed."""
+
+    samples_days: float = Field(
+        30.0, gt=0, description="Score samples older than this are removed, except each agent's newest `keep_per_agent`."
+    )
+    keep_per_agent: int = Field(
+        500, ge=50, description="Newest samples always kept per agent (the signals need their windows)."
+    )
+    metrics_days: float = Field(
+        90.0, gt=0, description="Metric time series of runs that ended longer ago than this are removed."
+    )
+    vacuum: bool = Field(False, description="VACUUM after compacting (returns disk space; locks the ledger while it runs).")
+
+
 class MonitorConfig(_Section):
     """Score monitoring: the signals and trigger rules (docs/entry-criteria.md)."""
 
@@ -203,6 +220,8 @@ class Config(_Section):
     registry: RegistryConfig = RegistryConfig()
     watch: WatchConfig = WatchConfig()
     scoreboard: ScoreboardConfig = ScoreboardConfig()
+    retention: RetentionConfig = RetentionConfig()
+    kb: KBConfig = KBConfig()
 
     # -- derived values ---------------------------------------------------------------------------
     def state_path(self) -> Path:

@@ -306,6 +306,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = lsub.add_parser("backup", parents=[common], help="online backup through SQLite's backup API")
     sp.add_argument("path")
     sp.set_defaults(func=cmd_backup)
+    sp = lsub.add_parser("compact", parents=[common], help="apply the retention policy now ([retention])")
+    sp.set_defaults(func=_simple("ledger.compact", say=lambda r, a: (
+        f"removed {r['samples_removed']} samples and {r['metrics_removed']} metric points; "
+        f"ledger {r['bytes_before']} -> {r['bytes_after']} bytes")))
     return p
 
 

@@ -158,6 +158,8 @@ class Daemon:
         self.scheduler.add_job("pr1d.daemon.jobs:retry_pushes", "interval",
                                seconds=min(30.0, self.cfg.registry.push_retry_base_s), id="registry_push_retry",
                                name="retry pending profile pushes", replace_existing=True)
+        self.scheduler.add_job("pr1d.daemon.jobs:retention", "cron", hour=3, minute=17, id="retention",
+                               name="apply the ledger retention policy", replace_existing=True)
         self.scheduler.add_job("pr1d.daemon.jobs:refresh_scoreboard", "interval",
                                seconds=self.cfg.scoreboard.refresh_s, id="scoreboard_refresh",
                                name="recompute scoreboard KPIs", replace_existing=True)
@@ -466,7 +468,7 @@ class Daemon:
             "deployments.rollback": self.h_rollback, "audit.list": self.h_audit,
             "events.subscribe": self.h_subscribe, "events.unsubscribe": self.h_unsubscribe,
             "ledger.backup": self.h_backup, "monitor.poll": self.h_poll, "monitor.triggers": self.h_triggers,
-            "scoreboard.show": self.h_scoreboard,
+            "scoreboard.show": self.h_scoreboard, "ledger.compact": self.h_compact,
         }
         return {k: _mapped_errors(v) for k, v in names.items()}
 
@@ -602,6 +604,15 @@ class Daemon:
 
     async def h_triggers(self, conn: Connection, p: Any) -> list[dict]:
         return await self.db_call(store.triggers, self.ledger, p.agent, p.limit)
+
+    async def h_compact(self, conn: Connection, p: Any) -> dict:
+        return await self.compact(conn.user)
+
+    async def compact(self, actor: str = "daemon") -> dict:
+        r = self.cfg.retention
+        out = await self.db_call(store.compact, self.ledger, r.samples_days, r.keep_per_agent, r.metrics_days, r.vacuum)
+        log.info("ledger compacted by %s: %s", actor, out)
+        return out
 
     async def h_backup(self, conn: Connection, p: Any) -> dict:
         dest = Path(p.path)

@@ -39,3 +39,8 @@ async def retry_pushes() -> None:
 async def refresh_scoreboard() -> None:
     """Recompute the KPIs, raise new escalations, push to the selector when configured."""
     await current().scoreboard.refresh()
+
+
+async def retention() -> None:
+    """Daily: remove old samples and metrics per [retention] (runs and the audit log are kept)."""
+    await current().compact()

@@ -685,3 +685,34 @@ def save_monitor_state(ledger: Ledger, updates: list[tuple[str, dict | None, dic
         raise
     finally:
         raw.close()
+
+
+def compact(ledger: Ledger, samples_days: float, keep_per_agent: int, metrics_days: float,
+            vacuum: bool = False, now: float | None = None) -> dict:
+    """Apply the retention policy; returns what was removed. Never touches runs, triggers or the audit log."""
+    now = _now() if now is None else now
+    cutoff_samples = now - samples_days * 86400
+    cutoff_metrics = now - metrics_days * 86400
+    before = ledger.path.stat().st_size
+    with ledger.engine.begin() as conn:
+        # A sample goes when it is old AND not among its agent's newest keep_per_agent.
+        samples = conn.execute(text(
+            "DELETE FROM score_samples WHERE ingested_at < :cut AND id NOT IN ("
+            " SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY agent_id ORDER BY ts DESC, eval_id DESC)"
+            " AS rn FROM score_samples) WHERE rn <= :keep)"), {"cut": cutoff_samples, "keep": keep_per_agent}).rowcount
+        metrics = conn.execute(text(
+            "DELETE FROM metrics WHERE run_id IN (SELECT id FROM runs WHERE finished_at IS NOT NULL "
+            "AND finished_at < :cut AND state NOT IN ('queued','running','interrupted','awaiting_approval'))"),
+            {"cut": cutoff_metrics}).rowcount
+    with ledger.engine.connect() as conn:
+        conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
+    if vacuum:
+        raw = ledger.engine.raw_connection()
+        try:
+            raw.execute("VACUUM")
+        finally:
+            raw.close()
+    out = {"samples_removed": samples, "metrics_removed": metrics, "bytes_before": before,
+           "bytes_after": ledger.path.stat().st_size, "vacuumed": vacuum}
+    ledger.audit("daemon", "compact", "ledger", "ledger", details=out)
+    return out
