@@ -461,7 +461,7 @@ class Daemon:
     def _handlers(self) -> dict[str, Callable]:
         names = {
             "status": self.h_status, "whoami": self.h_whoami, "agents.list": self.h_agents,
-            "agents.hold": self.h_hold, "agents.unhold": self.h_unhold, "runs.list": self.h_runs,
+            "agents.hold": self.h_hold, "agents.scores": self.h_scores, "agents.unhold": self.h_unhold, "runs.list": self.h_runs,
             "runs.show": self.h_show, "runs.logs": self.h_logs, "runs.metrics": self.h_metrics,
             "runs.trigger": self.h_trigger, "runs.cancel": self.h_cancel, "runs.approve": self.h_approve,
             "runs.reject": self.h_reject, "deployments.list": self.h_deployments,
@@ -503,6 +503,11 @@ class Daemon:
 
     async def h_agents(self, conn: Connection, p: Any) -> list[dict]:
         return await self.db("list_agents")
+
+    async def h_scores(self, conn: Connection, p: Any) -> list[list]:
+        await self.db("get_agent", p.agent)
+        rows = await self.db_call(store.recent_samples, self.ledger, p.agent, p.limit)
+        return [[ts, score, status] for ts, score, status, _rubric, _eid in rows]
 
     async def h_hold(self, conn: Connection, p: Any) -> dict:
         a = await self.db("set_hold", p.agent, True, conn.user, p.reason or None)

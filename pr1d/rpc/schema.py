@@ -49,6 +49,11 @@ class HoldParams(AgentParams):
     reason: str = Field("", max_length=2000)
 
 
+class ScoresParams(_Params):
+    agent: str = Field(min_length=1, max_length=200)
+    limit: int = Field(100, ge=1, le=5000)
+
+
 class RunsListParams(_Params):
     state: str | None = None
     agent: str | None = None
@@ -123,6 +128,8 @@ METHODS: dict[str, MethodSpec] = {
     "status": MethodSpec(params=NoParams, role="reader", doc="Daemon version, pid, uptime, queue, jobs, health."),
     "whoami": MethodSpec(params=NoParams, role="reader", doc="The caller's Unix user and role as the daemon sees them."),
     "agents.list": MethodSpec(params=NoParams, role="reader", doc="Agents with hold flag, current version, health."),
+    "agents.scores": MethodSpec(params=ScoresParams, role="reader",
+                                doc="An agent's newest graded scores, oldest first: [ts, score, status]."),
     "agents.hold": MethodSpec(params=HoldParams, role="operator", doc="Set a maintenance hold: no new runs."),
     "agents.unhold": MethodSpec(params=HoldParams, role="operator", doc="Clear a hold."),
     "runs.list": MethodSpec(params=RunsListParams, role="reader", doc="Runs, newest first, keyset-paged."),
