@@ -240,6 +240,20 @@ def cmd_backup(c: Client, a: argparse.Namespace, o: Out) -> int:
     return 0
 
 
+def cmd_kb_ingest(c: Client, a: argparse.Namespace, o: Out) -> int:
+    import os
+
+    c.sock.settimeout(None)  # embedding a large corpus takes minutes
+    res = c.call("kb.ingest", path=os.path.abspath(a.path))
+    if o.as_json:
+        o.doc(res)
+    else:
+        o.console.print(f"{res['files']} files, {res['chunks']} chunks: {res['upserted']} upserted, "
+                        f"{res['skipped_unchanged']} unchanged, {res['deleted_stale']} stale removed; "
+                        f"{res['total_chunks']} chunks in the {res['store']} store")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--socket", default=argparse.SUPPRESS, help="daemon socket (else $PR1_SOCKET, config, default)")
@@ -301,6 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--limit", type=int, default=100)
     add("whoami", _simple("whoami", say=lambda r, a: f"{r['user']} (uid {r['uid']}): {r['role']}"),
         "your Unix user and role as the daemon sees you")
+    kb = sub.add_parser("kb", parents=[common], help="knowledge base")
+    ksub = kb.add_subparsers(dest="kb_cmd", required=True, metavar="COMMAND")
+    sp = ksub.add_parser("ingest", parents=[common], help="load .md/.txt/.jsonl documents (idempotent)")
+    sp.add_argument("path")
+    sp.set_defaults(func=cmd_kb_ingest)
     led = sub.add_parser("ledger", parents=[common], help="ledger maintenance")
     lsub = led.add_subparsers(dest="ledger_cmd", required=True, metavar="COMMAND")
     sp = lsub.add_parser("backup", parents=[common], help="online backup through SQLite's backup API")

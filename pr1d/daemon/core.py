@@ -468,7 +468,7 @@ class Daemon:
             "deployments.rollback": self.h_rollback, "audit.list": self.h_audit,
             "events.subscribe": self.h_subscribe, "events.unsubscribe": self.h_unsubscribe,
             "ledger.backup": self.h_backup, "monitor.poll": self.h_poll, "monitor.triggers": self.h_triggers,
-            "scoreboard.show": self.h_scoreboard, "ledger.compact": self.h_compact,
+            "scoreboard.show": self.h_scoreboard, "ledger.compact": self.h_compact, "kb.ingest": self.h_kb_ingest,
         }
         return {k: _mapped_errors(v) for k, v in names.items()}
 
@@ -609,6 +609,33 @@ class Daemon:
 
     async def h_triggers(self, conn: Connection, p: Any) -> list[dict]:
         return await self.db_call(store.triggers, self.ledger, p.agent, p.limit)
+
+    async def h_kb_ingest(self, conn: Connection, p: Any) -> dict:
+        """Run the kb_ingest stage worker (embedding needs torch, which the daemon never loads)."""
+        path = Path(p.path)
+        if not path.is_absolute():
+            raise RpcError(schema.INVALID_PARAMS, "path must be absolute (the daemon reads it)")
+        job = self.state_dir / "jobs" / f"kb-ingest-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{id(conn)}"
+        spec = StageSpec(run_id=0, stage_id=0, stage="kb_ingest", run_dir=job, stage_dir=job,
+                         checkpoint_dir=job / "checkpoints", params={"path": str(path)}, resume=False,
+                         heartbeat_s=max(0.05, min(5.0, self.cfg.daemon.heartbeat_timeout_s / 4)),
+                         extra={"kb": self.cfg.kb.model_dump(), "state_dir": str(self.state_dir)})
+        d = self.cfg.daemon
+
+        async def sink(ev: dict) -> None:
+            if ev["type"] == "progress":
+                self.publish("progress", {"job": "kb_ingest", "step": ev["step"], "total": ev.get("total"),
+                                          "message": ev.get("message", "")})
+
+        proc = StageProcess(spec, sink, heartbeat_timeout_s=d.heartbeat_timeout_s, stop_grace_s=d.stop_grace_s,
+                            python=d.worker_python)
+        await proc.start()
+        out = await proc.wait()
+        await self.db("audit", conn.user, "kb_ingest", "kb", self.cfg.kb.store,
+                      details={"path": str(path), "state": out.state, "error": out.error, "result": out.result})
+        if out.state != "succeeded":
+            raise RpcError(schema.INTERNAL_ERROR, f"kb ingest failed: {out.error} (log: {proc.log_path})")
+        return out.result or {}
 
     async def h_compact(self, conn: Connection, p: Any) -> dict:
         return await self.compact(conn.user)

@@ -146,6 +146,8 @@ METHODS: dict[str, MethodSpec] = {
     "events.subscribe": MethodSpec(params=SubscribeParams, role="reader", doc="Push events on this connection."),
     "events.unsubscribe": MethodSpec(params=NoParams, role="reader", doc="Stop pushing events."),
     "ledger.backup": MethodSpec(params=BackupParams, role="operator", doc="Online backup of the ledger."),
+    "kb.ingest": MethodSpec(params=BackupParams, role="operator",
+                            doc="Load documents at `path` into the knowledge base (runs as a stage worker)."),
     "ledger.compact": MethodSpec(params=NoParams, role="operator", doc="Apply the retention policy now."),
     "monitor.poll": MethodSpec(params=NoParams, role="operator", doc="Run one poll cycle now; returns its report."),
     "scoreboard.show": MethodSpec(params=TriggersParams, role="reader", doc="KPIs per agent and version, alerts."),

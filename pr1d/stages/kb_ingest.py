@@ -1,0 +1,50 @@
+"""`kb_ingest` stage: load documents into the configured knowledge base (embedding happens here, not in pr1d).
+
+Spec params: path (file or folder of .md/.txt/.jsonl). Spec extras: kb (the [kb] config), state_dir.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from .base import Worker, run_stage
+
+
+def main(w: Worker) -> dict:
+    from ..kb.config import KBConfig
+    from ..kb.discovery import create_service_discovery
+    from ..kb.embed import Embedder
+    from ..kb.factory import open_cache, open_store
+    from ..kb.ingest import ingest_path
+
+    cfg = KBConfig.model_validate(w.spec["kb"])
+    path = Path(w.params["path"])
+    if not path.exists():
+        raise FileNotFoundError(f"no such file or folder: {path}")
+
+    async def go() -> dict:
+        endpoints = create_service_discovery(cfg)
+        cache = open_cache(cfg, endpoints)
+        embedder = Embedder(cfg.embedding_model, cache=cache, device=cfg.embedding_device,
+                            batch_size=cfg.embedding_batch_size, ttl_s=cfg.cache_ttl_s)
+        store = open_store(cfg, state_dir=Path(w.spec["state_dir"]), endpoints=endpoints, dim=embedder.dim)
+
+        def progress(done: int, total: int, name: str) -> None:
+            w.progress(done, total, message=name)
+
+        try:
+            async with store:
+                report = await ingest_path(path, store, embedder, cfg, cache=cache, progress=progress)
+                total = await store.count()
+        finally:
+            cache.close()
+        return report.to_dict() | {"total_chunks": total, "store": cfg.store, "cache": cache.stats.to_dict()}
+
+    out = asyncio.run(go())
+    w.log(f"ingested {out['files']} files: {out['upserted']} chunks upserted, {out['skipped_unchanged']} unchanged")
+    return out
+
+
+if __name__ == "__main__":
+    run_stage(main)
