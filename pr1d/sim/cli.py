@@ -12,10 +12,13 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pr1d.sim.platform import Grader
 from pr1d.sim.scenarios import ScenarioError, available_scenarios, load_scenario
-from pr1d.sim.server import SimServer
+
+if TYPE_CHECKING:  # the server (aiohttp) loads only when the sim runs: `pr1d serve` parses this CLI too
+    from pr1d.sim.platform import Grader
+    from pr1d.sim.server import SimServer
 
 DEFAULT_PORT = 8765
 GRADING_MODULE = "pr1d.sim.grading"
@@ -159,6 +162,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     try:
         grader = load_model_grader(args) if args.grade_with_model else None
+        from pr1d.sim.server import SimServer
+
         server = SimServer(
             args.scenario,
             host=args.host,
