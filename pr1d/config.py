@@ -71,6 +71,14 @@ class DaemonConfig(_Section):
     )
     accelerate_config: str = Field("", description="Path of the accelerate config file for `launcher = \"accelerate\"`.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Daemon log level.")
+    worker_memory_limit_mb: int = Field(
+        0, ge=0, description="Address-space limit per stage worker (RLIMIT_AS), so a runaway stage fails with "
+        "'out of memory' instead of the kernel OOM killer picking a victim. 0 = no limit (GPU drivers map "
+        "large address ranges: leave it 0 on GPU hosts).",
+    )
+    worker_file_limit_mb: int = Field(
+        0, ge=0, description="Largest file a stage worker may write (RLIMIT_FSIZE); 0 = no limit.",
+    )
 
 
 class AuthConfig(_Section):

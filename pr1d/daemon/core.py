@@ -250,6 +250,8 @@ class Daemon:
             run_dir=run_dir, stage_dir=stage_dir, checkpoint_dir=stage_dir / "checkpoints",
             params=dict(run.get("params") or {}), resume=has_ckpt,
             heartbeat_s=max(0.05, min(5.0, self.cfg.daemon.heartbeat_timeout_s / 4)),
+            extra={"limits": {"memory_mb": self.cfg.daemon.worker_memory_limit_mb,
+                              "file_mb": self.cfg.daemon.worker_file_limit_mb}},
         )
         d = self.cfg.daemon
         proc = StageProcess(spec, functools.partial(self._on_event, run_id, stage["id"]),

@@ -14,6 +14,7 @@ A stage module does::
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -23,7 +24,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,7 @@ class Worker:
         # Without the daemon (a person running the stage by hand) events go to stdout.
         self._out = os.fdopen(int(fd), "w", buffering=1) if fd else sys.stdout
         self._silent = False
+        self._apply_limits(self.spec.get("limits") or {})
         self._arm_parent_death()
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
@@ -71,6 +73,21 @@ class Worker:
         threading.Thread(target=self._heartbeat, args=(hb,), daemon=True, name="pr1-heartbeat").start()
 
     # -- life cycle --------------------------------------------------------------------------------
+    @staticmethod
+    def _apply_limits(limits: dict) -> None:
+        """Resource limits from the daemon's config: a stage that runs out fails with a clear error."""
+        import resource
+
+        if limits.get("memory_mb"):
+            b = int(limits["memory_mb"]) << 20
+            resource.setrlimit(resource.RLIMIT_AS, (b, b))
+        if limits.get("file_mb"):
+            b = int(limits["file_mb"]) << 20
+            resource.setrlimit(resource.RLIMIT_FSIZE, (b, b))
+            # Without this the kernel kills us with SIGXFSZ; ignored, the write fails with EFBIG and
+            # the stage reports which file, like a full disk (ENOSPC) does.
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
     def _arm_parent_death(self) -> None:
         """Ask the kernel for SIGTERM if the daemon dies, so no orphan keeps writing artifacts."""
         try:
@@ -134,6 +151,18 @@ class Worker:
 
     def interrupt(self) -> None:
         raise Interrupted()
+
+
+@contextlib.contextmanager
+def writing(path: Path | str) -> Iterator[None]:
+    """Name the file in any OSError raised while writing it: a full disk (ENOSPC) or a file-size limit
+    (EFBIG) from a plain write() carries no file name, and "which file" is the operator's first question."""
+    try:
+        yield
+    except OSError as e:
+        if getattr(e, "filename", None):
+            raise
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
 
 
 def _sha256_dir(root: Path) -> str:

@@ -2,7 +2,8 @@
 
 Params: seconds (total, default 2), step_s (default 0.1), fail_at_step (raise there),
 silent_after_step (stop all events there, to test the heartbeat watchdog), exit_code (exit
-abruptly with it at the end, to test crash handling).
+abruptly with it at the end, to test crash handling), write_mb (write an artifact of that size
+first, to test a full disk), alloc_mb (allocate that much memory first, to test out-of-memory).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 import os
 import time
 
-from .base import Worker, run_stage
+from .base import Worker, run_stage, writing
 
 
 def main(w: Worker) -> dict:
@@ -23,6 +24,15 @@ def main(w: Worker) -> dict:
     if w.resume and state.exists():
         step = json.loads(state.read_text())["step"]
         w.log(f"resuming from checkpoint at step {step}/{total}")
+    if w.params.get("alloc_mb"):
+        hog = bytearray(int(w.params["alloc_mb"]) << 20)  # touch it all: RSS, not just address space
+        w.log(f"allocated {len(hog) >> 20} MB")
+    if w.params.get("write_mb"):
+        out = w.stage_dir / "payload.bin"
+        with writing(out), open(out, "wb") as f:
+            for _ in range(int(w.params["write_mb"])):
+                f.write(b"\0" * (1 << 20))
+        w.artifact("payload", out)
     t0 = time.monotonic()
     start = step
     while step < total:
