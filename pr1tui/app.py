@@ -322,6 +322,12 @@ class Pr1App(App[int]):
             self.report_error(e, what)
             return
         self.notify(done(result), title=what)
+        push = result.get("push") if isinstance(result, dict) else None
+        if isinstance(push, dict) and push.get("state") not in (None, "in_sync"):
+            # Done in the ledger, not yet on the platform: say so, and that pr1d keeps retrying.
+            self.notify(f"profile push to the agent manager pending: {push.get('error') or 'not acknowledged'}; "
+                        "pr1d retries until it is acknowledged (dashboard shows it meanwhile)",
+                        title=what, severity="warning", timeout=12)
 
     def ask_trigger(self, agent: str | None = None) -> None:
         if not self._guard():
@@ -381,8 +387,7 @@ class Pr1App(App[int]):
                 f"Deployments if it misbehaves.")
         self._confirm(ConfirmModal(f"Approve run {rid}", body, "Approve and promote", reason_required=True),
                       lambda reason: self.perform("runs.approve", {"run": rid, "reason": reason},
-                                                  lambda r: f"run {rid}: {r.get('state', 'approved')}",
-                                                  f"approve run {rid}"))
+                                                  partial(approved_text, rid, agent), f"approve run {rid}"))
 
     def ask_reject(self, run: dict) -> None:
         if not self._guard():
@@ -410,9 +415,20 @@ class Pr1App(App[int]):
         if explicit and target:
             params["to"] = target
         self._confirm(ConfirmModal(f"Roll back {agent}", body, "Roll back", reason_required=True),
-                      lambda reason: self.perform("deployments.rollback", {**params, "reason": reason},
-                                                  lambda r: f"{agent} rolled back to {r.get('version', target)}",
-                                                  f"roll back {agent}"))
+                      lambda reason: self.perform(
+                          "deployments.rollback", {**params, "reason": reason},
+                          lambda r: f"{agent} rolled back to {(r.get('deployment') or {}).get('version_id', target)}",
+                          f"roll back {agent}"))
+
+
+def approved_text(run_id: int, agent: str, result: dict) -> str:
+    """What an approval did, in words: promoted, or recorded and waiting for more approvers."""
+    if result.get("promoted"):
+        return f"run {run_id} promoted: agent {agent} now runs {result.get('version_id') or 'the candidate'}"
+    n, required = len(result.get("approvals") or []), result.get("required", 1)
+    if result.get("already_approved"):
+        return f"run {run_id}: you had approved it already ({n} of {required} approvals)"
+    return f"run {run_id}: approval recorded ({n} of {required}); {result.get('state', 'awaiting_approval')}"
 
 
 def help_sections(app_cls: type[App]) -> list[tuple[str, type[DOMNode]]]:

@@ -1,4 +1,5 @@
-"""Console behaviour through Textual's Pilot, against real `pr1d serve` daemons (never a mock).
+"""Console behaviour through Textual's Pilot, against real `pr1d serve` daemons (never a mock); where a
+daemon needs an agent manager or a scoring API (promote, roll back, poll), a real `pr1d sim` plays it.
 
 Keys are pressed as an operator would; assertions read the widgets, the requests the console made
 (`app.api.calls`) and the daemon's own answer through pr1ctl.
@@ -10,6 +11,7 @@ import io
 import json
 import os
 import pwd
+import re
 import time
 
 import pytest
@@ -19,15 +21,17 @@ from textual.widgets import Button, DataTable, Input, Static
 
 from pr1tui.app import Pr1App, help_sections
 from pr1tui.screens.approvals import ApprovalsScreen
-from pr1tui.screens.dashboard import DashboardScreen
+from pr1tui.screens.dashboard import SCORE_LIMIT, SIGNAL_LOOK, DashboardScreen
 from pr1tui.screens.deployments import DeploymentsScreen
 from pr1tui.screens.help import HelpScreen, own_bindings
 from pr1tui.screens.modals import ConfirmModal, TriggerModal
 from pr1tui.screens.run_detail import RunDetailScreen
 from pr1tui.screens.runs import PAGE_SIZE, RunsScreen
 from pr1tui.widgets.chrome import ConnectionBanner, TopBar
+from pr1tui.widgets.sparkline import BLOCKS
 from tests.conftest import DaemonProc
-from tests.tui.conftest import in_thread, seed_many_runs, wait_for
+from tests.registry.registry_kit import BASE_MODEL
+from tests.tui.conftest import REG_AGENT, in_thread, rpc, seed_many_runs, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -90,10 +94,22 @@ async def test_navigation_identity_and_no_polling(shared_daemon):
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot, app, DashboardScreen)
         assert column(app.screen, "#agents") == ["a1", "a2", "a3"]
-        a1 = {k: cell(app.screen, "#agents", "a1", k) for k in ("version", "run", "state", "trend")}
+        a1 = {k: cell(app.screen, "#agents", "a1", k) for k in ("version", "run", "state", "signals")}
         assert a1 == {"version": "v1-7c0ffee", "run": "4 sft", "state": "awaiting_approval",
-                      "trend": "no data"}  # no score API yet: the trend says so instead of drawing nothing
+                      "signals": "W✗ R● D▲ C●"}
         assert cell(app.screen, "#agents", "a3", "hold") == "HOLD"
+        # Score trends come from agents.scores, one bounded request per visible agent: a1's seeded scores
+        # fall from 0.90 to 0.80 (bars step down), a3 has none and says so instead of drawing nothing.
+        await wait_for(pilot, lambda: cell(app.screen, "#agents", "a1", "trend") == "█▇▆▅▅▄▃▂▁ 0.81",
+                       what="a1's trend")
+        assert cell(app.screen, "#agents", "a3", "trend") == "no data"
+        assert cell(app.screen, "#agents", "a3", "signals") == "–"
+        for agent in ("a1", "a2", "a3"):
+            assert ("agents.scores", {"agent": agent, "limit": SCORE_LIMIT}) in app.api.calls
+        # The health panel lists what needs a person: a1's unacknowledged push and its KPI alert.
+        health = plain(app.screen.query_one("#health"))
+        assert "profile push pending a1: promote → v1-7c0ffee" in health, health
+        assert "kpi: agent a1 (v1-7c0ffee): weighted_score_trend" in health, health
         bar = plain(app.screen.query_one(TopBar))
         assert ME in bar and "operator" in bar  # whoami: who you are and what you may do
 
@@ -227,33 +243,44 @@ async def confirm_with_reason(pilot, app: Pr1App, reason: str) -> ConfirmModal:
     return modal
 
 
-async def test_approve_asks_a_reason_and_shows_the_daemons_answer(seeded_daemon):
-    rid = seeded_daemon.ids["awaiting"]
-    app = RecordingApp(seeded_daemon.socket)
+async def test_approve_with_a_reason_promotes_and_pushes_the_profile(registry_world, sim):
+    daemon, ids = registry_world()
+    rid, candidate = ids["run"], ids["candidate"]
+    reason = "gate passed, looks good"
+    app = RecordingApp(daemon.socket)
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot, app)
         await pilot.press("3")
         await ready(pilot, app, ApprovalsScreen)
+        assert column(app.screen, "#approvals") == [str(rid)]
         await pilot.press("a")
-        before = len(app.shown)
-        modal = await confirm_with_reason(pilot, app, "gate passed, safety within noise")
-        assert "promote its candidate model to agent a1" in str(modal.body)
-        await wait_for(pilot, lambda: len(app.shown) > before, what="the daemon's answer")
-        assert ("runs.approve", {"run": rid, "reason": "gate passed, safety within noise"}) in app.api.calls
-        run = await in_thread(run_state, seeded_daemon, rid)
-        if app.errors():
-            # The daemon refused (a build without the registry, or a candidate it cannot promote): the
-            # operator reads the daemon's own words, the same pr1ctl prints, and nothing changed.
-            cp = await in_thread(seeded_daemon.ctl, "approve", str(rid), "--reason", "again", check=False)
-            assert cp.returncode != 0 and app.errors()[-1] in cp.stderr, (app.errors(), cp.stderr)
-            assert run["state"] == "awaiting_approval"
-        else:
-            # Promotion works: promoted, by this user, with this reason, and gone from the queue.
-            assert run["state"] == "promoted"
-            last = run["audit"][-1]
-            assert (last["actor"], last["to_state"], last["reason"]) == (ME, "promoted",
-                                                                        "gate passed, safety within noise")
-            await wait_for(pilot, lambda: column(app.screen, "#approvals") == [], what="queue emptied")
+        modal = await confirm_with_reason(pilot, app, reason)
+        assert f"promote its candidate model to agent {REG_AGENT}" in str(modal.body)
+        # The queue empties through the run event; the daemon's answer names the promoted version.
+        await wait_for(pilot, lambda: column(app.screen, "#approvals") == [], what="run left the queue")
+        done = f"run {rid} promoted: agent {REG_AGENT} now runs {candidate}"
+        await wait_for(pilot, lambda: any(m == done for m, _ in app.shown), what="the daemon's answer")
+        assert ("runs.approve", {"run": rid, "reason": reason}) in app.api.calls
+        # The deployments page follows the pointer to the candidate.
+        await pilot.press("4")
+        await ready(pilot, app, DeploymentsScreen)
+        await wait_for(pilot, lambda: cell(app.screen, "#deploy-agents", REG_AGENT, "version") == candidate,
+                       what="candidate current on the deployments page")
+        assert app.errors() == [] and not any("push" in m for m, _ in app.shown)  # acknowledged at once
+
+    run = run_state(daemon, rid)
+    assert run["state"] == "promoted"
+    last = run["audit"][-1]
+    assert (last["actor"], last["from_state"], last["to_state"]) == (ME, "awaiting_approval", "promoted")
+    assert last["reason"] == f"approved by {ME}: {reason}"
+    current = next(a for a in daemon.ctl_json("agents") if a["id"] == REG_AGENT)["current_version"]
+    assert current == candidate
+    deps = rpc(daemon, "deployments.list", agent=REG_AGENT, limit=10)
+    assert [(d["action"], d["version_id"]) for d in deps] == [("promote", candidate), ("initial", ids["base"])]
+    assert deps[0]["actor"] == ME and reason in deps[0]["reason"]
+    # The agent manager (the sim) received the candidate's profile, acknowledged, once.
+    (pushed,) = sim.history(REG_AGENT)
+    assert pushed["model_version"] == candidate and pushed["policy"] == {"branches": 4, "temperature": 0.7}
 
 
 async def test_reject_through_modal_records_user_and_reason(seeded_daemon):
@@ -277,30 +304,97 @@ async def test_reject_through_modal_records_user_and_reason(seeded_daemon):
     assert app.errors() == []
 
 
-async def test_rollback_modal_shows_from_to_and_the_daemons_error(seeded_daemon):
-    app = RecordingApp(seeded_daemon.socket)
+async def test_rollback_through_the_modal_restores_the_previous_version(registry_world, sim):
+    daemon, ids = registry_world(promoted=True)
+    base, candidate = ids["base"], ids["candidate"]
+    assert sim.history(REG_AGENT)[-1]["model_version"] == candidate  # the seeded promotion was pushed
+    reason = "latency regression after promote"
+    app = RecordingApp(daemon.socket)
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot, app)
         await pilot.press("4")
         await ready(pilot, app, DeploymentsScreen)
-        await pilot.press("R")
+        assert cell(app.screen, "#deploy-agents", REG_AGENT, "version") == candidate
+        await pilot.press("R")  # the cursor is on agent-000, the first agent
         await wait_for(pilot, lambda: isinstance(app.screen, ConfirmModal), what="rollback modal")
-        body = str(app.screen.body)
-        assert "from v1-7c0ffee → v0-base" in body
-        before = len(app.shown)
-        await confirm_with_reason(pilot, app, "latency regression after promote")
-        await wait_for(pilot, lambda: len(app.shown) > before, what="the daemon's answer")
-        assert ("deployments.rollback", {"agent": "a1", "reason": "latency regression after promote"}) in app.api.calls
-        if app.errors():
-            # Refused (the seeded versions carry no weights to verify): the notification is the daemon's
-            # own message, the one pr1ctl prints for the same request, and the pointer did not move.
-            cp = await in_thread(seeded_daemon.ctl, "rollback", "a1", "--reason", "again", check=False)
-            assert cp.returncode != 0 and app.errors()[-1] in cp.stderr, (app.errors(), cp.stderr)
-            agents = await in_thread(seeded_daemon.ctl_json, "agents")
-            assert next(a for a in agents if a["id"] == "a1")["current_version"] == "v1-7c0ffee"
-        else:
-            # Rolled back: the history page follows the pointer to v0-base.
-            await wait_for(pilot, lambda: cell(app.screen, "#deploy-agents", "a1", "version") == "v0-base", what="v0-base")
+        assert f"from {candidate} → {base}" in str(app.screen.body)
+        await confirm_with_reason(pilot, app, reason)
+        # The history page follows the pointer back to the base version.
+        await wait_for(pilot, lambda: cell(app.screen, "#deploy-agents", REG_AGENT, "version") == base,
+                       what="base current again")
+        done = f"{REG_AGENT} rolled back to {base}"
+        await wait_for(pilot, lambda: any(m == done for m, _ in app.shown), what="the daemon's answer")
+        assert ("deployments.rollback", {"agent": REG_AGENT, "reason": reason}) in app.api.calls
+        assert [r[1] for r in rows(app.screen, "#history")] == ["rollback", "promote", "initial"]
+        assert app.errors() == [] and not any("push" in m for m, _ in app.shown)  # acknowledged at once
+
+    current = next(a for a in daemon.ctl_json("agents") if a["id"] == REG_AGENT)["current_version"]
+    assert current == base
+    deps = rpc(daemon, "deployments.list", agent=REG_AGENT, limit=10)
+    assert [(d["action"], d["version_id"]) for d in deps][0] == ("rollback", base)
+    assert (deps[0]["actor"], deps[0]["reason"]) == (ME, reason)
+    assert run_state(daemon, ids["run"])["state"] == "rolled_back"
+    # The agent manager got the older profile back: the platform's own name for the base model.
+    last = sim.history(REG_AGENT)[-1]
+    assert (last["model_version"], last["profile"], last["previous_model_version"]) == (BASE_MODEL, "default",
+                                                                                         candidate)
+
+
+async def test_pending_profile_push_shows_on_the_dashboard_until_acknowledged(registry_world, sim):
+    # Retries every 0.3 s (doubling) instead of 5 s, so the acknowledgement comes within the test.
+    daemon, ids = registry_world(PR1_REGISTRY__PUSH_RETRY_BASE_S="0.3")
+    sim.fail_profile_pushes()
+    app = RecordingApp(daemon.socket)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app, DashboardScreen)
+        health = app.screen.query_one("#health")
+        assert "profile push pending" not in plain(health)
+        out = await in_thread(daemon.ctl_json, "approve", str(ids["run"]), "--reason", "ship it")
+        assert out["promoted"] and out["push"]["state"] == "pending"
+        # Promoted in the ledger, not yet on the platform: the panel says so, with the platform's error.
+        pending = f"profile push pending {REG_AGENT}: promote → {ids['candidate']}"
+        await wait_for(pilot, lambda: pending in plain(health) and "HTTP 503" in plain(health),
+                       what="pending push on the health panel")
+        await wait_for(pilot, lambda: cell(app.screen, "#agents", REG_AGENT, "version") == ids["candidate"],
+                       what="version column follows the promotion")
+        await in_thread(sim.clear_faults)
+        await wait_for(pilot, lambda: "profile push pending" not in plain(health), what="push acknowledged",
+                       timeout=20)
+        assert app.errors() == []
+    assert sim.history(REG_AGENT)[-1]["model_version"] == ids["candidate"]
+
+
+async def test_dashboard_scores_and_signals_follow_poll_cycles(daemon_factory, sim):
+    daemon = daemon_factory(extra_env={"PR1_MONITOR__ENABLED": "true", "PR1_SCORING__BASE_URL": sim.url}).start()
+    agents = ["agent-000", "agent-001", "agent-002"]
+    app = RecordingApp(daemon.socket)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app, DashboardScreen)
+        dash = app.screen
+        # The start-up poll registers the sim's agents (before or after the console connected).
+        await wait_for(pilot, lambda: column(dash, "#agents") == agents, what="the sim's agents")
+        assert cell(dash, "#agents", "agent-000", "trend") == "no data"  # the sim's clock has not moved
+
+        await in_thread(sim.tick, 60)
+        before = len(app.api.calls)
+        report = await in_thread(rpc, daemon, "monitor.poll")
+        assert report["ok"] and report["inserted"] == 60 * len(agents)
+        # The poll event makes the console refetch, once, in a worker: the list (signal states) and the
+        # visible agents' scores.
+        await wait_for(pilot, lambda: all(cell(dash, "#agents", a, "trend") != "no data" for a in agents),
+                       what="trends drawn")
+        marks = "[" + "".join(glyph for glyph, _ in SIGNAL_LOOK.values()) + "]"
+        for a in agents:
+            trend = cell(dash, "#agents", a, "trend")
+            assert re.fullmatch(f"[{BLOCKS}]{{9}} 0\\.\\d\\d", trend), trend
+            await wait_for(pilot, lambda a=a: re.fullmatch(f"W{marks} R{marks} D{marks} C{marks}",
+                                                           cell(dash, "#agents", a, "signals")),
+                           what=f"{a}'s signal markers")
+        after = list(app.api.calls)[before:]
+        assert [c for c in after if c[0] == "agents.list"] == [("agents.list", {})]
+        assert sorted(c[1]["agent"] for c in after if c[0] == "agents.scores") == agents
+        assert all(c[1]["limit"] == SCORE_LIMIT for c in after if c[0] == "agents.scores")
+        assert app.errors() == []
 
 
 async def test_trigger_then_cancel_through_modals(daemon):

@@ -33,8 +33,8 @@ def shoot(snap_compare, daemon, *steps: Step) -> bool:
 
     async def drive(pilot) -> None:
         app = pilot.app
-        await wait_for(pilot, lambda: app.connected and isinstance(app.screen, DashboardScreen) and app.screen.loaded,
-                       what="dashboard")
+        await wait_for(pilot, lambda: app.connected and isinstance(app.screen, DashboardScreen)
+                       and app.screen.scores_loaded, what="dashboard with its score trends")
         for keys, page in steps:
             await pilot.press(*keys)
             if page is not None:
