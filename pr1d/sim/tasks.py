@@ -33,57 +33,17 @@ _MUL_LIMIT = 150
 
 
 def make_task(rng: random.Random, tier: str) -> dict[str, Any]:
-    """One word problem for ``tier``: easy = one operation, medium = two, hard = three or four plus a
-    distractor quantity. Returns ``{question, answer, transcript, tier}`` with ``answer`` the exact
-    integer as a string and a step-by-step ``transcript`` ending in ``Final Answer: <answer>``."""
+    """One GSM-lite word problem for ``tier`` (pr1d.evaluate.gsm_lite, the training split: no held-out
+    arithmetic, so the gradebook never leaks evaluation facts into SFT data). Returns
+    ``{question, answer, transcript, tier, steps}``; the transcript is the left-to-right solution
+    ending in ``Final Answer: <answer>``."""
+    from pr1d.evaluate.gsm_lite import generate_task, render_sequential
+
     if tier not in TIERS:
         raise ValueError(f"unknown tier {tier!r} (expected one of {', '.join(TIERS)})")
-    n_ops = {"easy": 1, "medium": 2, "hard": rng.choice((3, 4))}[tier]
-    name = rng.choice(_NAMES)
-    items = rng.choice(_ITEMS)
-    start = value = rng.randint(_LO, _HI)
-    steps: list[str] = []  # phrases for the question
-    lines = [f"{name} starts with {value} {items}."]
-    for k in range(n_ops):
-        ops = ["add"]
-        if value >= _LO:
-            ops.append("sub")
-        if k > 0 and value <= _MUL_LIMIT:  # the first step is always +/- so easy tasks stay pure add/sub
-            ops.append("mul")
-        op = rng.choice(ops)
-        if op == "add":
-            n = rng.randint(_LO, _HI)
-            steps.append(rng.choice(_ADD).format(n=n))
-            lines.append(f"{value} + {n} = {value + n}")
-            value += n
-        elif op == "sub":
-            n = rng.randint(_LO, min(_HI, value))
-            steps.append(rng.choice(_SUB).format(n=n))
-            lines.append(f"{value} - {n} = {value - n}")
-            value -= n
-        else:
-            f = rng.choice((2, 3))
-            steps.append(_MUL[f])
-            lines.append(f"{value} * {f} = {value * f}")
-            value *= f
-    if n_ops == 1:
-        question = f"{name} has {start} {items} and {steps[0]}. How many {items} does {name} have now?"
-    else:
-        parts = [f"{name} has {start} {items}."]
-        if tier == "hard":
-            friend = rng.choice([n for n in _NAMES if n != name])
-            distractor = rng.randint(_LO, _HI)
-            parts.append(f"{friend} has {distractor} {items}.")
-            lines.insert(1, f"{friend}'s {distractor} {items} do not change how many {name} has.")
-        connectors = ["First,", "Then", "Next,", "Finally,"]
-        for k, phrase in enumerate(steps):
-            conn = connectors[k] if k < len(steps) - 1 else "Finally,"
-            parts.append(f"{conn} {name} {phrase}.")
-        parts.append(f"How many {items} does {name} have now?")
-        question = " ".join(parts)
-    answer = str(value)
-    lines.append(f"Final Answer: {answer}")
-    return {"question": question, "answer": answer, "transcript": "\n".join(lines), "tier": tier}
+    task = generate_task(rng, tier, "train", task_id="sim")
+    return {"question": task["question"], "answer": task["answer"], "transcript": render_sequential(task),
+            "tier": tier, "steps": task["steps"]}
 
 
 _FINAL = re.compile(r"final answer\s*:\s*([^\n]*)", re.IGNORECASE)

@@ -140,7 +140,7 @@ async def test_gradebook_filters_and_pages(sim: SimServer, client: httpx.AsyncCl
     assert good and all(x["score"] >= 0.9 for x in good)
     assert all(x["transcript"].endswith(f"Final Answer: {x['final_answer']}") for x in good)
     hard = [x for x in good if x["tier"] == "hard"]
-    assert hard and all("do not change" in x["transcript"] for x in hard)
+    assert hard and all(len(x["transcript"].splitlines()) >= 4 for x in hard)  # 3+ steps, then the answer
 
     # agent_id filter, and the cursor moves past everything scanned even when little matched.
     mine = (await client.get("/v1/gradebook", params={"agent_id": "agent-004", "min_score": 0.9})).json()

@@ -26,7 +26,7 @@ def test_tasks_are_consistent_worked_problems(tier: str) -> None:
     ops_expected = {"easy": {1}, "medium": {2}, "hard": {3, 4}}[tier]
     for seed in range(200):
         t = make_task(random.Random(seed), tier)
-        assert set(t) == {"question", "answer", "transcript", "tier"}
+        assert set(t) == {"question", "answer", "transcript", "tier", "steps"}
         assert t["tier"] == tier
         assert t["transcript"].splitlines()[-1] == f"Final Answer: {t['answer']}"
         steps = _steps(t["transcript"])
@@ -42,7 +42,11 @@ def test_tasks_are_consistent_worked_problems(tier: str) -> None:
         assert str(steps[-1][3]) == t["answer"]
         assert 10 <= steps[0][0] <= 99 and str(steps[0][0]) in t["question"]
         if tier == "hard":
-            assert "do not change" in t["transcript"]  # the distractor quantity is called out
+            # the distractor quantity is in the story but never in the solution
+            used = {n for st in steps for n in (st[0], st[2], st[3])}
+            import re as _re
+
+            assert set(map(int, _re.findall(r"\d+", t["question"].replace("$", "")))) - used
 
 
 def test_easy_tasks_use_one_add_or_sub() -> None:
