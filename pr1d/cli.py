@@ -63,6 +63,19 @@ def cmd_sim(args: argparse.Namespace) -> int:
     return sim_cli.run(args)
 
 
+def cmd_model(args: argparse.Namespace) -> int:
+    # torch loads here, in this command's own process: never in the daemon.
+    from .train import model
+
+    return model.main([args.model_cmd, *args.rest])
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import gsm_eval
+
+    return gsm_eval.main(args.rest)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from . import demo
 
@@ -88,6 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="sim + daemon + the loop this build has, headless, on embedded defaults")
     demo.add_arguments(s)
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("model", help="agent models: `pr1d model bootstrap --out DIR` builds + pretrains the tiny model")
+    s.add_argument("model_cmd", choices=["bootstrap"])
+    s.add_argument("rest", nargs=argparse.REMAINDER, help="options of python -m pr1d.train.model bootstrap")
+    s.set_defaults(func=cmd_model)
+    s = sub.add_parser("eval", help="`pr1d eval gsm-lite --model PATH [--adapter PATH] [--k N] [--json]`")
+    s.add_argument("benchmark", choices=["gsm-lite"])
+    s.add_argument("rest", nargs=argparse.REMAINDER, help="options of python -m pr1d.evaluate.gsm_eval")
+    s.set_defaults(func=cmd_eval)
 
     try:
         from .sim import cli as sim_cli

@@ -16,6 +16,7 @@ from pr1d.evaluate.gsm_lite import (
     HIGH,
     LOW,
     TIERS,
+    arithmetic_drills,
     check_answer,
     eval_split,
     extract_answer,
@@ -29,6 +30,7 @@ from pr1d.evaluate.gsm_lite import (
     render_sequential,
     solution_strategies,
     train_split,
+    training_facts,
 )
 
 N_TRAIN = 3000
@@ -202,6 +204,19 @@ def test_training_text_never_contains_a_held_out_fact(train_tasks):
         text = render_sequential(task) + "\n" + "\n".join(solution_strategies(task, limit=None))
         for a, op, b, _ in facts_used(text):
             assert not is_heldout_fact(a, op, b), (task["id"], a, op, b)
+
+
+def test_drills_use_training_facts_only():
+    pool = set(training_facts())
+    assert not any(is_heldout_fact(a, op, b) for a, op, b, _ in pool)
+    domain = {(a, op, b) for a in range(LOW, HIGH + 1) for b in range(LOW, HIGH + 1) for op in "+-"
+              if in_domain(a, op, b)}
+    assert {f[:3] for f in pool} == {f for f in domain if not is_heldout_fact(*f)}
+    drills = arithmetic_drills(300, seed=2, facts_per_drill=8)
+    assert drills == arithmetic_drills(300, seed=2, facts_per_drill=8)
+    for drill in drills:
+        facts = facts_used(drill)
+        assert len(facts) == 8 and set(facts) <= pool
 
 
 def test_every_eval_problem_needs_a_held_out_fact(eval_tasks):
