@@ -325,10 +325,14 @@ def _env_layer(environ: dict[str, str]) -> _Layer:
     return _Layer("environment (PR1_*)", data)
 
 
-def _describe(err: dict[str, Any]) -> str:
+def describe_error(err: dict[str, Any], allowed: list[str] | None = None) -> str:
+    """One pydantic error, worded for the person editing a TOML file (config and sim scenarios share it)."""
     t = err["type"]
+    got = err.get("input")
     if t == "extra_forbidden":
-        return "unknown key"
+        return "unknown key" + (f" (expected one of: {', '.join(allowed)})" if allowed else "")
+    if t == "missing":
+        return "required key is missing"
     ctx = err.get("ctx") or {}
     expected = {
         "int_type": "an integer",
@@ -336,17 +340,19 @@ def _describe(err: dict[str, Any]) -> str:
         "string_type": "a string",
         "bool_type": "true or false",
         "list_type": "a list",
+        "dict_type": "a table",
         "model_type": "a table",
+        "datetime_type": "a TOML datetime such as 2025-01-01T00:00:00Z",
         "literal_error": f"one of {ctx.get('expected', '')}",
         "greater_than_equal": f"a value >= {ctx.get('ge')}",
         "greater_than": f"a value > {ctx.get('gt')}",
         "less_than_equal": f"a value <= {ctx.get('le')}",
         "less_than": f"a value < {ctx.get('lt')}",
     }.get(t)
-    got = err.get("input")
     if expected:
         return f"expected {expected}, got {got!r}"
-    return f"{err['msg']} (got {got!r})"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return f"{msg} (got {got!r})" if t != "value_error" else msg
 
 
 def load_config(
@@ -384,7 +390,7 @@ def load_config(
         for err in e.errors():
             loc = tuple(str(x) for x in err["loc"])
             src = next((origin[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in origin), "built-in defaults")
-            lines.append(f"{src}: key `{'.'.join(loc)}`: {_describe(err)}")
+            lines.append(f"{src}: key `{'.'.join(loc)}`: {describe_error(err)}")
         raise ConfigError("\n".join(lines)) from None
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from pr1d.config import describe_error
 from pr1d.sim.faults import FaultSpec
 
 # Agent ids go into URL paths and are written into JSON without escaping on the hot path, so they are
@@ -393,33 +394,8 @@ def _key_path(loc: tuple[Any, ...]) -> str:
 
 
 def _describe(err: dict[str, Any]) -> str:
-    t = err["type"]
-    got = err.get("input")
-    if t == "extra_forbidden":
-        allowed = _allowed_keys(err["loc"][:-1])
-        return "unknown key" + (f" (expected one of: {', '.join(allowed)})" if allowed else "")
-    if t == "missing":
-        return "required key is missing"
-    ctx = err.get("ctx") or {}
-    expected = {
-        "int_type": "an integer",
-        "float_type": "a number",
-        "string_type": "a string",
-        "bool_type": "true or false",
-        "list_type": "a list",
-        "dict_type": "a table",
-        "model_type": "a table",
-        "datetime_type": "a TOML datetime such as 2025-01-01T00:00:00Z",
-        "literal_error": f"one of {ctx.get('expected', '')}",
-        "greater_than_equal": f"a value >= {ctx.get('ge')}",
-        "greater_than": f"a value > {ctx.get('gt')}",
-        "less_than_equal": f"a value <= {ctx.get('le')}",
-        "less_than": f"a value < {ctx.get('lt')}",
-    }.get(t)
-    if expected:
-        return f"expected {expected}, got {got!r}"
-    msg = str(err["msg"]).removeprefix("Value error, ")
-    return f"{msg} (got {got!r})" if t != "value_error" else msg
+    allowed = _allowed_keys(err["loc"][:-1]) if err["type"] == "extra_forbidden" else None
+    return describe_error(err, allowed)
 
 
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
