@@ -251,7 +251,10 @@ class Daemon:
             params=dict(run.get("params") or {}), resume=has_ckpt,
             heartbeat_s=max(0.05, min(5.0, self.cfg.daemon.heartbeat_timeout_s / 4)),
             extra={"limits": {"memory_mb": self.cfg.daemon.worker_memory_limit_mb,
-                              "file_mb": self.cfg.daemon.worker_file_limit_mb}},
+                              "file_mb": self.cfg.daemon.worker_file_limit_mb},
+                   # Where stages reach the platform (gradebook, critic); the token itself is never written
+                   # into the spec: the worker reads it from the variable named here.
+                   "scoring_url": self.cfg.scoring.base_url, "token_env": self.cfg.scoring.token_env},
         )
         d = self.cfg.daemon
         proc = StageProcess(spec, functools.partial(self._on_event, run_id, stage["id"]),

@@ -1,0 +1,110 @@
+"""Fetch the scoring API's gradebook (``GET /v1/gradebook``): every page from a cursor, deduplicated.
+
+Used by the dataset stage (a worker process, so a sync ``httpx.Client`` is fine). The gradebook is the
+fleet's graded work, each entry ``{task_id, agent_id, question, transcript, final_answer, score, tier,
+ts}``; see docs/scoring-api.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+import httpx
+
+__all__ = ["content_hash", "fetch_gradebook"]
+
+_RETRY_STATUS = {429, 500, 502, 503, 504}
+
+
+def content_hash(entry: dict[str, Any]) -> str:
+    """sha256 of the entry's question and transcript (NUL-separated): same work, same hash."""
+    h = hashlib.sha256()
+    h.update(str(entry.get("question", "")).encode())
+    h.update(b"\0")
+    h.update(str(entry.get("transcript", "")).encode())
+    return h.hexdigest()
+
+
+def _get_page(client: httpx.Client, params: dict[str, Any], retries: int) -> dict[str, Any]:
+    delay = 0.5
+    for attempt in range(retries + 1):
+        try:
+            resp = client.get("/v1/gradebook", params=params)
+            if resp.status_code in _RETRY_STATUS and attempt < retries:
+                time.sleep(min(float(resp.headers.get("Retry-After", delay) or delay), 10.0))
+                delay *= 2
+                continue
+            resp.raise_for_status()
+            body = resp.json()
+            if not isinstance(body, dict) or not isinstance(body.get("entries"), list):
+                raise ValueError("gradebook page without an 'entries' list")
+            return body
+        except (httpx.TransportError, ValueError):
+            if attempt >= retries:
+                raise
+            time.sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")
+
+
+def fetch_gradebook(
+    base_url: str,
+    token: str | None,
+    *,
+    since: str | None = None,
+    min_score: float = 0.9,
+    agent_id: str | None = None,
+    limit: int = 500,
+    max_pages: int = 100,
+    timeout_s: float = 30.0,
+    retries: int = 3,
+    stats: dict[str, Any] | None = None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Every gradebook entry after ``since`` with ``score >= min_score``, paging until an empty page.
+
+    Returns ``(entries, next_cursor)``: entries in the order served, deduplicated by ``(task_id, content
+    hash)`` (a repeated page or record is kept once; different agents' different transcripts for one
+    task are all kept: the builder chooses among them), and the cursor to resume from. Entries missing
+    ``task_id``, ``question`` or ``transcript`` are skipped. ``stats``, when given, receives
+    ``pages``, ``fetched``, ``duplicates``, ``malformed``.
+    """
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    entries: list[dict[str, Any]] = []
+    seen: set[tuple[str, str]] = set()
+    counts = {"pages": 0, "fetched": 0, "duplicates": 0, "malformed": 0}
+    cursor = since
+    visited: set[str | None] = set()
+    with httpx.Client(base_url=base_url, headers=headers, timeout=timeout_s) as client:
+        for _ in range(max_pages):
+            params: dict[str, Any] = {"min_score": min_score, "limit": limit}
+            if cursor is not None:
+                params["since"] = cursor
+            if agent_id is not None:
+                params["agent_id"] = agent_id
+            body = _get_page(client, params, retries)
+            counts["pages"] += 1
+            page = body["entries"]
+            for entry in page:
+                counts["fetched"] += 1
+                if not isinstance(entry, dict) or not all(
+                    isinstance(entry.get(k), str) for k in ("task_id", "question", "transcript")
+                ):
+                    counts["malformed"] += 1
+                    continue
+                key = (entry["task_id"], content_hash(entry))
+                if key in seen:
+                    counts["duplicates"] += 1
+                    continue
+                seen.add(key)
+                entries.append(entry)
+            nxt = body.get("next_cursor")
+            if nxt is not None:
+                cursor = str(nxt)
+            if not page or nxt is None or cursor in visited:
+                break  # empty page (caught up), no cursor, or a cursor loop: stop
+            visited.add(cursor)
+    if stats is not None:
+        stats.update(counts)
+    return entries, cursor
