@@ -254,7 +254,8 @@ class Daemon:
                               "file_mb": self.cfg.daemon.worker_file_limit_mb},
                    # Where stages reach the platform (gradebook, critic); the token itself is never written
                    # into the spec: the worker reads it from the variable named here.
-                   "scoring_url": self.cfg.scoring.base_url, "token_env": self.cfg.scoring.token_env},
+                   "scoring_url": self.cfg.scoring.base_url, "token_env": self.cfg.scoring.token_env,
+                   "kb": self.cfg.kb.model_dump(), "state_dir": str(self.state_dir)},
         )
         d = self.cfg.daemon
         proc = StageProcess(spec, functools.partial(self._on_event, run_id, stage["id"]),

@@ -11,6 +11,7 @@ PLANS: dict[str, tuple[str, ...]] = {
     "targeted-sft": ("dataset", "sft", "sft_gate", "backtest", "gate"),
     "rl": ("rl", "backtest", "gate"),
     "full": ("dataset", "sft", "sft_gate", "rl", "backtest", "gate"),
+    "dataset": ("dataset",),  # build (and version) a training dataset on demand, nothing to approve
     "sleep": ("sleep",),
     "noop": ("noop",),
 }

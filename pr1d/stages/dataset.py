@@ -17,6 +17,51 @@ from pr1d.data.gradebook import fetch_gradebook
 from .base import Worker, run_stage
 
 
+def _kb_contexts(w: Worker, questions: list[str], out: dict) -> dict[str, str]:
+    """KB snippets per question (into the prompt, never trained on). No KB, or a KB that fails, means no
+    context: the build goes on with a warning, it does not fail."""
+    kb_cfg = w.spec.get("kb")
+    state_dir = w.spec.get("state_dir")
+    if not kb_cfg or not state_dir:
+        out["status"] = "no kb configured"
+        return {}
+    from ..kb.config import KBConfig
+
+    cfg = KBConfig.model_validate(kb_cfg)
+    if cfg.store == "sqlite":
+        from ..kb.factory import sqlite_path
+
+        if not sqlite_path(cfg, state_dir).exists():
+            out["status"] = "kb empty (pr1ctl kb ingest PATH fills it)"
+            return {}
+    try:
+        import asyncio
+
+        from ..kb.discovery import create_service_discovery
+        from ..kb.embed import Embedder
+        from ..kb.factory import open_cache, open_store
+        from ..kb.retrieve import format_context, retrieve_contexts
+
+        endpoints = create_service_discovery(cfg)
+        cache = open_cache(cfg, endpoints)
+        embedder = Embedder(cfg.embedding_model, cache=cache, device=cfg.embedding_device,
+                            batch_size=cfg.embedding_batch_size, ttl_s=cfg.cache_ttl_s)
+        store = open_store(cfg, state_dir=state_dir, endpoints=endpoints, dim=embedder.dim)
+
+        async def go() -> list:
+            async with store:
+                return await retrieve_contexts(store, embedder, cache, questions, top_k=cfg.top_k,
+                                               min_score=cfg.min_score, token_budget=cfg.context_token_budget)
+
+        hits = asyncio.run(go())
+        out.update(status="ok", store=cfg.store, with_context=sum(1 for h in hits if h), cache=cache.stats.to_dict())
+        return {q: format_context(h) for q, h in zip(questions, hits, strict=True) if h}
+    except Exception as e:  # a KB outage degrades the dataset, it does not stop the run
+        out["status"] = f"kb unavailable: {type(e).__name__}: {e}"
+        w.log(f"building without KB context: {out['status']}", level="warning")
+        return {}
+
+
 def main(w: Worker) -> dict:
     p = w.params
     branches = int(p.get("branches", 2))
@@ -39,10 +84,14 @@ def main(w: Worker) -> dict:
         w.interrupt()
 
     w.progress(1, 3, message=f"building {mode} records from {len(entries)} entries")
+    kb_stats: dict = {}
+    contexts = _kb_contexts(w, sorted({e["question"] for e in entries}), kb_stats) if p.get("kb", True) else {}
     records, stats = build_dataset(
         entries, branches=branches, mode=mode, mix=p.get("mix"), seed=int(p.get("seed", 0)),
         max_records=int(max_records) if max_records is not None else None,
+        kb=(lambda q: contexts.get(q, "")) if contexts else None,
     )
+    stats["kb"] = kb_stats
     # Repeats the fetch removed count as duplicates too.
     stats["drops"]["duplicate"] += int(fetch_stats.get("duplicates", 0))
     stats["dropped"] += int(fetch_stats.get("duplicates", 0))

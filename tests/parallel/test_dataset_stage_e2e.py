@@ -1,0 +1,37 @@
+"""The dataset stage run by the daemon against `pr1d sim`, with KB context from `pr1ctl kb ingest`."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pr1d
+from tests.monitor.test_monitor_e2e import Sim
+
+
+def test_dataset_run_builds_a_versioned_dataset_with_kb_context(daemon_factory, tmp_path):
+    sim = Sim(tmp_path, "steady")
+    try:
+        sim.tick(200)
+        d = daemon_factory(extra_env={"PR1_MONITOR__ENABLED": "true", "PR1_SCORING__BASE_URL": sim.url}).start()
+        deadline = time.monotonic() + 30
+        while not d.ctl_json("agents"):
+            assert time.monotonic() < deadline, "the start-up poll did not register agents"
+            time.sleep(0.2)
+        d.ctl_json("kb", "ingest", str(Path(pr1d.__file__).parent / "kb" / "corpus"))
+        rid = d.ctl_json("trigger", "agent-000", "--kind", "dataset")["run"]["id"]
+        run = d.wait_run(rid, {"succeeded", "failed"}, timeout=240)
+        assert run["state"] == "succeeded", run["reason"]
+        art = next(a for a in run["artifacts"] if a["kind"] == "dataset")
+        manifest = json.loads((Path(art["path"]) / "manifest.json").read_text())
+        assert manifest["records"] > 100 and len(art["sha256"]) == 64
+        assert manifest["stats"]["kb"]["status"] == "ok" and manifest["stats"]["kb"]["with_context"] > 0
+        first = json.loads((Path(art["path"]) / "records.jsonl").read_text().splitlines()[0])
+        assert first["prompt"].index("Question:") > 0  # KB context comes before the question
+        assert "<Parallel>" in first["completion"] and "[1]" not in first["completion"]
+        assert run["metrics_last"]["dataset.records"] == manifest["records"]
+        shown = d.ctl("show", str(rid)).stdout
+        assert "dataset" in shown and art["sha256"][:16] in shown
+    finally:
+        sim.close()
