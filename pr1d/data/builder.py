@@ -50,6 +50,7 @@ DROP_REASONS = (
     "paths_identical",
     "paths_disagree",
     "duplicate",
+    "teacher_error",
 )
 MODES = ("parallel", "sequential")
 # A rough token estimate for the manifest (BPE on this text is about 3-4 characters a token); the
@@ -123,43 +124,40 @@ def summary_for(n_paths: int, answer: str) -> str:
     return f"Both paths give {answer}." if n_paths == 2 else f"All {n_paths} paths give {answer}."
 
 
-def build_record(
-    task: Mapping[str, Any], *, branches: int = 2, kb_context: str = "", mode: str = "parallel"
-) -> dict[str, Any]:
-    """One SFT record for ``task``, verified; raises :class:`DropReason` when any check fails.
+class StrategyGenerator:
+    """GSM-lite's deterministic solution strategies as Parallel traces (no model needed)."""
 
-    ``mode="parallel"``: one block of the first ``branches`` solution strategies (left to right first)
-    and a summary; ``mode="sequential"``: the left-to-right chain (the control arm).
-    """
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
-    answer = str(task["answer"])
-    n_paths = 0
-    if mode == "sequential":
-        completion = gsm_lite.render_sequential(dict(task))
-    else:
-        if branches < 2:
-            raise ValueError(f"a Parallel record needs branches >= 2, got {branches}")
+    name = "strategies"
+
+    def completions(self, task: Mapping[str, Any], branches: int) -> list[str]:
+        answer = str(task["answer"])
         try:
             paths = gsm_lite.solution_strategies(dict(task), limit=branches)
         except ValueError as e:
             raise DropReason("unparseable_transcript", str(e)) from None
         if len(paths) < 2:
             raise DropReason("too_few_strategies", f"{len(paths)} strategy for {task.get('id')}")
-        n_paths = len(paths)
         try:
-            block = pf.ParallelBlock(tuple(paths), summary_for(n_paths, answer))
-            completion = pf.render(pf.Solution((block, "\n"), final_answer=answer))
+            block = pf.ParallelBlock(tuple(paths), summary_for(len(paths), answer))
+            return [pf.render(pf.Solution((block, "\n"), final_answer=answer))]
         except pf.FormatError as e:
             raise DropReason("format_invalid", f"{e.code}: {e}") from None
+
+
+def verify_completion(task: Mapping[str, Any], completion: str, mode: str = "parallel") -> int:
+    """Every record's gate, whichever generator wrote it: valid format, >= 2 distinct paths that agree
+    with the verified answer, and the answer itself. Returns the number of paths; raises DropReason."""
+    answer = str(task["answer"])
     err = pf.check(completion)
     if err is not None:
         raise DropReason("format_invalid", f"{err.code}: {err}")
     solution = pf.parse(completion)
+    n_paths = 0
     if mode == "parallel":
         if len(solution.blocks) != 1 or len(solution.blocks[0].paths) < 2:
-            raise DropReason("too_few_strategies", "the block has fewer than 2 paths")
+            raise DropReason("too_few_strategies", "the completion needs one block with >= 2 paths")
         paths = solution.blocks[0].paths
+        n_paths = len(paths)
         if pf.path_diversity(paths) <= 0.0:
             raise DropReason("paths_identical", "the paths have the same content")
         agreement = pf.consensus(paths)
@@ -169,18 +167,47 @@ def build_record(
         raise DropReason("format_invalid", "a sequential record must not contain a Parallel block")
     if not gsm_lite.check_answer(completion, answer):
         raise DropReason("wrong_answer", f"completion does not answer {answer}")
-    prompt = gsm_lite.format_prompt(str(task["question"]))
-    if kb_context.strip():
-        prompt = kb_context.rstrip() + "\n\n" + prompt
-    return {
-        "id": f"{task['id']}:{mode}",
-        "task_id": str(task["id"]),
-        "tier": str(task.get("tier", "")),
-        "answer": answer,
-        "prompt": prompt,
-        "completion": completion,
-        "paths": n_paths,
-    }
+    return n_paths
+
+
+def build_record(
+    task: Mapping[str, Any], *, branches: int = 2, kb_context: str = "", mode: str = "parallel",
+    generator: Any = None,
+) -> dict[str, Any]:
+    """One SFT record for ``task``, verified; raises :class:`DropReason` when no candidate passes.
+
+    ``mode="parallel"``: a block from ``generator`` (default: the first ``branches`` GSM-lite strategies,
+    left to right first, and a summary; or a teacher model, pr1d.data.teacher); every candidate goes
+    through :func:`verify_completion`. ``mode="sequential"``: the left-to-right chain (the control arm).
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    if mode == "sequential":
+        candidates = [gsm_lite.render_sequential(dict(task))]
+    else:
+        if branches < 2:
+            raise ValueError(f"a Parallel record needs branches >= 2, got {branches}")
+        candidates = (generator or StrategyGenerator()).completions(task, branches)
+    last: DropReason = DropReason("format_invalid", "no candidate completion")
+    for completion in candidates:
+        try:
+            n_paths = verify_completion(task, completion, mode)
+        except DropReason as e:
+            last = e
+            continue
+        prompt = gsm_lite.format_prompt(str(task["question"]))
+        if kb_context.strip():
+            prompt = kb_context.rstrip() + "\n\n" + prompt
+        return {
+            "id": f"{task['id']}:{mode}",
+            "task_id": str(task["id"]),
+            "tier": str(task.get("tier", "")),
+            "answer": str(task["answer"]),
+            "prompt": prompt,
+            "completion": completion,
+            "paths": n_paths,
+        }
+    raise last
 
 
 def _select_mix(records: list[dict[str, Any]], mix: Mapping[str, float], cap: int | None) -> list[dict]:
@@ -236,6 +263,7 @@ def build_dataset(
     seed: int = 0,
     kb: Callable[[str], str] | None = None,
     max_records: int | None = None,
+    generator: Any = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Records from gradebook entries, and stats (counts, drops by reason, lengths).
 
@@ -263,7 +291,8 @@ def build_dataset(
         try:
             task = seed_to_task(entry)
             context = kb(task["question"]) if kb is not None else ""
-            record = build_record(task, branches=branches, kb_context=context or "", mode=mode)
+            record = build_record(task, branches=branches, kb_context=context or "", mode=mode,
+                                  generator=generator)
         except DropReason as d:
             drops[d.code] += 1
             continue
