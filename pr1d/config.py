@@ -171,6 +171,23 @@ class RetentionConfig(_Section):
     vacuum: bool = Field(False, description="VACUUM after compacting (returns disk space; locks the ledger while it runs).")
 
 
+class DatasetConfig(_Section):
+    """The dataset builder's gradebook copy and defaults (docs/parallel_r1_playbook.md)."""
+
+    gradebook_sync_cron: str = Field(
+        "17 2 * * *", description="When the daemon syncs its local gradebook copy (crontab fields: minute hour "
+        "day month weekday). Empty: no scheduled sync (runs still pull on demand)."
+    )
+    min_score: float = Field(0.9, ge=0.0, le=1.0, description="Gradebook entries at or above this score seed datasets.")
+
+    @field_validator("gradebook_sync_cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        if v and len(v.split()) != 5:
+            raise ValueError("expected 5 crontab fields (minute hour day month weekday), or empty")
+        return v
+
+
 class MonitorConfig(_Section):
     """Score monitoring: the signals and trigger rules (docs/entry-criteria.md)."""
 
@@ -230,6 +247,7 @@ class Config(_Section):
     scoreboard: ScoreboardConfig = ScoreboardConfig()
     retention: RetentionConfig = RetentionConfig()
     kb: KBConfig = KBConfig()
+    dataset: DatasetConfig = DatasetConfig()
 
     # -- derived values ---------------------------------------------------------------------------
     def state_path(self) -> Path:

@@ -158,6 +158,14 @@ class Daemon:
         self.scheduler.add_job("pr1d.daemon.jobs:retry_pushes", "interval",
                                seconds=min(30.0, self.cfg.registry.push_retry_base_s), id="registry_push_retry",
                                name="retry pending profile pushes", replace_existing=True)
+        if self.cfg.dataset.gradebook_sync_cron and self.poller is not None:
+            from apscheduler.triggers.cron import CronTrigger
+
+            self.scheduler.add_job("pr1d.daemon.jobs:gradebook_sync",
+                                   CronTrigger.from_crontab(self.cfg.dataset.gradebook_sync_cron),
+                                   id="gradebook_sync", name="sync the local gradebook copy", replace_existing=True)
+        elif self.scheduler.get_job("gradebook_sync"):
+            self.scheduler.remove_job("gradebook_sync")
         self.scheduler.add_job("pr1d.daemon.jobs:retention", "cron", hour=3, minute=17, id="retention",
                                name="apply the ledger retention policy", replace_existing=True)
         self.scheduler.add_job("pr1d.daemon.jobs:refresh_scoreboard", "interval",
@@ -414,6 +422,39 @@ class Daemon:
             self.publish("agent", {"kind": "poll", "agents": len(agents), "inserted": inserted})
             return report
 
+    async def gradebook_sync(self) -> dict:
+        """Pull new gradebook entries (>= dataset.min_score) since the local copy's cursor, dedupe, append."""
+        from ..data.gradebook import LocalGradebook
+        from ..monitor.poller import PollError
+
+        if self.poller is None:
+            raise RpcError(schema.UNAVAILABLE, "gradebook sync needs the scoring API (monitor.enabled = false)")
+        book = LocalGradebook(self.state_dir / "gradebook")
+        cursor = await asyncio.to_thread(book.cursor)
+        got: list[dict] = []
+        for _ in range(1000):  # bounded: 1000 pages x 500 entries per sync
+            params = {"min_score": self.cfg.dataset.min_score, "limit": 500}
+            if cursor:
+                params["since"] = cursor
+            try:
+                page = await self.poller.client.request("gradebook", "GET", "/v1/gradebook", params=params)
+            except PollError as e:
+                log.warning("gradebook sync stopped: %s (kept %d new entries)", e, len(got))
+                break
+            entries = page.get("entries") if isinstance(page, dict) else None
+            nxt = page.get("next_cursor") if isinstance(page, dict) else None
+            if not isinstance(entries, list):
+                break
+            got += [e for e in entries if isinstance(e, dict) and e.get("task_id") and e.get("transcript")]
+            if not entries or not nxt or nxt == cursor:
+                cursor = nxt or cursor
+                break
+            cursor = nxt
+        added = await asyncio.to_thread(book.append, got, cursor)
+        out = {"fetched": len(got), "added": added, "cursor": cursor}
+        log.info("gradebook sync: %s", out)
+        return out
+
     async def housekeeping(self) -> None:
         await self.db_call(_wal_checkpoint, self.ledger)
         if self.registry is not None:
@@ -483,6 +524,7 @@ class Daemon:
             "events.subscribe": self.h_subscribe, "events.unsubscribe": self.h_unsubscribe,
             "ledger.backup": self.h_backup, "monitor.poll": self.h_poll, "monitor.triggers": self.h_triggers,
             "scoreboard.show": self.h_scoreboard, "ledger.compact": self.h_compact, "kb.ingest": self.h_kb_ingest,
+            "gradebook.sync": self.h_gradebook_sync,
         }
         return {k: _mapped_errors(v) for k, v in names.items()}
 
@@ -650,6 +692,9 @@ class Daemon:
         if out.state != "succeeded":
             raise RpcError(schema.INTERNAL_ERROR, f"kb ingest failed: {out.error} (log: {proc.log_path})")
         return out.result or {}
+
+    async def h_gradebook_sync(self, conn: Connection, p: Any) -> dict:
+        return await self.gradebook_sync()
 
     async def h_compact(self, conn: Connection, p: Any) -> dict:
         return await self.compact(conn.user)

@@ -44,3 +44,8 @@ async def refresh_scoreboard() -> None:
 async def retention() -> None:
     """Daily: remove old samples and metrics per [retention] (runs and the audit log are kept)."""
     await current().compact()
+
+
+async def gradebook_sync() -> None:
+    """Nightly: keep the local gradebook copy current (the dataset stage reads it, then pulls the rest)."""
+    await current().gradebook_sync()

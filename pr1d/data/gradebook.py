@@ -108,3 +108,61 @@ def fetch_gradebook(
     if stats is not None:
         stats.update(counts)
     return entries, cursor
+
+
+class LocalGradebook:
+    """The daemon's local copy of the gradebook: ``entries.jsonl`` (append-only) and ``state.json`` (the
+    cursor). The nightly sync job is its only writer; dataset stages read it and pull the delta since
+    its cursor on demand. Deduplicated by (task_id, content hash)."""
+
+    def __init__(self, root: Any):
+        from pathlib import Path
+
+        self.root = Path(root)
+        self.entries_path = self.root / "entries.jsonl"
+        self.state_path = self.root / "state.json"
+
+    def cursor(self) -> str | None:
+        import json
+
+        try:
+            return json.loads(self.state_path.read_text()).get("cursor")
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def load(self) -> list[dict[str, Any]]:
+        import json
+
+        out = []
+        try:
+            with open(self.entries_path) as f:
+                for line in f:
+                    if line.endswith("\n"):  # a torn last line (crash mid-append) is skipped, not fatal
+                        out.append(json.loads(line))
+        except FileNotFoundError:
+            pass
+        return out
+
+    def append(self, entries: list[dict[str, Any]], cursor: str | None) -> int:
+        """Add the entries not already held, then move the cursor (after the data is on disk)."""
+        import json
+        import os
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        seen = {(str(e.get("task_id")), content_hash(e)) for e in self.load()}
+        new = []
+        for e in entries:
+            key = (str(e.get("task_id")), content_hash(e))
+            if key not in seen:
+                seen.add(key)
+                new.append(e)
+        if new:
+            with open(self.entries_path, "a") as f:
+                for e in new:
+                    f.write(json.dumps(e, sort_keys=True) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"cursor": cursor, "entries": len(seen)}))
+        tmp.replace(self.state_path)
+        return len(new)

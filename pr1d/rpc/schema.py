@@ -148,6 +148,7 @@ METHODS: dict[str, MethodSpec] = {
     "ledger.backup": MethodSpec(params=BackupParams, role="operator", doc="Online backup of the ledger."),
     "kb.ingest": MethodSpec(params=BackupParams, role="operator",
                             doc="Load documents at `path` into the knowledge base (runs as a stage worker)."),
+    "gradebook.sync": MethodSpec(params=NoParams, role="operator", doc="Sync the local gradebook copy now."),
     "ledger.compact": MethodSpec(params=NoParams, role="operator", doc="Apply the retention policy now."),
     "monitor.poll": MethodSpec(params=NoParams, role="operator", doc="Run one poll cycle now; returns its report."),
     "scoreboard.show": MethodSpec(params=TriggersParams, role="reader", doc="KPIs per agent and version, alerts."),

@@ -10,6 +10,7 @@ PR1_SCORING_TOKEN). Writes <stage_dir>/dataset/{records.jsonl,manifest.json}; re
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from pr1d.data.builder import build_dataset, write_dataset
 from pr1d.data.gradebook import fetch_gradebook
@@ -78,7 +79,19 @@ def main(w: Worker) -> dict:
     fetch_stats: dict = {}
     # Deliberately NOT filtered by agent_id: the dataset is the whole fleet's best work across tiers
     # (spec["agent_id"] names the agent being trained, not the source of its examples).
+    # The daemon's nightly copy first, then the delta since its cursor, pulled now.
+    local: list = []
+    if since is None and w.spec.get("state_dir"):
+        from ..data.gradebook import LocalGradebook, content_hash
+
+        book = LocalGradebook(Path(w.spec["state_dir"]) / "gradebook")
+        local = [e for e in book.load() if float(e.get("score", 0)) >= min_score]
+        since = book.cursor()
     entries, cursor = fetch_gradebook(url, token, since=since, min_score=min_score, stats=fetch_stats)
+    if local:
+        held = {(str(e.get("task_id")), content_hash(e)) for e in local}
+        entries = local + [e for e in entries if (str(e.get("task_id")), content_hash(e)) not in held]
+        fetch_stats["from_local_copy"] = len(local)
     w.log(f"gradebook: {len(entries)} entries in {fetch_stats.get('pages')} pages (cursor {cursor})")
     if w.stop_requested.is_set():
         w.interrupt()

@@ -35,3 +35,33 @@ def test_dataset_run_builds_a_versioned_dataset_with_kb_context(daemon_factory, 
         assert "dataset" in shown and art["sha256"][:16] in shown
     finally:
         sim.close()
+
+
+def test_gradebook_sync_keeps_a_deduplicated_local_copy(daemon_factory, tmp_path):
+    from pr1d.data.gradebook import LocalGradebook
+
+    sim = Sim(tmp_path, "steady")
+    try:
+        sim.tick(100)
+        d = daemon_factory(extra_env={"PR1_MONITOR__ENABLED": "true", "PR1_SCORING__BASE_URL": sim.url}).start()
+        jobs = {j["id"] for j in d.ctl_json("status")["scheduler_jobs"]}
+        assert "gradebook_sync" in jobs
+        with d.client() as c:
+            first = c.call("gradebook.sync")
+            again = c.call("gradebook.sync")
+            sim.tick(50)
+            more = c.call("gradebook.sync")
+        assert first["added"] > 0 and again["added"] == 0 and more["added"] > 0
+        book = LocalGradebook(d.state_dir / "gradebook")
+        held = book.load()
+        assert len(held) == first["added"] + more["added"]
+        assert len({(e["task_id"], e["question"], e["transcript"]) for e in held}) == len(held)
+        assert book.cursor() == more["cursor"]
+        rid = d.ctl_json("trigger", "agent-001", "--kind", "dataset", "--param", "kb=false")["run"]["id"]
+        run = d.wait_run(rid, {"succeeded", "failed"}, timeout=120)
+        assert run["state"] == "succeeded", run["reason"]
+        art = next(a for a in run["artifacts"] if a["kind"] == "dataset")
+        manifest = json.loads((Path(art["path"]) / "manifest.json").read_text())
+        assert manifest["stats"]["fetch"]["from_local_copy"] == len(held)
+    finally:
+        sim.close()

@@ -1,0 +1,66 @@
+"""The `sft_gate` stage: score base and SFT candidate on the same held-out GSM-lite problems, then gate.
+
+Params: ``base`` (base model folder, required), ``candidate`` (default: the run's ``NN-sft/candidate``),
+``n_per_tier`` (default 50), ``threshold`` (0.05), ``mode`` (``absolute`` | ``relative``),
+``tiers`` (default all), ``max_new_tokens`` (224). Returns ``{}`` when the candidate clears the bar,
+else ``{"stop_run": {"state": "rejected", "reason": "sft_uplift_below_threshold"}, "gate": evidence}``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .base import Worker, run_stage
+
+
+def find_candidate(run_dir: Path) -> Path | None:
+    found = sorted(p for p in run_dir.glob("*-sft/candidate") if p.is_dir())
+    return found[-1] if found else None
+
+
+def main(w: Worker) -> dict:
+    import torch
+
+    from pr1d.evaluate.gsm_eval import load_model
+    from pr1d.evaluate.gsm_lite import TIERS
+    from pr1d.evaluate.sft_gate import sft_gate
+    from pr1d.train.sft import evaluate_model
+
+    p = w.params
+    if not p.get("base"):
+        raise ValueError("the sft_gate stage needs params.base: the base model folder")
+    cand_path = Path(p["candidate"]) if p.get("candidate") else find_candidate(w.run_dir)
+    if cand_path is None:
+        raise ValueError("no candidate: set params.candidate or run an sft stage before this one")
+    n = int(p.get("n_per_tier", 50))
+    tiers = tuple(p.get("tiers") or TIERS)
+    max_new = int(p.get("max_new_tokens", 224))
+    torch.set_num_threads(int(p.get("threads", 2)))
+    reports = {}
+    for i, (name, path) in enumerate((("base", p["base"]), ("candidate", cand_path))):
+        if w.stop_requested.is_set():
+            w.interrupt()  # nothing worth checkpointing: evaluation restarts from scratch
+        w.progress(i, 2, message=f"evaluating {name}")
+        model, tok = load_model(path)
+        reports[name] = evaluate_model(model, tok, n, tiers=tiers, max_new_tokens=max_new)
+        for tier, acc in reports[name]["accuracy"].items():
+            w.metric(f"gate.{name}.{tier}", acc)
+        w.metric(f"gate.{name}.parallel_adherence", reports[name]["parallel_adherence"])
+    w.progress(2, 2)
+    decision = sft_gate(
+        reports["base"]["accuracy"], reports["candidate"]["accuracy"], n,
+        threshold=float(p.get("threshold", 0.05)), mode=p.get("mode", "absolute"),
+    )
+    evidence = {
+        **decision.evidence,
+        "format": {k: {"parallel_adherence": r["parallel_adherence"], **r["format"]} for k, r in reports.items()},
+        "candidate_path": str(cand_path),
+    }
+    w.log(f"sft gate: {decision.reason} (uplift {decision.evidence['uplift_abs']:+.3f} abs)")
+    if decision.proceed:
+        return {}
+    return {"stop_run": {"state": "rejected", "reason": decision.reason}, "gate": evidence}
+
+
+if __name__ == "__main__":
+    run_stage(main)

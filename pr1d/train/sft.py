@@ -1,0 +1,436 @@
+"""Parallel SFT: teach a GSM-lite model the Parallel format (or plain chains) with TRL's ``SFTTrainer``.
+
+``python -m pr1d.train.sft --model PATH --data records.jsonl --out DIR [--parallel-format] [--branches N]
+[--finetune full|lora] [--max-steps N] [--cpu]`` (every field of :class:`SFTStageConfig` is a flag).
+Without ``--data`` records are generated from the GSM-lite training split (``--n-train``).
+
+Records are JSON lines ``{"prompt", "completion", "tier", ...}``. We tokenise them ourselves exactly as
+pretraining and evaluation do (``<s>`` + prompt, completion, ``</s>``) and hand TRL ``input_ids`` plus a
+``completion_mask``, with ``completion_only_loss=True``: TRL builds the labels, the prompt is never
+trained on. (TRL's own prompt/completion tokenisation passes ``add_special_tokens=False`` and would drop
+the ``<s>`` the model was pretrained and is evaluated with.)
+
+On CPU batches are dynamically padded and length-grouped (``train_sampling_strategy="group_by_length"``);
+``padding_free`` needs flash attention and is never used with sdpa/eager.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import random
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pr1d.data.parallel_format import FINAL_ANSWER, render_block
+from pr1d.evaluate.gsm_lite import TIERS, format_prompt, render_sequential, solution_strategies, train_split
+
+EventFn = Callable[[str, dict[str, Any]], None]
+PARALLEL_EVAL_TOKENS = 224
+
+
+@dataclass
+class SFTStageConfig:
+    """Hyperparameters of the SFT stage (defaults: full fine-tuning, chosen by measurement; see the report)."""
+
+    parallel_format: bool = field(default=True, metadata={"help": "train on Parallel-format completions"})
+    branches: int = field(default=2, metadata={"help": "paths per <Parallel> block (>= 2)"})
+    finetune: str = field(
+        default="full",
+        metadata={"help": "full (all weights) or lora (adapter + trainable embeddings/lm_head)"},
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
+    lora_target_modules: str = field(
+        default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+        metadata={"help": "comma-separated module names LoRA wraps"},
+    )
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate (cosine, 5% warm-up)"})
+    max_steps: int = field(default=300, metadata={"help": "optimizer steps"})
+    batch_size: int = field(default=16, metadata={"help": "sequences per device step"})
+    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
+    max_length: int = field(default=320, metadata={"help": "truncate sequences to this many tokens"})
+    checkpoint_every: int = field(default=50, metadata={"help": "save a resumable checkpoint every N steps"})
+    seed: int = field(default=0, metadata={"help": "seeds data order, init of adapters and sampling"})
+    eval_per_tier: int = field(default=50, metadata={"help": "held-out problems per tier for the eval (0: skip)"})
+    n_train: int = field(default=4000, metadata={"help": "training problems generated when no data is given"})
+    threads: int = field(default=2, metadata={"help": "torch CPU threads"})
+
+    def __post_init__(self) -> None:
+        if self.branches < 2:
+            raise ValueError("branches must be >= 2: a <Parallel> block needs at least two paths")
+        if self.finetune not in ("full", "lora"):
+            raise ValueError(f"finetune must be 'full' or 'lora', got {self.finetune!r}")
+        if self.lora_r < 1 or self.lora_alpha < 1:
+            raise ValueError("lora_r and lora_alpha must be >= 1")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError("lora_dropout is a probability: use a value in [0, 1)")
+        if not self.lr > 0:
+            raise ValueError("lr must be > 0 (e.g. 1e-3 for full fine-tuning of the tiny model)")
+        for name in ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.max_length < 16:
+            raise ValueError("max_length must be >= 16 tokens: GSM-lite prompts alone take ~40")
+        if self.eval_per_tier < 0 or self.n_train < 1:
+            raise ValueError("eval_per_tier must be >= 0 and n_train >= 1")
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> SFTStageConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in params.items() if k in names})
+
+
+# -------------------------------------------------------------------------------------------------
+# Records
+# -------------------------------------------------------------------------------------------------
+
+
+def summary_text(n_paths: int, answer: Any) -> str:
+    return f"Both paths give {answer}." if n_paths == 2 else f"All {n_paths} paths give {answer}."
+
+
+def parallel_completion(task: dict[str, Any], branches: int) -> str:
+    """One Parallel block of ``branches`` strategies (first: left-to-right), then the final answer."""
+    paths = solution_strategies(task, limit=branches)
+    block = render_block(paths, summary_text(len(paths), task["answer"]))
+    return f"{block}\n{FINAL_ANSWER} {task['answer']}"
+
+
+def make_records(tasks: list[dict[str, Any]], parallel: bool, branches: int = 2) -> list[dict[str, Any]]:
+    """``{"prompt", "completion", "tier", "id", "answer"}`` per task (local stand-in for the dataset builder)."""
+    records = []
+    for t in tasks:
+        completion = parallel_completion(t, branches) if parallel else render_sequential(t)
+        records.append(
+            {
+                "prompt": format_prompt(t["question"]),
+                "completion": completion,
+                "tier": t["tier"],
+                "id": t.get("id"),
+                "answer": t["answer"],
+            }
+        )
+    return records
+
+
+def load_records(path: str | Path) -> list[dict[str, Any]]:
+    records = []
+    with open(path) as fh:
+        for i, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            rec = json.loads(line)
+            if not isinstance(rec.get("prompt"), str) or not isinstance(rec.get("completion"), str):
+                raise ValueError(f"{path}:{i}: a record needs string 'prompt' and 'completion' fields")
+            records.append(rec)
+    if not records:
+        raise ValueError(f"{path}: no records")
+    return records
+
+
+def write_records(records: list[dict[str, Any]], path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        for r in records:
+            fh.write(json.dumps(r) + "\n")
+
+
+def encode_records(tokenizer, records: list[dict[str, Any]], max_length: int) -> list[dict[str, list[int]]]:
+    """``input_ids`` (``<s>`` prompt completion ``</s>``) and ``completion_mask`` (1 on completion + EOS)."""
+    eos = tokenizer.eos_token_id
+    out = []
+    for r in records:
+        p_ids = tokenizer(r["prompt"])["input_ids"]
+        full = tokenizer(r["prompt"] + r["completion"])["input_ids"] + [eos]
+        n = 0
+        while n < min(len(p_ids), len(full)) and p_ids[n] == full[n]:
+            n += 1
+        full = full[:max_length]
+        out.append({"input_ids": full, "completion_mask": [0] * n + [1] * (len(full) - n)})
+    return out
+
+
+# -------------------------------------------------------------------------------------------------
+# Training
+# -------------------------------------------------------------------------------------------------
+
+
+def _callback(cfg: SFTStageConfig, on_event: EventFn, stop: threading.Event | None):
+    from transformers import TrainerCallback
+
+    class EventCallback(TrainerCallback):
+        """Progress/metric events per step; a stop request saves a checkpoint and ends training."""
+
+        def __init__(self) -> None:
+            self.t0 = time.monotonic()
+            self.start_step: int | None = None
+            self.stopped = False
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.start_step is None:
+                self.start_step = state.global_step - 1
+            done = state.global_step - self.start_step
+            elapsed = time.monotonic() - self.t0
+            rate = done / elapsed if elapsed > 0 else 0.0
+            eta = (state.max_steps - state.global_step) / rate if rate > 0 else None
+            on_event("progress", {"step": state.global_step, "total": state.max_steps, "eta_s": eta})
+            if stop is not None and stop.is_set():
+                control.should_save = True
+                control.should_training_stop = True
+                self.stopped = True
+            return control
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            elapsed = max(time.monotonic() - self.t0, 1e-9)
+            for key in ("loss", "learning_rate", "grad_norm"):
+                if key in logs and math.isfinite(float(logs[key])):
+                    on_event("metric", {"name": f"sft.{key}", "value": float(logs[key]), "step": state.global_step})
+            if state.num_input_tokens_seen:
+                on_event(
+                    "metric",
+                    {"name": "sft.tokens_per_s", "value": state.num_input_tokens_seen / elapsed,
+                     "step": state.global_step},
+                )
+
+        def on_save(self, args, state, control, **kwargs):
+            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            on_event("checkpoint", {"path": str(path), "step": state.global_step})
+
+    return EventCallback()
+
+
+def wrap_lora(model, cfg: SFTStageConfig):
+    from peft import LoraConfig, get_peft_model
+
+    lcfg = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=[m.strip() for m in cfg.lora_target_modules.split(",") if m.strip()],
+        # The tags are special tokens the base never used: their embeddings (and the tied output rows) must
+        # learn, so these two are trained in full and saved with the adapter.
+        modules_to_save=["embed_tokens", "lm_head"],
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lcfg)
+
+
+def last_checkpoint(checkpoint_dir: str | Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    d = Path(checkpoint_dir)
+    return get_last_checkpoint(str(d)) if d.is_dir() else None
+
+
+def train_sft(
+    model_path: str | Path,
+    records: list[dict[str, Any]],
+    checkpoint_dir: str | Path,
+    cfg: SFTStageConfig,
+    *,
+    on_event: EventFn | None = None,
+    stop: threading.Event | None = None,
+    resume: bool = False,
+    use_cpu: bool | None = None,
+):
+    """Train; returns ``(model, tokenizer, summary)``. ``summary["interrupted"]`` is True after a stop request."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    torch.set_num_threads(cfg.threads)
+    emit = on_event or (lambda _t, _f: None)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(str(model_path), local_files_only=True)
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    if cfg.finetune == "lora":
+        torch.manual_seed(cfg.seed)
+        model = wrap_lora(model, cfg)
+    encoded = encode_records(tokenizer, records, cfg.max_length)
+    dataset = Dataset.from_list(encoded)
+    if use_cpu is None:
+        use_cpu = not torch.cuda.is_available()
+    args = SFTConfig(
+        output_dir=str(checkpoint_dir),
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=max(1, cfg.max_steps // 20),
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        logging_steps=max(1, min(10, cfg.max_steps // 10)),
+        save_strategy="steps",
+        save_steps=cfg.checkpoint_every,
+        save_total_limit=2,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=False,
+        fp16=False,
+        use_cpu=use_cpu,
+        gradient_checkpointing=False,
+        completion_only_loss=True,
+        max_length=cfg.max_length,
+        padding_free=False,
+        train_sampling_strategy="group_by_length",
+        include_num_input_tokens_seen="non_padding",
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    callback = _callback(cfg, emit, stop)
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[callback]
+    )
+    # Events go through on_event; the Trainer's own printing would interleave with the event stream on stdout.
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    ckpt = last_checkpoint(checkpoint_dir) if resume else None
+    started = time.monotonic()
+    out = trainer.train(resume_from_checkpoint=ckpt)
+    elapsed = time.monotonic() - started
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    summary = {
+        "steps": trainer.state.global_step,
+        "resumed_from": ckpt,
+        "interrupted": callback.stopped,
+        "train_s": round(elapsed, 1),
+        "final_loss": losses[-1] if losses else None,
+        "first_loss": losses[0] if losses else None,
+        "tokens_seen": int(trainer.state.num_input_tokens_seen or 0),
+        "train_loss": out.training_loss,
+        "records": len(records),
+        "config": asdict(cfg),
+    }
+    return trainer.model, tokenizer, summary
+
+
+def save_candidate(model, tokenizer, out_dir: str | Path) -> dict[str, str]:
+    """Save the candidate (safetensors only): a full model in ``out_dir``; for LoRA also ``out_dir/adapter``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"model": str(out)}
+    if hasattr(model, "peft_config"):
+        adapter = out / "adapter"
+        model.save_pretrained(str(adapter))
+        tokenizer.save_pretrained(str(adapter))
+        paths["adapter"] = str(adapter)
+        model = model.merge_and_unload()
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    pickles = sorted(str(p) for p in out.rglob("*.bin"))
+    if pickles:
+        raise RuntimeError(f"pickled weights written: {pickles}; only safetensors are allowed")
+    return paths
+
+
+# -------------------------------------------------------------------------------------------------
+# Evaluation
+# -------------------------------------------------------------------------------------------------
+
+
+def evaluate_model(model, tokenizer, n_per_tier: int, tiers=TIERS, max_new_tokens: int = PARALLEL_EVAL_TOKENS):
+    """Greedy held-out accuracy per tier plus format KPIs; ``parallel_adherence`` = valid *and* parallel."""
+    from pr1d.data.parallel_format import measure
+    from pr1d.evaluate.gsm_eval import evaluate_tasks
+    from pr1d.evaluate.gsm_lite import eval_split
+    from pr1d.train.generate import generate
+
+    tasks = [t for t in eval_split(n_per_tier) if t["tier"] in tiers]
+    report = evaluate_tasks(model, tokenizer, tasks, k=0, max_new_tokens=max_new_tokens)
+    texts = [c[0].text for c in generate(model, tokenizer, [format_prompt(t["question"]) for t in tasks],
+                                         max_new_tokens=max_new_tokens)]
+    ms = [measure(t) for t in texts]
+    return {
+        "accuracy": {t: report["tiers"][t]["greedy"] for t in tiers if t in report["tiers"]},
+        "overall": report["tiers"]["overall"]["greedy"],
+        "format": report["parallel"],
+        "parallel_adherence": sum(m.format_ok and m.has_parallel for m in ms) / len(ms) if ms else 0.0,
+        "n_per_tier": n_per_tier,
+        "samples": texts[:2],
+    }
+
+
+# -------------------------------------------------------------------------------------------------
+# CLI
+# -------------------------------------------------------------------------------------------------
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per :class:`SFTStageConfig` field (``--max-steps``; booleans as ``--x/--no-x``)."""
+    for f in dataclasses.fields(SFTStageConfig):
+        flag = "--" + f.name.replace("_", "-")
+        help_ = f.metadata.get("help", "") + f" (default: {f.default})"
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
+        else:
+            typ = {"int": int, "float": float, "str": str}.get(str(f.type), str)
+            choices = ("full", "lora") if f.name == "finetune" else None
+            parser.add_argument(flag, dest=f.name, type=typ, default=f.default, choices=choices, help=help_)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pr1d.train.sft", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="base model folder (save_pretrained output)")
+    parser.add_argument("--data", help="records JSONL; default: generated from the GSM-lite training split")
+    parser.add_argument("--out", required=True, help="output folder: candidate/, checkpoints/, sft.json")
+    parser.add_argument("--cpu", action="store_true", help="train on CPU even when CUDA is available")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    add_config_arguments(parser)
+    args = parser.parse_args(argv)
+    names = {f.name for f in dataclasses.fields(SFTStageConfig)}
+    try:
+        cfg = SFTStageConfig(**{k: v for k, v in vars(args).items() if k in names})
+    except ValueError as exc:
+        parser.error(str(exc))
+    out = Path(args.out)
+    if args.data:
+        records = load_records(args.data)
+    else:
+        tasks = train_split(cfg.n_train, seed=cfg.seed)
+        random.Random(cfg.seed).shuffle(tasks)
+        records = make_records(tasks, cfg.parallel_format, cfg.branches)
+
+    def show(kind: str, fields: dict[str, Any]) -> None:
+        if kind == "progress" and (fields["step"] % 25 == 0 or fields["step"] == fields["total"]):
+            print(f"step {fields['step']}/{fields['total']} eta {fields['eta_s'] or 0:.0f}s", file=sys.stderr)
+        elif kind == "metric" and fields["name"] == "sft.loss":
+            print(f"  loss {fields['value']:.4f}", file=sys.stderr)
+
+    model, tokenizer, summary = train_sft(
+        args.model, records, out / "checkpoints", cfg, on_event=show, resume=args.resume,
+        use_cpu=True if args.cpu else None,
+    )
+    summary["candidate"] = save_candidate(model, tokenizer, out / "candidate")
+    if cfg.eval_per_tier:
+        from pr1d.evaluate.gsm_eval import load_model
+
+        base_m, base_t = load_model(args.model)
+        cand_m, cand_t = load_model(out / "candidate")
+        summary["eval"] = {
+            "base": evaluate_model(base_m, base_t, cfg.eval_per_tier),
+            "candidate": evaluate_model(cand_m, cand_t, cfg.eval_per_tier),
+        }
+    (out / "sft.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    json.dump(summary, sys.stdout, default=str)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
