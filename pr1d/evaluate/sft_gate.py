@@ -32,7 +32,9 @@ def _weights(tiers: list[str], n_per_tier: int | Mapping[str, int]) -> dict[str,
     if isinstance(n_per_tier, Mapping):
         missing = [t for t in tiers if t not in n_per_tier]
         if missing:
-            raise ValueError(f"n_per_tier has no count for tiers {missing}: give one per tier or a single int")
+            raise ValueError(
+                f"n_per_tier has no count for tiers {missing}: give one per tier or a single int"
+            )
         return {t: int(n_per_tier[t]) for t in tiers}
     return {t: int(n_per_tier) for t in tiers}
 
@@ -54,7 +56,9 @@ def sft_gate(
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if not math.isfinite(threshold):
-        raise ValueError("threshold must be a finite number (absolute points, e.g. 0.05, or a relative fraction)")
+        raise ValueError(
+            "threshold must be a finite number (absolute points, e.g. 0.05, or a relative fraction)"
+        )
     tiers = [t for t in base if base[t] is not None]
     if not tiers:
         raise ValueError("base has no tier accuracies: evaluate the base model on at least one tier")

@@ -55,7 +55,13 @@ def main(w: Worker) -> dict:
 
     resume = w.resume or last_checkpoint(w.checkpoint_dir) is not None
     model, tokenizer, summary = train_sft(
-        p["model"], records, w.checkpoint_dir, cfg, on_event=on_event, stop=w.stop_requested, resume=resume,
+        p["model"],
+        records,
+        w.checkpoint_dir,
+        cfg,
+        on_event=on_event,
+        stop=w.stop_requested,
+        resume=resume,
         use_cpu=True if p.get("cpu") else None,
     )
     if summary["resumed_from"]:

@@ -48,12 +48,17 @@ def main(w: Worker) -> dict:
         w.metric(f"gate.{name}.parallel_adherence", reports[name]["parallel_adherence"])
     w.progress(2, 2)
     decision = sft_gate(
-        reports["base"]["accuracy"], reports["candidate"]["accuracy"], n,
-        threshold=float(p.get("threshold", 0.05)), mode=p.get("mode", "absolute"),
+        reports["base"]["accuracy"],
+        reports["candidate"]["accuracy"],
+        n,
+        threshold=float(p.get("threshold", 0.05)),
+        mode=p.get("mode", "absolute"),
     )
     evidence = {
         **decision.evidence,
-        "format": {k: {"parallel_adherence": r["parallel_adherence"], **r["format"]} for k, r in reports.items()},
+        "format": {
+            k: {"parallel_adherence": r["parallel_adherence"], **r["format"]} for k, r in reports.items()
+        },
         "candidate_path": str(cand_path),
     }
     w.log(f"sft gate: {decision.reason} (uplift {decision.evidence['uplift_abs']:+.3f} abs)")

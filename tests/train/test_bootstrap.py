@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.train.conftest import TINY_CONFIG
+
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
@@ -58,9 +60,9 @@ def test_safetensors_only_and_sha256_recorded(tiny_model):
 
 def test_bootstrap_json_records_the_run(tiny_model):
     record = json.loads((tiny_model / "bootstrap.json").read_text())
-    assert record["size"] == "tiny" and record["seed"] == 1 and record["minutes"] == 1.0
+    assert record["size"] == "tiny" and record["seed"] == 1 and record["minutes"] == TINY_CONFIG["minutes"]
     assert 0 < record["steps"] <= 2000
-    assert record["tokens_per_s"] > 0 and record["train_s"] <= 60 + 5
+    assert record["tokens_per_s"] > 0 and record["train_s"] <= TINY_CONFIG["minutes"] * 60 + 5
     assert set(record["heldout_accuracy"]) == {"easy", "medium", "hard"}
     assert record["params"] == sum(p.numel() for p in _auto(tiny_model)[0].parameters())
 
