@@ -30,8 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pr1d.data.parallel_format import FINAL_ANSWER, render_block
-from pr1d.evaluate.gsm_lite import TIERS, format_prompt, render_sequential, solution_strategies, train_split
+from pr1d.evaluate.gsm_lite import TIERS, format_prompt, train_split
 
 EventFn = Callable[[str, dict[str, Any]], None]
 PARALLEL_EVAL_TOKENS = 224
@@ -100,31 +99,17 @@ class SFTStageConfig:
 # -------------------------------------------------------------------------------------------------
 
 
-def summary_text(n_paths: int, answer: Any) -> str:
-    return f"Both paths give {answer}." if n_paths == 2 else f"All {n_paths} paths give {answer}."
-
-
-def parallel_completion(task: dict[str, Any], branches: int) -> str:
-    """One Parallel block of ``branches`` strategies (first: left-to-right), then the final answer."""
-    paths = solution_strategies(task, limit=branches)
-    block = render_block(paths, summary_text(len(paths), task["answer"]))
-    return f"{block}\n{FINAL_ANSWER} {task['answer']}"
-
-
 def make_records(tasks: list[dict[str, Any]], parallel: bool, branches: int = 2) -> list[dict[str, Any]]:
-    """``{"prompt", "completion", "tier", "id", "answer"}`` per task (stand-in for the dataset builder)."""
+    """Records for tasks that come without a dataset stage (the CLI, tests): the dataset builder's own
+    ``build_record``, so both paths write byte-identical traces through the same verification."""
+    from pr1d.data.builder import DropReason, build_record
+
     records = []
     for t in tasks:
-        completion = parallel_completion(t, branches) if parallel else render_sequential(t)
-        records.append(
-            {
-                "prompt": format_prompt(t["question"]),
-                "completion": completion,
-                "tier": t["tier"],
-                "id": t.get("id"),
-                "answer": t["answer"],
-            }
-        )
+        try:
+            records.append(build_record(t, branches=branches, mode="parallel" if parallel else "sequential"))
+        except DropReason:
+            continue  # a task no strategy can verify is left out, as the builder does
     return records
 
 
