@@ -111,6 +111,10 @@ class Daemon:
             await self._shutdown()
         return 0
 
+    def _heartbeat_s(self) -> float:
+        """How often workers send a heartbeat: four per watchdog timeout, between 50 ms and 5 s."""
+        return max(0.05, min(5.0, self.cfg.daemon.heartbeat_timeout_s / 4))
+
     async def db_call(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         """Run a ledger call on the single ledger thread: the loop never blocks on disk."""
         return await asyncio.get_running_loop().run_in_executor(self._db_pool, functools.partial(fn, *args, **kw))
@@ -257,7 +261,7 @@ class Daemon:
             run_id=run_id, stage_id=stage["id"], stage=stage["name"], agent_id=run["agent_id"],
             run_dir=run_dir, stage_dir=stage_dir, checkpoint_dir=stage_dir / "checkpoints",
             params=dict(run.get("params") or {}), resume=has_ckpt,
-            heartbeat_s=max(0.05, min(5.0, self.cfg.daemon.heartbeat_timeout_s / 4)),
+            heartbeat_s=self._heartbeat_s(),
             extra={"limits": {"memory_mb": self.cfg.daemon.worker_memory_limit_mb,
                               "file_mb": self.cfg.daemon.worker_file_limit_mb},
                    # Where stages reach the platform (gradebook, critic); the token itself is never written
@@ -674,7 +678,7 @@ class Daemon:
         job = self.state_dir / "jobs" / f"kb-ingest-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{id(conn)}"
         spec = StageSpec(run_id=0, stage_id=0, stage="kb_ingest", run_dir=job, stage_dir=job,
                          checkpoint_dir=job / "checkpoints", params={"path": str(path)}, resume=False,
-                         heartbeat_s=max(0.05, min(5.0, self.cfg.daemon.heartbeat_timeout_s / 4)),
+                         heartbeat_s=self._heartbeat_s(),
                          extra={"kb": self.cfg.kb.model_dump(), "state_dir": str(self.state_dir)})
         d = self.cfg.daemon
 

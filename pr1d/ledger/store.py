@@ -578,22 +578,6 @@ def first_samples(ledger: Ledger, agent_id: str, n: int, after: float | None = N
     return list(rows)
 
 
-def agent_run_state(ledger: Ledger, agent_id: str) -> tuple[dict | None, float | None]:
-    """(the agent's active run or None, when its last run ended or None)."""
-    with ledger.engine.connect() as conn:
-        active = conn.execute(
-            text("SELECT id, state FROM runs WHERE agent_id = :a AND state IN "
-                 "('queued','running','interrupted','awaiting_approval') ORDER BY id DESC LIMIT 1"),
-            {"a": agent_id},
-        ).first()
-        last = conn.execute(
-            text("SELECT max(coalesce(finished_at, updated_at)) FROM runs WHERE agent_id = :a AND state NOT IN "
-                 "('queued','running','interrupted','awaiting_approval')"),
-            {"a": agent_id},
-        ).scalar()
-    return ({"id": active[0], "state": active[1]} if active else None), last
-
-
 def record_trigger(ledger: Ledger, agent_id: str, signal: str, job_kind: str, evidence: dict,
                    suppressed: str | None) -> int:
     from .models import TriggerRow
