@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .evaluate.gate import GateConfig
+from .evaluate.grading import GradeWeights
 from .kb.config import KBConfig
 from .monitor.rules import RuleConfig, effective_rule_config
 from .monitor.signals import SignalConfig, effective_signal_config
@@ -179,6 +180,20 @@ class DatasetConfig(_Section):
         "day month weekday). Empty: no scheduled sync (runs still pull on demand)."
     )
     min_score: float = Field(0.9, ge=0.0, le=1.0, description="Gradebook entries at or above this score seed datasets.")
+    guardrails_dir: str = Field(
+        "", description="Directory of guardrail exemplar files (*.toml) for targeted SFT and compliance runs. "
+        "Empty: the checkout's config/guardrails/; a wheel install copies that directory (e.g. to "
+        "/etc/pr1d/guardrails) and names it here. See docs/dataset.md."
+    )
+    guardrail_share: float = Field(
+        0.25, ge=0.0, le=0.9, description="Share of a targeted (or compliance-flagged) dataset that is guardrail "
+        "exemplars, repeated when the set is smaller; the rest are the agent's tasks."
+    )
+    teacher_url: str = Field(
+        "", description="OpenAI-compatible endpoint of a teacher model that writes the Parallel traces. "
+        "Empty: GSM-lite's deterministic strategies. Its API key comes from the PR1_TEACHER_API_KEY variable."
+    )
+    teacher_model: str = Field("", description="Model name sent to `teacher_url` (required when it is set).")
 
     @field_validator("gradebook_sync_cron")
     @classmethod
@@ -186,6 +201,75 @@ class DatasetConfig(_Section):
         if v and len(v.split()) != 5:
             raise ValueError("expected 5 crontab fields (minute hour day month weekday), or empty")
         return v
+
+
+class RewardsConfig(_Section):
+    """The GRPO reward and the shared grading weights (docs/rewards.md); passed to the RL stage as params."""
+
+    grade_weight: float = Field(
+        1.0, ge=0.0, description="Weight of the shared grading score (the number the backtest also measures)."
+    )
+    format_weight: float = Field(
+        0.2, ge=0.0, description="Weight of the format term: 1 when the Parallel-format validator accepts the completion."
+    )
+    diversity_weight: float = Field(
+        0.1, ge=0.0, description="Weight of path diversity: 1 - mean pairwise Jaccard similarity of a block's paths."
+    )
+    critic_weight: float = Field(
+        0.2, ge=0.0,
+        description="Weight of agreement with the platform critic (POST /v1/critic/verify); dropped for a step "
+        "when the critic is unreachable, never counted as 0.",
+    )
+    format_require_parallel: bool = Field(
+        True, description="The format term also needs at least one <Parallel> block (a valid sequential answer gets 0)."
+    )
+    alternating: bool = Field(
+        False,
+        description="Parallel-R1 stage-2 schedule: accuracy terms on every step, the parallel terms (format, "
+        "diversity, parallel bonus) only in every alternate_every-th window of alternate_window steps.",
+    )
+    alternate_window: int = Field(10, ge=1, description="Steps per window of the alternating schedule.")
+    alternate_every: int = Field(
+        5, ge=1, description="Every k-th window is a bonus window (5: 20% of the steps, as in Parallel-R1)."
+    )
+    parallel_bonus: float = Field(
+        0.5, ge=0.0,
+        description="With alternating on: reward for a valid completion with a <Parallel> block in bonus windows.",
+    )
+    guardrails: list[str] = Field(
+        [], description="Phrases a completion must never contain (case-insensitive); one fails the compliance column."
+    )
+    critic_redis_url: str = Field(
+        "", description="Redis URL of the critic cache (redis://host:port/db); empty: an in-process LRU."
+    )
+    critic_lru_size: int = Field(
+        100_000, ge=0, description="Entries of the in-process critic cache (also the fallback when Redis fails)."
+    )
+    critic_timeout_s: float = Field(10.0, gt=0, le=300, description="Timeout of one critic request.")
+    critic_cooldown_s: float = Field(
+        30.0, ge=0, description="After a failed critic request, skip the critic for this long (one timeout per outage)."
+    )
+    grading: GradeWeights = GradeWeights()
+
+    @field_validator("critic_redis_url")
+    @classmethod
+    def _redis_url(cls, v: str) -> str:
+        if v and not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("expected a redis://, rediss:// or unix:// URL, or empty for the in-process LRU")
+        return v
+
+    @field_validator("guardrails")
+    @classmethod
+    def _phrases(cls, v: list[str]) -> list[str]:
+        if any(not p.strip() for p in v):
+            raise ValueError("guardrail phrases must not be empty or whitespace only")
+        return v
+
+    @model_validator(mode="after")
+    def _some_term(self) -> RewardsConfig:
+        if self.grade_weight + self.format_weight + self.diversity_weight + self.critic_weight <= 0:
+            raise ValueError("every reward term has weight 0; set grade_weight (or another weight) above 0")
+        return self
 
 
 class MonitorConfig(_Section):
@@ -248,6 +332,7 @@ class Config(_Section):
     retention: RetentionConfig = RetentionConfig()
     kb: KBConfig = KBConfig()
     dataset: DatasetConfig = DatasetConfig()
+    rewards: RewardsConfig = RewardsConfig()
 
     # -- derived values ---------------------------------------------------------------------------
     def state_path(self) -> Path:

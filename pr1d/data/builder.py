@@ -37,6 +37,7 @@ __all__ = [
     "DropReason",
     "build_dataset",
     "build_record",
+    "record_stats",
     "seed_to_task",
     "summary_for",
     "write_dataset",
@@ -51,6 +52,10 @@ DROP_REASONS = (
     "paths_disagree",
     "duplicate",
     "teacher_error",
+    # Targeted SFT only (pr1d.data.targeted): a failing task the gradebook holds no transcript for, and a
+    # task whose recovered answer the platform's critic did not confirm.
+    "not_in_gradebook",
+    "unverified",
 )
 MODES = ("parallel", "sequential")
 # A rough token estimate for the manifest (BPE on this text is about 3-4 characters a token); the
@@ -230,7 +235,9 @@ def _select_mix(records: list[dict[str, Any]], mix: Mapping[str, float], cap: in
     return [r for r in records if id(r) in kept]
 
 
-def _stats(records: list[dict[str, Any]]) -> dict[str, Any]:
+def record_stats(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The manifest's record statistics: tiers, paths per record, prompt and completion lengths."""
+
     def lengths(key: str) -> dict[str, Any]:
         chars = [len(r[key]) for r in records]
         total = sum(chars)
@@ -315,7 +322,7 @@ def build_dataset(
         "excluded_by_mix_or_cap": built - len(records),
         "drops": {code: drops.get(code, 0) for code in DROP_REASONS},
         "dropped": sum(drops.values()),
-        **_stats(records),
+        **record_stats(records),
     }
     return records, stats
 

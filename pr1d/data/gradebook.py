@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-__all__ = ["content_hash", "fetch_gradebook"]
+__all__ = ["LocalGradebook", "content_hash", "fetch_gradebook", "get_page"]
 
 _RETRY_STATUS = {429, 500, 502, 503, 504}
 
@@ -27,19 +27,21 @@ def content_hash(entry: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
-def _get_page(client: httpx.Client, params: dict[str, Any], retries: int) -> dict[str, Any]:
+def get_page(client: httpx.Client, path: str, key: str, params: dict[str, Any], retries: int) -> dict[str, Any]:
+    """One page of a paged scoring-API listing (``key`` names its list), retrying 429/5xx (honouring
+    ``Retry-After``, at most 10 s), transport errors and malformed bodies; the last failure is raised."""
     delay = 0.5
     for attempt in range(retries + 1):
         try:
-            resp = client.get("/v1/gradebook", params=params)
+            resp = client.get(path, params=params)
             if resp.status_code in _RETRY_STATUS and attempt < retries:
                 time.sleep(min(float(resp.headers.get("Retry-After", delay) or delay), 10.0))
                 delay *= 2
                 continue
             resp.raise_for_status()
             body = resp.json()
-            if not isinstance(body, dict) or not isinstance(body.get("entries"), list):
-                raise ValueError("gradebook page without an 'entries' list")
+            if not isinstance(body, dict) or not isinstance(body.get(key), list):
+                raise ValueError(f"{path} page without an {key!r} list")
             return body
         except (httpx.TransportError, ValueError):
             if attempt >= retries:
@@ -83,7 +85,7 @@ def fetch_gradebook(
                 params["since"] = cursor
             if agent_id is not None:
                 params["agent_id"] = agent_id
-            body = _get_page(client, params, retries)
+            body = get_page(client, "/v1/gradebook", "entries", params, retries)
             counts["pages"] += 1
             page = body["entries"]
             for entry in page:

@@ -43,10 +43,12 @@ import random
 import re
 import zlib
 from collections.abc import Iterable
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from itertools import permutations
 from pathlib import Path
 from typing import Any
+
+from pr1d.data.parallel_format import normalize_number
 
 __all__ = [
     "EVAL_SEED",
@@ -170,19 +172,16 @@ _ANSWER_NUM_RE = re.compile(r"[-−]?\s?\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+
 
 
 def _normalize_number(text: str) -> str | None:
-    """First number in ``text`` as a canonical string ("1234", "-5", "3.5"), or None."""
+    """First number in ``text`` as a canonical string ("1234", "-5", "3.5"), or None.
+
+    Finding the number is this module's tolerance ("51 apples.", "**51**", "- $ 5"); its canonical form is
+    the one Parallel-format rule (:func:`pr1d.data.parallel_format.normalize_number`), so a GSM-lite check
+    and a path's consensus can never disagree about what "the same number" is.
+    """
     match = _ANSWER_NUM_RE.search(text)
     if match is None:
         return None
-    raw = match.group(0).replace("−", "-").replace("$", "").replace(",", "").replace(" ", "")
-    try:
-        value = Decimal(raw)
-    except InvalidOperation:
-        return None
-    # Canonical form: "51.0" and "51" are the same value; keep real fractions as written.
-    if value == value.to_integral_value():
-        return str(int(value))
-    return format(value.normalize(), "f")
+    return normalize_number(match.group(0).replace(" ", ""))
 
 
 def extract_answer(text: str) -> str | None:

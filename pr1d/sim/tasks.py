@@ -11,6 +11,8 @@ import random
 import re
 from typing import Any
 
+from pr1d.data.parallel_format import normalize_number
+
 TIERS = ("easy", "medium", "hard")
 
 _NAMES = (
@@ -47,12 +49,13 @@ def make_task(rng: random.Random, tier: str) -> dict[str, Any]:
 
 
 _FINAL = re.compile(r"final answer\s*:\s*([^\n]*)", re.IGNORECASE)
-_NUMBER = re.compile(r"^[-+]?\d+(?:\.\d+)?$")
 
 
 def normalize_answer(answer: Any) -> str | None:
     """The canonical numeric string of an answer (``"$1,234.0"`` -> ``"1234"``), or None when it is
-    not a number. A full transcript is accepted: the text after its last ``Final Answer:`` counts."""
+    not a number. A full transcript is accepted: the text after its last ``Final Answer:`` counts
+    (case-insensitive, as a lenient grader reads it). The number itself must be the whole answer and is
+    canonicalised by the one shared rule, :func:`pr1d.data.parallel_format.normalize_number`."""
     if isinstance(answer, bool):
         return None
     if isinstance(answer, int | float):
@@ -65,11 +68,7 @@ def normalize_answer(answer: Any) -> str | None:
     if finals:
         text = finals[-1]  # the last "Final Answer:" wins, as graders read it
     text = text.strip().splitlines()[0] if text.strip() else ""
-    text = text.strip().rstrip(".").replace(",", "").replace("$", "").strip()
-    if not _NUMBER.match(text):
-        return None
-    value = float(text)
-    return str(int(value)) if value.is_integer() else repr(value)
+    return normalize_number(text)
 
 
 def wrong_answer(answer: str, salt: int) -> str:

@@ -1,34 +1,105 @@
-"""`dataset` stage: the fleet's best graded work → a verified Parallel (or sequential) SFT dataset.
+"""`dataset` stage: the fleet's best graded work (or, targeted, the agent's failing tasks) → a verified SFT dataset.
 
-Params: branches (paths per block, default 2), mode ("parallel" | "sequential"), min_score (0.9),
-max_records (cap, default none), mix ({tier: weight}, optional), seed (0), since (gradebook cursor).
-Spec: "scoring_url", "agent_id", "token_env" (name of the env var holding the bearer token, default
-PR1_SCORING_TOKEN). Writes <stage_dir>/dataset/{records.jsonl,manifest.json}; returns
+Params (each documented in docs/dataset.md; :func:`dataset_settings` resolves them): branches (2),
+mode ("parallel" | "sequential"), min_score ([dataset] min_score), max_records, mix ({tier: weight}),
+seed (0), since (gradebook cursor), kb (true), targeted (false; implied by the run kind
+``targeted-sft``), guardrails (false; implied by targeted), guardrail_share ([dataset] guardrail_share),
+max_failing_tasks (256), critic_min_confidence (0.9).
+
+Spec (written by the daemon; no secret in it): "scoring_url", "agent_id", "run_kind", "token_env" and
+"token_file" (where the bearer token is: the variable first, then the file, as the daemon reads it),
+"field_map", "compliance_keys", "dataset" (the [dataset] config section), "kb", "state_dir".
+
+Writes <stage_dir>/dataset/{records.jsonl,manifest.json}; returns
 {"dataset_version": content_hash, "records": n, "drops": {...}}.
 """
 
 from __future__ import annotations
 
-import os
+from collections import Counter
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
-from pr1d.data.builder import build_dataset, write_dataset
+from pr1d.data.builder import MODES, build_dataset, record_stats, write_dataset
 from pr1d.data.gradebook import fetch_gradebook
 
 from .base import Worker, run_stage
 
+# Defaults of the targeted-SFT knobs that are params only (not config): how many failing tasks one run
+# targets (newest first), and how sure the critic must be before a recovered answer is trained on.
+DEFAULT_MAX_FAILING_TASKS = 256
+DEFAULT_CRITIC_MIN_CONFIDENCE = 0.9
+DEFAULT_GUARDRAIL_SHARE = 0.25
 
-def _kb_contexts(w: Worker, questions: list[str], out: dict) -> dict[str, str]:
-    """KB snippets per question (into the prompt, never trained on). No KB, or a KB that fails, means no
-    context: the build goes on with a warning, it does not fail."""
-    kb_cfg = w.spec.get("kb")
-    state_dir = w.spec.get("state_dir")
+
+def dataset_settings(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The build's settings from a stage spec: run params over the [dataset] config section over defaults.
+
+    Pure, so the rules are table-tested: a ``targeted-sft`` run (or ``targeted = true``) builds the
+    targeted dataset; targeted implies guardrails; ``guardrails = true`` (what the monitor sets when
+    compliance fired, whatever job won) adds exemplars to an ordinary dataset. Where the exemplars and the
+    teacher live is config only: a run parameter must not point a worker at other files or hosts.
+    """
+    p = dict(spec.get("params") or {})
+    ds = dict(spec.get("dataset") or {})
+    mode = str(p.get("mode", "parallel"))
+    if mode not in MODES:
+        raise ValueError(f"param mode={mode!r}: expected one of {MODES}")
+    targeted = spec.get("run_kind") == "targeted-sft" or bool(p.get("targeted", False))
+    guardrails = targeted or bool(p.get("guardrails", False))
+    if guardrails and mode != "parallel":
+        raise ValueError("guardrail exemplars are Parallel traces: a targeted or guardrail dataset needs mode=parallel")
+    max_records = p.get("max_records")
+    return {
+        "branches": int(p.get("branches", 2)),
+        "mode": mode,
+        "min_score": float(p.get("min_score", ds.get("min_score", 0.9))),
+        "max_records": int(max_records) if max_records is not None else None,
+        "mix": p.get("mix"),
+        "seed": int(p.get("seed", 0)),
+        "since": p.get("since"),
+        "kb": bool(p.get("kb", True)),
+        "targeted": targeted,
+        "guardrails": guardrails,
+        "guardrail_share": float(p.get("guardrail_share", ds.get("guardrail_share", DEFAULT_GUARDRAIL_SHARE))),
+        "guardrails_dir": str(ds.get("guardrails_dir") or ""),
+        "max_failing_tasks": int(p.get("max_failing_tasks", DEFAULT_MAX_FAILING_TASKS)),
+        "critic_min_confidence": float(p.get("critic_min_confidence", DEFAULT_CRITIC_MIN_CONFIDENCE)),
+        "teacher_url": str(ds.get("teacher_url") or ""),
+        "teacher_model": str(ds.get("teacher_model") or ""),
+    }
+
+
+def scoring_token(spec: Mapping[str, Any]) -> str | None:
+    """The bearer token, read as the daemon reads it (``Config.scoring_token``): the variable named by
+    "token_env", else the file named by "token_file". Only the names travel in the spec, never the token."""
+    from ..config import Config
+
+    return Config(scoring={"token_env": spec.get("token_env") or "PR1_SCORING_TOKEN",
+                           "token_file": spec.get("token_file") or ""}).scoring_token()
+
+
+def kb_contexts(
+    kb_cfg: Mapping[str, Any] | None,
+    state_dir: str | Path | None,
+    questions: list[str],
+    out: dict[str, Any],
+    *,
+    environ: Mapping[str, str] | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> dict[str, str]:
+    """KB snippets per question (into the prompt, never trained on), from whichever store ``kb_cfg`` names.
+
+    No KB, or a KB that fails, means no context: the build goes on with a warning, it does not fail.
+    ``out`` receives what happened (``status``, ``store``, ``with_context``, cache counters).
+    """
     if not kb_cfg or not state_dir:
         out["status"] = "no kb configured"
         return {}
     from ..kb.config import KBConfig
 
-    cfg = KBConfig.model_validate(kb_cfg)
+    cfg = KBConfig.model_validate(dict(kb_cfg))
     if cfg.store == "sqlite":
         from ..kb.factory import sqlite_path
 
@@ -37,17 +108,19 @@ def _kb_contexts(w: Worker, questions: list[str], out: dict) -> dict[str, str]:
             return {}
     try:
         import asyncio
+        import os
 
         from ..kb.discovery import create_service_discovery
         from ..kb.embed import Embedder
         from ..kb.factory import open_cache, open_store
         from ..kb.retrieve import format_context, retrieve_contexts
 
-        endpoints = create_service_discovery(cfg)
+        env = os.environ if environ is None else environ
+        endpoints = create_service_discovery(cfg, env)
         cache = open_cache(cfg, endpoints)
         embedder = Embedder(cfg.embedding_model, cache=cache, device=cfg.embedding_device,
                             batch_size=cfg.embedding_batch_size, ttl_s=cfg.cache_ttl_s)
-        store = open_store(cfg, state_dir=state_dir, endpoints=endpoints, dim=embedder.dim)
+        store = open_store(cfg, state_dir=state_dir, endpoints=endpoints, environ=env, dim=embedder.dim)
 
         async def go() -> list:
             async with store:
@@ -59,74 +132,170 @@ def _kb_contexts(w: Worker, questions: list[str], out: dict) -> dict[str, str]:
         return {q: format_context(h) for q, h in zip(questions, hits, strict=True) if h}
     except Exception as e:  # a KB outage degrades the dataset, it does not stop the run
         out["status"] = f"kb unavailable: {type(e).__name__}: {e}"
-        w.log(f"building without KB context: {out['status']}", level="warning")
+        if warn is not None:
+            warn(f"building without KB context: {out['status']}")
         return {}
 
 
-def main(w: Worker) -> dict:
-    p = w.params
-    branches = int(p.get("branches", 2))
-    mode = str(p.get("mode", "parallel"))
-    min_score = float(p.get("min_score", 0.9))
-    max_records = p.get("max_records")
-    url = w.spec.get("scoring_url")
-    if not url:
-        raise ValueError("spec has no 'scoring_url'")
-    token = os.environ.get(str(w.spec.get("token_env") or "PR1_SCORING_TOKEN")) or None
-    since = p.get("since")
+def _generator(s: Mapping[str, Any]) -> Any:
+    """The trace writer: a teacher model when [dataset] teacher_url is set, else GSM-lite's strategies."""
+    if not s["teacher_url"]:
+        return None
+    if not s["teacher_model"]:
+        raise ValueError("[dataset] teacher_url is set but teacher_model is empty")
+    from pr1d.data.teacher import TeacherGenerator
 
-    w.progress(0, 3, message="fetching gradebook")
-    fetch_stats: dict = {}
+    return TeacherGenerator(s["teacher_url"], s["teacher_model"])
+
+
+def _fleet_entries(w: Worker, s: dict[str, Any], url: str, token: str | None, fetch_stats: dict) -> tuple[list, Any, Any]:
+    """The fleet's entries at or above min_score: the daemon's nightly copy, then the delta pulled now."""
     # Deliberately NOT filtered by agent_id: the dataset is the whole fleet's best work across tiers
     # (spec["agent_id"] names the agent being trained, not the source of its examples).
-    # The daemon's nightly copy first, then the delta since its cursor, pulled now.
+    since = s["since"]
     local: list = []
     if since is None and w.spec.get("state_dir"):
-        from ..data.gradebook import LocalGradebook, content_hash
+        from ..data.gradebook import LocalGradebook
 
         book = LocalGradebook(Path(w.spec["state_dir"]) / "gradebook")
-        local = [e for e in book.load() if float(e.get("score", 0)) >= min_score]
+        local = [e for e in book.load() if float(e.get("score", 0)) >= s["min_score"]]
         since = book.cursor()
-    entries, cursor = fetch_gradebook(url, token, since=since, min_score=min_score, stats=fetch_stats)
+    entries, cursor = fetch_gradebook(url, token, since=since, min_score=s["min_score"], stats=fetch_stats)
     if local:
+        from ..data.gradebook import content_hash
+
         held = {(str(e.get("task_id")), content_hash(e)) for e in local}
         entries = local + [e for e in entries if (str(e.get("task_id")), content_hash(e)) not in held]
         fetch_stats["from_local_copy"] = len(local)
+    return entries, since, cursor
+
+
+def _targeted(w: Worker, s: dict, url: str, token: str | None, fleet: list, exemplars: list,
+              generator: Any, source: dict) -> tuple[list, dict]:
+    """Failing evaluations → failing tasks → verified tasks → records mixed with guardrail exemplars."""
+    import httpx
+
+    from pr1d.data.targeted import (
+        DEFAULT_COMPLIANCE_KEYS,
+        apply_verdicts,
+        build_targeted_dataset,
+        critic_verify,
+        fetch_evaluations,
+        resolve_tasks,
+        select_failing,
+    )
+
+    agent = str(w.spec.get("agent_id") or "")
+    if not agent:
+        raise ValueError("a targeted dataset needs the spec's 'agent_id'")
+    ev_stats: dict = {}
+    evals, ev_cursor = fetch_evaluations(url, token, agent, field_map=w.spec.get("field_map") or {}, stats=ev_stats)
+    keys = tuple(w.spec.get("compliance_keys") or DEFAULT_COMPLIANCE_KEYS)
+    failing = select_failing(evals, keys, s["max_failing_tasks"])
+    w.log(f"targeted: {len(failing)} failing tasks in {len(evals)} evaluations of {agent}")
+    own, _ = fetch_gradebook(url, token, agent_id=agent, min_score=0.0)
+    tasks, drops = resolve_tasks(failing, own, fleet)
+    recovered = [t for t in tasks if t["source"] == "recovered"]
+    verdicts: dict[str, tuple[bool, float]] = {}
+    critic_status = "not needed"
+    if recovered:
+        try:
+            got = critic_verify(url, token, [(t["question"], t["answer"]) for t in recovered])
+            verdicts = {str(t["id"]): v for t, v in zip(recovered, got, strict=True)}
+            critic_status = "ok"
+        except (httpx.HTTPError, ValueError) as e:  # unconfirmed answers are dropped, the build goes on
+            critic_status = f"unavailable: {type(e).__name__}: {e}"
+            w.log(f"critic {critic_status}: {len(recovered)} recovered answers stay unconfirmed", level="warning")
+    tasks, unverified = apply_verdicts(tasks, verdicts, s["critic_min_confidence"])
+    drops["unverified"] += unverified
+    kb_stats: dict = {}
+    contexts = (kb_contexts(w.spec.get("kb"), w.spec.get("state_dir"), sorted({t["question"] for t in tasks}),
+                            kb_stats, warn=lambda m: w.log(m, level="warning")) if s["kb"] else {})
+    records, stats = build_targeted_dataset(
+        tasks, exemplars, share=s["guardrail_share"], branches=s["branches"], seed=s["seed"],
+        kb=(lambda q: contexts.get(q, "")) if contexts else None, generator=generator, drops=drops)
+    stats["kb"] = kb_stats
+    stats["failing"] = {
+        "evaluations": len(evals), "fetch": ev_stats, "tasks": len(failing),
+        "reasons": dict(sorted(Counter(r for f in failing for r in f["reasons"]).items())),
+        "compliance_keys": list(keys), "critic": critic_status,
+        "confirmed_by_critic": sum(1 for t in tasks if "critic" in t),
+    }
+    source.update(agent_id=agent, evaluations_until=ev_cursor)
+    return records, stats
+
+
+def main(w: Worker) -> dict:
+    s = dataset_settings(w.spec)
+    url = w.spec.get("scoring_url")
+    if not url:
+        raise ValueError("spec has no 'scoring_url'")
+    token = scoring_token(w.spec)
+    exemplars: list = []
+    if s["guardrails"]:  # before any network: a bad exemplar file is a config error, found first
+        from pr1d.data.guardrails import load_guardrails, resolve_guardrails_dir
+
+        exemplars = load_guardrails(resolve_guardrails_dir(s["guardrails_dir"]))
+    generator = _generator(s)
+    kind = "targeted" if s["targeted"] else s["mode"]
+
+    w.progress(0, 3, message="fetching gradebook")
+    fetch_stats: dict = {}
+    entries, since, cursor = _fleet_entries(w, s, url, token, fetch_stats)
     w.log(f"gradebook: {len(entries)} entries in {fetch_stats.get('pages')} pages (cursor {cursor})")
     if w.stop_requested.is_set():
         w.interrupt()
 
-    w.progress(1, 3, message=f"building {mode} records from {len(entries)} entries")
-    kb_stats: dict = {}
-    contexts = _kb_contexts(w, sorted({e["question"] for e in entries}), kb_stats) if p.get("kb", True) else {}
-    records, stats = build_dataset(
-        entries, branches=branches, mode=mode, mix=p.get("mix"), seed=int(p.get("seed", 0)),
-        max_records=int(max_records) if max_records is not None else None,
-        kb=(lambda q: contexts.get(q, "")) if contexts else None,
-    )
-    stats["kb"] = kb_stats
-    # Repeats the fetch removed count as duplicates too.
-    stats["drops"]["duplicate"] += int(fetch_stats.get("duplicates", 0))
-    stats["dropped"] += int(fetch_stats.get("duplicates", 0))
+    w.progress(1, 3, message=f"building {kind} records from {len(entries)} entries")
+    source = {"since": since, "until": cursor, "min_score": s["min_score"], "agent_id": None,
+              "scoring_url": url, "for_agent": w.spec.get("agent_id")}
+    try:
+        if s["targeted"]:
+            records, stats = _targeted(w, s, url, token, entries, exemplars, generator, source)
+        else:
+            kb_stats: dict = {}
+            contexts = (kb_contexts(w.spec.get("kb"), w.spec.get("state_dir"), sorted({e["question"] for e in entries}),
+                                    kb_stats, warn=lambda m: w.log(m, level="warning")) if s["kb"] else {})
+            records, stats = build_dataset(
+                entries, branches=s["branches"], mode=s["mode"], mix=s["mix"], seed=s["seed"],
+                max_records=s["max_records"], kb=(lambda q: contexts.get(q, "")) if contexts else None,
+                generator=generator)
+            stats["kb"] = kb_stats
+            if s["guardrails"]:
+                from pr1d.data.targeted import mix_guardrails
+
+                records, n_ex = mix_guardrails(records, exemplars, s["guardrail_share"], s["seed"])
+                stats.update(record_stats(records))
+                stats["guardrails"] = {"share": s["guardrail_share"], "records": n_ex, "exemplars": len(exemplars),
+                                       "rules": dict(sorted(Counter(r["rule"] for r in records if "rule" in r).items()))}
+    finally:
+        if generator is not None:
+            generator.close()
+    if generator is not None:
+        stats["generator"] = {"name": generator.name, "requests": generator.requests, "errors": generator.errors}
+    if not s["targeted"]:
+        # Repeats the fleet fetch removed were seeds too: they count as duplicates. (In a targeted build
+        # the fleet's entries are only looked up, never seeds, so their repeats are not drops.)
+        stats["drops"]["duplicate"] += int(fetch_stats.get("duplicates", 0))
+        stats["dropped"] += int(fetch_stats.get("duplicates", 0))
     stats["fetch"] = fetch_stats
     if w.stop_requested.is_set():
         w.interrupt()
 
     w.progress(2, 3, message=f"writing {len(records)} records")
     out_dir = w.stage_dir / "dataset"
-    source = {"since": since, "until": cursor, "min_score": min_score, "agent_id": None,
-              "scoring_url": url, "for_agent": w.spec.get("agent_id")}
     manifest = write_dataset(records, stats, out_dir, source)
     w.metric("dataset.records", len(records))
     w.metric("dataset.dropped", stats["dropped"])
     w.artifact("dataset", out_dir, kind="dataset", meta={
-        "content_hash": manifest["content_hash"], "records": manifest["records"], "mode": mode,
+        "content_hash": manifest["content_hash"], "records": manifest["records"], "mode": s["mode"],
         "branches": stats["branches"], "drops": manifest["drops"], "source": source,
-        "tiers": stats["tiers"],
+        "tiers": stats["tiers"], "targeted": s["targeted"],
+        "guardrail_records": (stats.get("guardrails") or {}).get("records", 0),
     })
     w.progress(3, 3, message="done")
     drops = {k: v for k, v in manifest["drops"].items() if v}
-    w.log(f"dataset {manifest['content_hash'][:12]}: {len(records)} records, drops {drops}")
+    w.log(f"dataset {manifest['content_hash'][:12]}: {len(records)} records ({kind}), drops {drops}")
     return {"dataset_version": manifest["content_hash"], "records": len(records), "drops": manifest["drops"]}
 
 
