@@ -3,6 +3,10 @@
 Runs inside a stage worker or from the command line (it imports torch)::
 
     python -m pr1d.evaluate.gsm_eval --model DIR [--adapter DIR] [--k 4] [--n 100] [--json]
+                                     [--policy plain|parallel] [--policy-json '{"branch_count": 4}']
+
+``--policy parallel`` generates through the forked rollout engine (:mod:`pr1d.train.rollout`) with a
+:class:`pr1d.policy.ParallelExecutionPolicy`; the default ``plain`` is batched left-to-right generation.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 import torch
 
 from pr1d.evaluate.gsm_lite import TIERS, check_answer, eval_split, format_prompt, load_tasks_jsonl
+from pr1d.policy import ParallelExecutionPolicy, PolicyError
 from pr1d.train.generate import Completion, generate
 
 DEFAULT_MAX_NEW_TOKENS = 128
@@ -60,6 +65,7 @@ def evaluate_tasks(
     seed: int = 0,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     batch_size: int = 64,
+    policy: ParallelExecutionPolicy | None = None,
 ) -> dict[str, Any]:
     """Score ``tasks`` greedily and, with ``k > 0``, with ``k`` samples each; one report dict.
 
@@ -68,23 +74,19 @@ def evaluate_tasks(
     and ``finished`` (fraction that emitted EOS). ``parallel`` holds the format KPIs of
     :func:`pr1d.data.parallel_format.measure_batch` over all generated texts. Reproducible for a fixed
     ``seed``.
+
+    With a ``policy``, every answer goes through the forked rollout engine and ``max_new_tokens`` is the
+    policy's. The ``greedy`` pass then decodes as the policy says (its temperature; 0 is truly greedy,
+    and sampled paths are seeded by ``seed``), and the ``k`` samples use the policy with ``temperature``.
+    The report's ``policy`` is the policy's dict (None for plain generation).
     """
     started = time.monotonic()
     prompts = [format_prompt(t["question"]) for t in tasks]
-    greedy = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    sampled: list[list[Completion]] = []
-    if k > 0:
-        sampled = generate(
-            model,
-            tokenizer,
-            prompts,
-            max_new_tokens=max_new_tokens,
-            num_samples=k,
-            do_sample=True,
-            temperature=temperature,
-            batch_size=batch_size,
-            seed=seed,
-        )
+    if policy is not None:
+        max_new_tokens = policy.max_new_tokens
+        greedy, sampled = _parallel_generate(model, tokenizer, prompts, policy, k, temperature, seed, batch_size)
+    else:
+        greedy, sampled = _plain_generate(model, tokenizer, prompts, k, temperature, seed, max_new_tokens, batch_size)
 
     tiers = [t for t in TIERS if any(task["tier"] == t for task in tasks)]
     tiers += sorted({task["tier"] for task in tasks} - set(TIERS))  # custom tiers from --tasks files
@@ -110,12 +112,57 @@ def evaluate_tasks(
         "temperature": temperature if k > 0 else None,
         "seed": seed,
         "max_new_tokens": max_new_tokens,
+        "policy": policy.to_dict() if policy is not None else None,
         "tiers": report_tiers,
         "elapsed_s": round(time.monotonic() - started, 2),
     }
     # Format KPIs over everything generated: the greedy answers plus the samples.
     report["parallel"] = _parallel_metrics([c.text for row in greedy + sampled for c in row])
     return report
+
+
+def _plain_generate(model, tokenizer, prompts, k, temperature, seed, max_new_tokens, batch_size):
+    """Left-to-right generation: one greedy answer per prompt, plus ``k`` samples when ``k > 0``."""
+    greedy = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    sampled: list[list[Completion]] = []
+    if k > 0:
+        sampled = generate(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            num_samples=k,
+            do_sample=True,
+            temperature=temperature,
+            batch_size=batch_size,
+            seed=seed,
+        )
+    return greedy, sampled
+
+
+def _parallel_generate(model, tokenizer, prompts, policy, k, temperature, seed, batch_size):
+    """The same two passes through the forked rollout engine (answers grouped per prompt, as generate does)."""
+    # Imported here: the engine pulls in the transformers cache classes, and plain evaluation needs none.
+    from pr1d.train.rollout import forked_generate
+
+    # The engine's batch is answers in the trunk; each fans out into branch_count path rows.
+    trunk_batch = max(1, batch_size // policy.branch_count)
+    first = forked_generate(model, tokenizer, prompts, policy, seed=seed, batch_size=trunk_batch)
+    greedy = [[c] for c in first]
+    sampled: list[list[Completion]] = []
+    if k > 0:
+        flat = forked_generate(
+            model,
+            tokenizer,
+            prompts,
+            policy.replace(temperature=temperature),
+            num_samples=k,
+            # A different base seed from the first pass, so the k samples are not that pass again.
+            seed=seed + 1,
+            batch_size=trunk_batch,
+        )
+        sampled = [flat[i * k : (i + 1) * k] for i in range(len(prompts))]
+    return greedy, sampled
 
 
 def greedy_accuracy(model, tokenizer, n_per_tier: int = 100, max_new_tokens: int = 64) -> dict[str, float]:
@@ -170,9 +217,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+    parser.add_argument(
+        "--policy",
+        choices=["plain", "parallel"],
+        default="plain",
+        help="plain: left-to-right generation; parallel: the forked rollout engine with a ParallelExecutionPolicy",
+    )
+    parser.add_argument(
+        "--policy-json",
+        help="JSON object of ParallelExecutionPolicy fields for --policy parallel, e.g. "
+        '\'{"branch_count": 4, "temperature": 0}\' (max_new_tokens defaults to --max-new-tokens)',
+    )
     args = parser.parse_args(argv)
     if args.k < 0 or args.n < 1:
         parser.error("--k must be >= 0 and --n >= 1")
+    policy = None
+    if args.policy == "parallel":
+        try:
+            fields = json.loads(args.policy_json) if args.policy_json else {}
+            if not isinstance(fields, dict):
+                raise PolicyError("--policy-json must be a JSON object of policy fields")
+            policy = ParallelExecutionPolicy.from_dict({"max_new_tokens": args.max_new_tokens, **fields})
+        except (json.JSONDecodeError, PolicyError) as exc:
+            parser.error(f"bad --policy-json: {exc}")
+    elif args.policy_json:
+        parser.error("--policy-json needs --policy parallel")
 
     try:
         tasks = load_tasks_jsonl(args.tasks) if args.tasks else eval_split(args.n)
@@ -197,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
+        policy=policy,
     )
     report["model"] = str(args.model)
     report["adapter"] = str(args.adapter) if args.adapter else None
@@ -205,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         json.dump(report, sys.stdout)
         sys.stdout.write("\n")
     else:
-        _print_table(report, f"GSM-lite: {args.model}" + (f" + {args.adapter}" if args.adapter else ""))
+        title = f"GSM-lite: {args.model}" + (f" + {args.adapter}" if args.adapter else "")
+        _print_table(report, title + (" (parallel policy)" if policy is not None else ""))
     return 0
 
 
