@@ -317,6 +317,30 @@ def split_profile_override(name: str, over: dict[str, Any]) -> tuple[dict[str, A
     return sig, rule
 
 
+StageParam = bool | int | float | str
+
+
+class TrainingConfig(_Section):
+    """Default parameters of the curriculum's stages (`[training.<stage>]`), under each run's own params.
+
+    Keys are the stage's config fields (for `sft` and `rl` the flags of `python -m pr1d.train.sft` /
+    `pr1d.train.grpo`, with `_` for `-`); a run's `--param` wins over these. The stage refuses a key it
+    does not know. The demo's values live in its config; a 7B production profile is config/profiles/.
+    """
+
+    sft: dict[str, StageParam] = Field(
+        {}, description="`sft` stage defaults, e.g. `{max_steps = 2000, lr = 0.001, finetune = \"lora\"}`."
+    )
+    sft_gate: dict[str, StageParam] = Field(
+        {}, description="`sft_gate` stage defaults, e.g. `{n_per_tier = 100, threshold = 0.05}`."
+    )
+    rl: dict[str, StageParam] = Field({}, description="`rl` stage defaults, e.g. `{max_steps = 200}`.")
+    backtest: dict[str, StageParam] = Field({}, description="`backtest` stage defaults, e.g. `{n_per_tier = 100}`.")
+
+    def for_stage(self, stage: str) -> dict[str, StageParam]:
+        return dict(getattr(self, stage, None) or {})
+
+
 class Config(_Section):
     daemon: DaemonConfig = DaemonConfig()
     auth: AuthConfig = AuthConfig()
@@ -333,6 +357,7 @@ class Config(_Section):
     kb: KBConfig = KBConfig()
     dataset: DatasetConfig = DatasetConfig()
     rewards: RewardsConfig = RewardsConfig()
+    training: TrainingConfig = TrainingConfig()
 
     # -- derived values ---------------------------------------------------------------------------
     def state_path(self) -> Path:

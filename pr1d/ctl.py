@@ -151,6 +151,41 @@ def cmd_show(c: Client, a: argparse.Namespace, o: Out) -> int:
     return 0
 
 
+def _f(x: float | None, signed: bool = False) -> str | None:
+    return None if x is None else (f"{x:+.3f}" if signed else f"{x:.3f}")
+
+
+def cmd_backtest(c: Client, a: argparse.Namespace, o: Out) -> int:
+    r = c.call("runs.backtest", run=a.run, items=a.items)
+    if o.as_json:
+        o.doc(r)
+        return 0
+    rep = r["report"]
+
+    def side(s: str) -> str:
+        return f"{rep[s].get('version') or rep[s]['path']} ({rep[s].get('engine')}, policy: {rep[s].get('policy_from')})"
+
+    ci = rep["ci"]
+    o.kv(f"backtest of run {r['run']}", [
+        ("candidate", side("candidate")), ("in service", side("incumbent")), ("items", rep["n"]),
+        ("replayed", f"{rep['replay']['gradebook']['used']} gradebook, {rep['replay']['gsm_lite']['used']} GSM-lite"),
+        ("CI", f"{ci['level']:.0%} {ci['method']}, {ci['resamples']} resamples, seed {ci['seed']}"),
+        ("report", r["path"]), ("picture", r.get("figure"))])
+    # One table per tier: narrow enough for an 80-column terminal.
+    for tier, row in rep["tiers"].items():
+        o.table(f"{tier} (n={row['n']}): candidate − in service", ["column", "candidate", "in service", "diff", "CI"],
+                [[col, _f(cell["candidate"]), _f(cell["incumbent"]), _f(cell["diff"], True),
+                  f"[{_f(cell['ci_low'], True)}, {_f(cell['ci_high'], True)}]"] for col, cell in row["columns"].items()])
+    comp = rep["compliance"]
+    checks = sorted(set(comp["candidate"]["by_check"]) | set(comp["incumbent"]["by_check"]))
+    o.table("compliance checks (passed / failed)", ["check", "candidate", "in service"],
+            [[k, *(f"{comp[s]['by_check'].get(k, {}).get('passed', 0)} / {comp[s]['by_check'].get(k, {}).get('failed', 0)}"
+                   for s in ("candidate", "incumbent"))] for k in checks])
+    o.kv("parallel reasoning", [(f"{k} ({s})", _f(rep[k][s])) for k in ("path_diversity", "parallel_ratio")
+                                for s in ("candidate", "incumbent")])
+    return 0
+
+
 def cmd_logs(c: Client, a: argparse.Namespace, o: Out) -> int:
     if a.follow:
         # Subscribe first, then read the tail, so no line falls between the two.
@@ -277,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--before", type=int, help="page: runs with id below this")
     sp = add("show", cmd_show, "one run: stages, artifacts, metrics, gate, audit")
     sp.add_argument("run", type=_run_id)
+    sp = add("backtest", cmd_backtest, "a run's backtest: per tier/column differences with CIs, compliance")
+    sp.add_argument("run", type=_run_id)
+    sp.add_argument("--items", action="store_true", help="with --json: include every replayed item")
     sp = add("logs", cmd_logs, "a run's stage logs")
     sp.add_argument("run", type=_run_id)
     sp.add_argument("--follow", "-f", action="store_true", help="keep printing new lines until the run ends")
@@ -295,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--reason", default="")
     for name, method in (("approve", "runs.approve"), ("reject", "runs.reject")):
         sp = add(name, _simple(method, args=("run", "reason"),
-                               say=lambda r, a: f"run {r['run']}: {r['state']}"), f"{name} a run awaiting approval")
+                               say=lambda r, a: f"run {a.run}: {r['state']}"), f"{name} a run awaiting approval")
         sp.add_argument("run", type=_run_id)
         sp.add_argument("--reason", required=True)
     sp = add("cancel", _simple("runs.cancel", args=("run", "reason"), say=lambda r, a: f"run {r['run']}: {r['state']}"),

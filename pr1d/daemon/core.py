@@ -249,8 +249,49 @@ class Daemon:
                 await self._set_run(run_id, RunState.failed, "daemon", f"stage {stage['name']}: {outcome.error}")
             return
         final = last_result.get("final_state", RunState.succeeded)
+        if isinstance(last_result.get("register"), dict):
+            # A gate that let the candidate through asks for it to be registered: done here, before the
+            # run reaches awaiting_approval, so an approval always finds a version to promote.
+            try:
+                await self._register_candidate(run, last_result["register"])
+            except (LedgerError, OSError, ValueError) as e:
+                await self._set_run(run_id, RunState.failed, "daemon", f"registering the candidate failed: {e}",
+                                    gate=last_result.get("gate"), current_stage=None)
+                return
         await self._set_run(run_id, final, "daemon", last_result.get("final_reason", "all stages done"),
                             gate=last_result.get("gate"), current_stage=None)
+
+    async def _register_candidate(self, run: dict, req: dict) -> dict:
+        """Register a gate's candidate as a model version of the run's agent (the daemon is the ledger's
+        only writer). With ``req["base"]`` (the agent had no version yet) the base is registered first, as
+        the agent's initial deployment under the platform's name for it: the candidate's parent and the
+        first rollback target."""
+        from ..registry.deploy import record_initial
+        from ..registry.versions import register_version
+
+        root, agent = self.registry.models_root, run["agent_id"]
+        parent = req.get("parent_id")
+        if req.get("base"):
+            a = await self.db("get_agent", agent)
+            base = await self.db_call(register_version, self.ledger, root, agent, Path(req["base"]),
+                                      served_as=a.get("model") or None, profile=a.get("profile") or None)
+            await self.db_call(record_initial, self.ledger, root, agent, base["id"], cfg=self.cfg.registry)
+            parent = parent or base["id"]
+        version = await self.db_call(
+            register_version, self.ledger, root, agent, Path(req["candidate"]), run_id=run["id"], parent_id=parent,
+            dataset_version=req.get("dataset_version"), config_hash=req.get("config_hash"), policy=req.get("policy"))
+        log.info("run %s: candidate registered as %s (parent %s)", run["id"], version["id"], parent)
+        return version
+
+    async def _model_in_service(self, agent_id: str) -> str | None:
+        from ..registry.deploy import model_in_service
+
+        try:
+            agent = await self.db("get_agent", agent_id)
+        except LedgerError:
+            agent = {}
+        path = model_in_service(self.cfg.registry, self.state_dir, agent_id, (agent or {}).get("model"))
+        return str(path) if path else None
 
     async def _run_stage(self, run: dict, stage: dict) -> Outcome:
         run_id = run["id"]
@@ -267,7 +308,20 @@ class Daemon:
                    # Where stages reach the platform (gradebook, critic); the token itself is never written
                    # into the spec: the worker reads it from the variable named here.
                    "scoring_url": self.cfg.scoring.base_url, "token_env": self.cfg.scoring.token_env,
-                   "kb": self.cfg.kb.model_dump(), "state_dir": str(self.state_dir)},
+                   # The dataset stage: the token file's path (not its content), the run kind (targeted-sft
+                   # builds the targeted dataset), how to read evaluations, and the [dataset] section.
+                   "token_file": self.cfg.scoring.token_file, "run_kind": run["kind"],
+                   "field_map": dict(self.cfg.scoring.field_map),
+                   "compliance_keys": list(self.cfg.monitor.signals.compliance_keys),
+                   "dataset": self.cfg.dataset.model_dump(),
+                   "kb": self.cfg.kb.model_dump(), "state_dir": str(self.state_dir),
+                   # The backtest and gate stages: the gate's thresholds and CI settings, and where the
+                   # registry keeps versions (the backtest finds the model in service there).
+                   "gate": self.cfg.gate.model_dump(), "models_root": str(self.registry.models_root),
+                   # The stage's [training.<stage>] defaults (under the run's params), and the model the agent
+                   # runs now: training starts from it and the gates compare against it.
+                   "defaults": self.cfg.training.for_stage(stage["name"]),
+                   "model_in_service": await self._model_in_service(run["agent_id"])},
         )
         d = self.cfg.daemon
         proc = StageProcess(spec, functools.partial(self._on_event, run_id, stage["id"]),
@@ -449,7 +503,9 @@ class Daemon:
             nxt = page.get("next_cursor") if isinstance(page, dict) else None
             if not isinstance(entries, list):
                 break
-            got += [e for e in entries if isinstance(e, dict) and e.get("task_id") and e.get("transcript")]
+            # A malformed entry never enters the copy: every dataset build reads it (float(score)).
+            got += [e for e in entries if isinstance(e, dict) and e.get("task_id") and e.get("transcript")
+                    and isinstance(e.get("score"), int | float) and not isinstance(e.get("score"), bool)]
             if not entries or not nxt or nxt == cursor:
                 cursor = nxt or cursor
                 break
@@ -521,7 +577,7 @@ class Daemon:
         names = {
             "status": self.h_status, "whoami": self.h_whoami, "agents.list": self.h_agents,
             "agents.hold": self.h_hold, "agents.scores": self.h_scores, "agents.unhold": self.h_unhold, "runs.list": self.h_runs,
-            "runs.show": self.h_show, "runs.logs": self.h_logs, "runs.metrics": self.h_metrics,
+            "runs.show": self.h_show, "runs.logs": self.h_logs, "runs.metrics": self.h_metrics, "runs.backtest": self.h_backtest,
             "runs.trigger": self.h_trigger, "runs.cancel": self.h_cancel, "runs.approve": self.h_approve,
             "runs.reject": self.h_reject, "deployments.list": self.h_deployments,
             "deployments.rollback": self.h_rollback, "audit.list": self.h_audit,
@@ -588,6 +644,21 @@ class Daemon:
 
     async def h_metrics(self, conn: Connection, p: Any) -> list[dict]:
         return await self.db("metrics", p.run)
+
+    async def h_backtest(self, conn: Connection, p: Any) -> dict:
+        """The newest backtest report of a run, read from its artifact and checked against the recorded hash."""
+        run = await self.db("run_detail", p.run)
+        arts = [a for a in run["artifacts"] if a["name"] == "backtest.json"]
+        if not arts:
+            raise RpcError(schema.NOT_FOUND, f"run {p.run} has no backtest report (state {run['state']}, "
+                                             f"stage {run.get('current_stage') or '-'})")
+        art = arts[-1]
+        report = await asyncio.to_thread(_read_report, Path(art["path"]), art["sha256"])
+        if not p.items:
+            report.pop("items", None)
+        figures = [a["path"] for a in run["artifacts"] if a["name"] == "backtest.png"]
+        return {"run": p.run, "path": art["path"], "sha256": art["sha256"],
+                "figure": figures[-1] if figures else None, "report": report}
 
     async def h_logs(self, conn: Connection, p: Any) -> dict:
         stages = await self.db("stages", p.run)
@@ -753,6 +824,21 @@ def _wal_checkpoint(ledger: Ledger) -> None:
 
     with ledger.engine.connect() as conn:
         conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
+
+
+def _read_report(path: Path, sha256: str) -> dict:
+    """A stage's JSON report, refused when its bytes no longer match the hash recorded with the artifact."""
+    import hashlib
+    import json
+
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise RpcError(schema.NOT_FOUND, f"backtest report {path}: {e.strerror or e}") from None
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise RpcError(schema.CONFLICT, f"backtest report {path} changed since the stage recorded it "
+                                        f"(sha256 {sha256[:12]}...); it cannot be trusted")
+    return json.loads(data)
 
 
 def _tail_file(path: Path, n: int) -> dict:

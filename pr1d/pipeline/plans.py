@@ -12,6 +12,8 @@ PLANS: dict[str, tuple[str, ...]] = {
     "rl": ("rl", "backtest", "gate"),
     "full": ("dataset", "sft", "sft_gate", "rl", "backtest", "gate"),
     "dataset": ("dataset",),  # build (and version) a training dataset on demand, nothing to approve
+    # Evaluate and gate a candidate made elsewhere (params.candidate) against the model in service.
+    "backtest": ("backtest", "gate"),
     "sleep": ("sleep",),
     "noop": ("noop",),
 }

@@ -21,6 +21,12 @@ class RegistryConfig(BaseModel):
         description="Where model versions are kept: <models_dir>/<agent>/<version>/ plus the `current` "
         "symlink per agent. Relative paths are under the state directory.",
     )
+    base_models_dir: str = Field(
+        "base-models",
+        description="The agents' original models, by the platform's model name: <base_models_dir>/<model>/ "
+        "(e.g. base-models/tiny-gsm-v1/, a save_pretrained folder). A run of an agent that has no registry "
+        "version yet starts from here. Relative paths are under the state directory.",
+    )
     profile_name: str = Field(
         "parallel_reasoner", min_length=1,
         description="Profile name pushed to the agent manager with a promoted version (a version "

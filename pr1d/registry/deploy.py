@@ -38,6 +38,25 @@ def models_root(cfg: RegistryConfig, state_dir: Path) -> Path:
     return p if p.is_absolute() else Path(state_dir) / p
 
 
+def model_in_service(cfg: RegistryConfig, state_dir: Path, agent_id: str, platform_model: str | None) -> Path | None:
+    """The folder of the model the agent runs now: its current registry version, else its original model
+    under ``base_models_dir`` by the platform's name for it; None when neither exists."""
+    root = models_root(cfg, state_dir)
+    current = read_pointer(root, agent_id)
+    if current:
+        return root / agent_id / current
+    if platform_model:
+        base = Path(os.path.expanduser(cfg.base_models_dir))
+        base = base if base.is_absolute() else Path(state_dir) / base
+        try:
+            folder = base / check_name("model name", platform_model)
+        except RegistryError:
+            return None
+        if (folder / "config.json").is_file():
+            return folder
+    return None
+
+
 # -- the pointer ------------------------------------------------------------------------------------
 
 

@@ -66,6 +66,10 @@ class RunParams(_Params):
     run: int = Field(ge=1)
 
 
+class BacktestParams(RunParams):
+    items: bool = Field(False, description="Include every replayed item (both answers and grades); large.")
+
+
 class LogsParams(RunParams):
     stage: str | None = None
     tail_bytes: int = Field(65536, ge=0, le=16 << 20)
@@ -136,6 +140,8 @@ METHODS: dict[str, MethodSpec] = {
     "runs.show": MethodSpec(params=RunParams, role="reader", doc="One run with stages, artifacts, metrics, audit."),
     "runs.logs": MethodSpec(params=LogsParams, role="reader", doc="The tail of a run's stage logs."),
     "runs.metrics": MethodSpec(params=RunParams, role="reader", doc="A run's metric time series."),
+    "runs.backtest": MethodSpec(params=BacktestParams, role="reader",
+                                doc="A run's backtest report: per tier/column differences, CIs, n, compliance."),
     "runs.trigger": MethodSpec(params=TriggerParams, role="operator", doc="Queue a run (idempotent by key)."),
     "runs.cancel": MethodSpec(params=CancelParams, role="operator", doc="Cancel a queued/running/awaiting run."),
     "runs.approve": MethodSpec(params=DecisionParams, role="operator", doc="Approve a run awaiting approval."),

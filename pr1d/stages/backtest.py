@@ -1,0 +1,470 @@
+"""The `backtest` stage: replay history and held-out GSM-lite through candidate and model in service; report.
+
+Reads like the procedure it runs:
+
+1. **Who is compared.** The candidate: ``params.candidate``, else the run's newest ``*-rl/candidate``,
+   else ``*-sft/candidate``; it runs under its ParallelExecutionPolicy (``params.policy``, else the
+   candidate folder's ``policy.json``, else the default policy) through the forked rollout engine.
+   The model in service: the version the agent's registry pointer names (``<models>/<agent>/current``)
+   under the policy it was registered with, else the agent's original model the daemon found under
+   ``[registry] base_models_dir`` (spec ``model_in_service``), else ``params.base`` (or
+   ``params.model``). A model in service without a policy (it never learnt the format) runs plain
+   greedy generation.
+2. **What is replayed.** The newest ``window`` tasks this agent solved in the local gradebook copy
+   (``<state>/gradebook``, filled by the daemon's sync), recovered from their transcripts exactly as the
+   dataset builder does (:func:`pr1d.data.builder.seed_to_task`), plus ``n_per_tier`` problems per
+   tier of the held-out GSM-lite split. Both models see the same prompts with the same seeds.
+3. **Grading.** Every answer is graded by :func:`pr1d.evaluate.grading.grade`, the function the RL
+   reward uses. The platform's critic, when reachable, is asked about every final answer; its
+   agreement is reported beside the grade, not folded into it (see docs/promotion.md).
+4. **Report.** ``backtest.json`` (every item, both grades, per tier/column differences with paired
+   bootstrap CIs and n; :mod:`pr1d.evaluate.backtest`) and ``backtest.png`` (per-tier accuracy, per-column
+   differences with CI bars), both recorded as artifacts. The gate stage reads the JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..evaluate.backtest import REPORT_SCHEMA, SIDES, figure_data, summarize
+from .base import Worker, run_stage, writing
+
+REPORT_NAME = "backtest.json"
+FIGURE_NAME = "backtest.png"
+PNG_KEY = "pr1-backtest-figure"  # PNG text chunk holding the plotted numbers, for people and tests
+TEXT_LIMIT = 4000  # characters of each answer kept in the report (enough to read a 224-token answer)
+
+
+@dataclass
+class BacktestConfig:
+    """The stage's parameters (run params; unknown keys belong to other stages and are ignored)."""
+
+    candidate: str | None = field(
+        default=None, metadata={"help": "candidate model folder (default: the run's newest rl, else sft, candidate)"}
+    )
+    base: str | None = field(
+        default=None,
+        metadata={"help": "model in service when the agent has no registry pointer yet (default: params.model)"},
+    )
+    policy: dict | None = field(
+        default=None,
+        metadata={"help": "the candidate's ParallelExecutionPolicy as a dict (default: candidate/policy.json, "
+                          "else the default policy)"},
+    )
+    window: int = field(default=200, metadata={"help": "newest gradebook tasks of this agent to replay (0: none)"})
+    n_per_tier: int = field(default=50, metadata={"help": "held-out GSM-lite problems per tier (0: none)"})
+    tiers: list | None = field(default=None, metadata={"help": "GSM-lite tiers to replay (default: all)"})
+    seed: int = field(default=0, metadata={"help": "sampling seed, the same for both models"})
+    max_new_tokens: int = field(
+        default=224, metadata={"help": "token budget of plain generation (a policy brings its own budget)"}
+    )
+    batch_size: int = field(default=32, metadata={"help": "prompts per generation call (one progress step)"})
+    threads: int = field(default=2, metadata={"help": "torch CPU threads"})
+    critic: bool = field(default=True, metadata={"help": "ask the platform's critic about every final answer"})
+    guardrails: list = field(
+        default_factory=list, metadata={"help": "phrases that fail the no_guardrail_violation compliance check"}
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("window", "n_per_tier"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be an integer >= 0 (0 replays none of that source)")
+        if self.window == 0 and self.n_per_tier == 0:
+            raise ValueError("nothing to replay: set window > 0 (gradebook) or n_per_tier > 0 (GSM-lite)")
+        for name in ("max_new_tokens", "batch_size", "threads"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be an integer >= 1")
+        if self.policy is not None and not isinstance(self.policy, dict):
+            raise ValueError("policy must be a ParallelExecutionPolicy dict, e.g. {\"branch_count\": 4}")
+        if not all(isinstance(g, str) for g in self.guardrails):
+            raise ValueError("guardrails must be a list of phrases (strings)")
+
+    @classmethod
+    def names(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> BacktestConfig:
+        names = cls.names()
+        kw = {k: v for k, v in params.items() if k in names}
+        if kw.get("base") is None and params.get("model"):
+            kw["base"] = params["model"]  # the SFT stage's name for the same folder
+        return cls(**kw)
+
+
+# -- 1. who is compared ---------------------------------------------------------------------------------
+
+
+def find_candidate(run_dir: Path) -> Path | None:
+    """The run's newest RL candidate, else its newest SFT candidate (stage folders sort by sequence)."""
+    for pattern in ("*-rl/candidate", "*-sft/candidate"):
+        found = sorted(p for p in run_dir.glob(pattern) if p.is_dir())
+        if found:
+            return found[-1]
+    return None
+
+
+def models_root(spec: dict) -> Path | None:
+    if spec.get("models_root"):
+        return Path(spec["models_root"])
+    return Path(spec["state_dir"]) / "models" if spec.get("state_dir") else None
+
+
+def registered_policy(state_dir: str | None, version_id: str) -> dict | None:
+    """The policy a version was registered with, read from the ledger without writing to it.
+
+    Read-only (``mode=ro``): the daemon is the ledger's only writer. None when there is no ledger or
+    the version has no policy (the model in service then runs plain generation).
+    """
+    if not state_dir:
+        return None
+    path = Path(state_dir) / "ledger.sqlite"
+    if not path.exists():
+        return None
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    try:
+        row = conn.execute("SELECT meta FROM model_versions WHERE id = ?", (version_id,)).fetchone()
+    finally:
+        conn.close()
+    meta = json.loads(row[0]) if row and row[0] else {}
+    return (meta.get("policy") or None) if isinstance(meta, dict) else None
+
+
+def resolve_sides(w: Worker, cfg: BacktestConfig) -> dict[str, dict[str, Any]]:
+    """Path, version, policy and source of the candidate and of the model in service."""
+    from ..policy import ParallelExecutionPolicy
+    from ..registry.deploy import read_pointer
+    from ..registry.versions import version_dir
+
+    cand = Path(cfg.candidate) if cfg.candidate else find_candidate(w.run_dir)
+    if cand is None or not cand.is_dir():
+        raise ValueError(
+            f"no candidate model: {cand or 'none found'}; set params.candidate or run an sft/rl stage before backtest"
+        )
+    if cfg.policy is not None:
+        cand_policy, how = ParallelExecutionPolicy.from_dict(cfg.policy), "params.policy"
+    elif (cand / "policy.json").is_file():
+        cand_policy, how = ParallelExecutionPolicy.from_dict(json.loads((cand / "policy.json").read_text())), \
+            "candidate/policy.json"
+    else:
+        cand_policy, how = ParallelExecutionPolicy(), "default"
+
+    agent = w.spec.get("agent_id")
+    root = models_root(w.spec)
+    vid = read_pointer(root, agent) if root is not None and agent else None
+    if vid is not None:
+        inc_path, source = version_dir(root, agent, vid), f"registry ({root}/{agent}/current)"
+        raw = registered_policy(w.spec.get("state_dir"), vid)
+    elif w.spec.get("model_in_service"):
+        # The daemon found the agent's original model under [registry] base_models_dir.
+        inc_path, source, raw = Path(w.spec["model_in_service"]), "base model ([registry] base_models_dir)", None
+    elif cfg.base:
+        inc_path, source, raw = Path(cfg.base), "params.base", None
+    else:
+        raise ValueError(
+            f"no model in service for agent {agent!r}: the registry has no pointer under {root}, there is no "
+            "base model for it under [registry] base_models_dir, and params.base is not set; pass the agent's "
+            "current model folder as params.base"
+        )
+    inc_policy = ParallelExecutionPolicy.from_dict(raw) if raw else None
+    return {
+        "candidate": {"path": str(cand), "version": None, "policy": cand_policy, "policy_from": how,
+                      "source": "params.candidate" if cfg.candidate else "run"},
+        "incumbent": {"path": str(inc_path), "version": vid, "policy": inc_policy,
+                      "policy_from": "registry" if raw else "none (plain generation)", "source": source},
+    }
+
+
+# -- 2. what is replayed ----------------------------------------------------------------------------------
+
+
+def _epoch(ts: Any) -> float:
+    """A gradebook timestamp as seconds: the platform sends ISO 8601 (``2025-01-01T00:01:00Z``) or epoch."""
+    from datetime import datetime
+
+    if isinstance(ts, int | float) and not isinstance(ts, bool):
+        return float(ts)
+    try:
+        return datetime.fromisoformat(str(ts).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0  # unknown format: oldest, so it is replayed last
+
+
+def gradebook_tasks(state_dir: str | None, agent: str | None, window: int) -> tuple[list[dict], dict]:
+    """The newest ``window`` tasks ``agent`` solved, from the local gradebook copy, parsed like the builder."""
+    from collections import Counter
+
+    from ..data.builder import DropReason, seed_to_task
+    from ..data.gradebook import LocalGradebook
+
+    stats: dict[str, Any] = {"window": window, "entries": 0, "used": 0, "dropped": {}}
+    if window == 0 or not state_dir:
+        stats["note"] = "gradebook replay off" if window == 0 else "no state_dir: no local gradebook copy"
+        return [], stats
+    book = LocalGradebook(Path(state_dir) / "gradebook")
+    mine = [e for e in book.load() if e.get("agent_id") == agent]
+    stats["entries"] = len(mine)
+    if not mine:
+        stats["note"] = f"the local gradebook copy ({book.root}) holds no entries of agent {agent}"
+    mine.sort(key=lambda e: (_epoch(e.get("ts")), str(e.get("task_id"))), reverse=True)
+    tasks: list[dict] = []
+    seen: set[str] = set()
+    drops: Counter = Counter()
+    for e in mine:
+        if len(tasks) >= window:
+            break
+        try:
+            t = seed_to_task(e)
+        except DropReason as d:
+            drops[d.code] += 1
+            continue
+        if t["id"] in seen:  # the same task graded twice: replay it once (the newest entry)
+            drops["duplicate"] += 1
+            continue
+        seen.add(t["id"])
+        tasks.append({**t, "id": f"gb:{t['id']}", "source": "gradebook"})
+    stats["used"], stats["dropped"] = len(tasks), dict(drops)
+    return tasks, stats
+
+
+def replay_tasks(w: Worker, cfg: BacktestConfig) -> tuple[list[dict], dict]:
+    from ..evaluate.gsm_lite import EVAL_SEED, TIERS, eval_split
+
+    tasks, gb = gradebook_tasks(w.spec.get("state_dir"), w.spec.get("agent_id"), cfg.window)
+    tiers = tuple(cfg.tiers or TIERS)
+    gsm = [{**t, "id": f"gsm:{t['id']}", "source": "gsm_lite"}
+           for t in (eval_split(cfg.n_per_tier) if cfg.n_per_tier else []) if t["tier"] in tiers]
+    return tasks + gsm, {"gradebook": gb,
+                         "gsm_lite": {"n_per_tier": cfg.n_per_tier, "tiers": list(tiers), "seed": EVAL_SEED,
+                                      "used": len(gsm)}}
+
+
+# -- 3. run both models ------------------------------------------------------------------------------------
+
+
+def answer_all(w: Worker, side: str, info: dict, prompts: list[str], cfg: BacktestConfig, step0: int,
+               total: int) -> list:
+    """One Completion per prompt from one model: forked engine under its policy, else plain greedy.
+
+    Chunk ``i`` is sampled with seed ``cfg.seed + i`` on both sides, so both models draw the same seeds
+    for the same prompts.
+    """
+    from ..evaluate.gsm_eval import load_model
+    from ..train.generate import generate
+
+    model, tok = load_model(info["path"])
+    policy = info["policy"]
+    out: list = []
+    for i, start in enumerate(range(0, len(prompts), cfg.batch_size)):
+        if w.stop_requested.is_set():
+            w.interrupt()  # nothing worth checkpointing: a backtest restarts from scratch
+        chunk = prompts[start : start + cfg.batch_size]
+        if policy is None:
+            out += [c[0] for c in generate(model, tok, chunk, max_new_tokens=cfg.max_new_tokens,
+                                           batch_size=cfg.batch_size)]
+        else:
+            from ..train.rollout import forked_generate
+
+            out += forked_generate(model, tok, chunk, policy, seed=cfg.seed + i, batch_size=cfg.batch_size)
+        w.progress(step0 + start + len(chunk), total, message=f"{side}: {start + len(chunk)}/{len(prompts)}")
+    del model
+    return out
+
+
+def critic_verdicts(w: Worker, tasks: list[dict], grades: dict[str, list]) -> tuple[dict, dict]:
+    """The platform critic's agreement per answer and side (None where it was not asked or did not answer).
+
+    One client for both sides: its cache answers a repeated (question, answer) once, and an outage
+    costs one timeout, not one per side.
+    """
+    url = w.spec.get("scoring_url")
+    none = {s: [None] * len(tasks) for s in SIDES}
+    if not url:
+        return none, {"status": "no scoring_url: critic not asked"}
+    from ..train.critic import CriticClient
+
+    token = os.environ.get(str(w.spec.get("token_env") or "PR1_SCORING_TOKEN")) or None
+    try:
+        client = CriticClient(url, token, timeout=10.0)
+    except ValueError as e:  # a scoring_url the critic cannot use: the report says so, the backtest goes on
+        return none, {"status": f"critic not asked: {e}"}
+    out: dict[str, list] = {}
+    info: dict[str, Any] = {"status": "ok"}
+    for s in SIDES:
+        idx = [i for i, g in enumerate(grades[s]) if g.final_answer is not None]
+        res = client.verify([(tasks[i]["question"], grades[s][i].final_answer) for i in idx]) if idx else []
+        out[s] = list(none[s])
+        for i, r in zip(idx, res, strict=True):
+            out[s][i] = None if r is None else bool(r.agree)
+        asked = [v for v in out[s] if v is not None]
+        info[s] = {"asked": len(idx), "answered": len(asked),
+                   "agreement": round(sum(asked) / len(asked), 6) if asked else None}
+        if len(asked) < len(idx):
+            info["status"] = f"unavailable for some answers: {client.last_error}"
+    return out, info
+
+
+# -- 4. the picture -----------------------------------------------------------------------------------------
+
+
+def render_png(summary: dict, path: Path) -> dict:
+    """Draw the report picture; returns the numbers read back from the drawn artists.
+
+    Left: per-tier accuracy (the correctness column) of both models. Right: overall candidate −
+    incumbent per column, with the bootstrap CI as error bars. The plotted numbers are also written
+    into the PNG as the ``pr1-backtest-figure`` text chunk, so the picture carries its own data.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on a server
+    import matplotlib.pyplot as plt
+
+    data = figure_data(summary)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
+    x = list(range(len(data["tiers"])))
+    width = 0.38
+    bars = {}
+    for k, (side, color) in enumerate((("incumbent", "#8c8c8c"), ("candidate", "#1f77b4"))):
+        vals = [v if v is not None else 0.0 for v in data["accuracy"][side]]
+        bars[side] = ax1.bar([i + (k - 0.5) * width for i in x], vals, width, label=side, color=color)
+    ax1.set_xticks(x, [f"{t}\nn={n}" for t, n in zip(data["tiers"], data["n"], strict=True)])
+    ax1.set_ylim(0, 1.05)
+    ax1.set_ylabel("accuracy (correctness)")
+    ax1.set_title("accuracy per tier")
+    ax1.legend(loc="upper right", fontsize=8)
+
+    cols = data["columns"]
+    y = list(range(len(cols)))
+    diffs = [d if d is not None else 0.0 for d in data["diff"]]
+    lo = [d - (low if low is not None else d) for d, low in zip(diffs, data["ci_low"], strict=True)]
+    hi = [(high if high is not None else d) - d for d, high in zip(diffs, data["ci_high"], strict=True)]
+    colors = ["#2ca02c" if d >= 0 else "#d62728" for d in diffs]
+    hbars = ax2.barh(y, diffs, color=colors, xerr=[lo, hi], capsize=4)
+    ax2.axvline(0, color="black", linewidth=0.8)
+    ax2.set_yticks(y, cols)
+    ax2.invert_yaxis()
+    level = summary["ci"]["level"]
+    ax2.set_xlabel(f"candidate − incumbent (overall, {level:.0%} paired bootstrap CI)")
+    ax2.set_title(f"difference per column (n={summary['tiers']['overall']['n']})")
+    fig.tight_layout()
+
+    drawn = {
+        "tiers": list(data["tiers"]),
+        "accuracy": {s: [round(float(b.get_height()), 6) for b in bars[s]] for s in SIDES},
+        "columns": list(cols),
+        "diff": [round(float(b.get_width()), 6) for b in hbars.patches],
+    }
+    with writing(path):
+        fig.savefig(path, format="png", metadata={PNG_KEY: json.dumps(data, sort_keys=True)})
+    plt.close(fig)
+    return drawn
+
+
+# -- the stage -----------------------------------------------------------------------------------------------
+
+
+def main(w: Worker) -> dict:
+    import torch
+
+    from ..data.parallel_format import measure_batch
+    from ..evaluate.gate import GateConfig
+    from ..evaluate.grading import grade
+    from ..evaluate.gsm_lite import format_prompt
+
+    started = time.monotonic()
+    # Run params over the config's [training.backtest] defaults (a typo there is refused).
+    cfg = BacktestConfig.from_params(w.stage_params(known=BacktestConfig.names()))
+    # The CI settings are the gate's, so the report's intervals are the ones the gate reasons with.
+    gate_cfg = GateConfig.model_validate(w.spec.get("gate") or {})
+    torch.set_num_threads(cfg.threads)
+
+    sides = resolve_sides(w, cfg)
+    tasks, replay = replay_tasks(w, cfg)
+    if not tasks:
+        raise ValueError(f"nothing to replay: {replay}")
+    w.log(f"backtest: {len(tasks)} tasks ({replay['gradebook']['used']} gradebook, "
+          f"{replay['gsm_lite']['used']} GSM-lite); candidate {sides['candidate']['path']} vs "
+          f"{sides['incumbent']['source']} {sides['incumbent']['path']}")
+
+    prompts = [format_prompt(t["question"]) for t in tasks]
+    total = 2 * len(prompts)
+    answers = {}
+    for k, side in enumerate(("candidate", "incumbent")):
+        answers[side] = answer_all(w, side, sides[side], prompts, cfg, k * len(prompts), total)
+
+    grades = {s: [grade(c.text, t["answer"], finished=c.finished, guardrails=cfg.guardrails)
+                  for c, t in zip(answers[s], tasks, strict=True)] for s in SIDES}
+    if cfg.critic:
+        verdicts, critic = critic_verdicts(w, tasks, grades)
+    else:
+        verdicts, critic = {s: [None] * len(tasks) for s in SIDES}, {"status": "off (params.critic = false)"}
+
+    items = []
+    for i, t in enumerate(tasks):
+        item: dict[str, Any] = {"id": t["id"], "source": t["source"], "tier": t["tier"],
+                                "question": t["question"], "answer": t["answer"]}
+        for s in SIDES:
+            c = answers[s][i]
+            item[s] = {**grades[s][i].to_dict(), "n_tokens": c.n_tokens, "finished": c.finished,
+                       "critic_agrees": verdicts[s][i], "text": c.text[:TEXT_LIMIT]}
+        items.append(item)
+
+    summary = summarize(items, level=gate_cfg.ci_level, resamples=gate_cfg.bootstrap_resamples, seed=gate_cfg.seed)
+    # The format KPIs of the one format module, per side; the candidate's become the run's `eval.<kpi>`
+    # metrics, which the scoreboard reports for the version this run registers.
+    fmt = {s: dataclasses.asdict(measure_batch([c.text for c in answers[s]])) for s in SIDES}
+    report: dict[str, Any] = {
+        "schema": REPORT_SCHEMA,
+        "run_id": w.run_id,
+        "agent_id": w.spec.get("agent_id"),
+        "created_at": time.time(),
+        **{s: {**{k: v for k, v in sides[s].items() if k != "policy"},
+               "policy": sides[s]["policy"].to_dict() if sides[s]["policy"] is not None else None,
+               "engine": "forked" if sides[s]["policy"] is not None else "plain greedy"} for s in SIDES},
+        "replay": replay,
+        "seed": cfg.seed,
+        "max_new_tokens": cfg.max_new_tokens,
+        "guardrails": list(cfg.guardrails),
+        "critic": critic,
+        "format": fmt,
+        **summary,
+        "elapsed_s": None,
+        "items": items,
+    }
+    figure_path = w.stage_dir / FIGURE_NAME
+    w.stage_dir.mkdir(parents=True, exist_ok=True)
+    report["figure"] = {"path": str(figure_path), "drawn": render_png(summary, figure_path),
+                        "data": figure_data(summary)}
+    report["elapsed_s"] = round(time.monotonic() - started, 2)
+    report_path = w.stage_dir / REPORT_NAME
+    tmp = report_path.with_suffix(".tmp")
+    with writing(tmp):
+        tmp.write_text(json.dumps(report, indent=1, sort_keys=False) + "\n")
+    tmp.replace(report_path)
+
+    overall = summary["tiers"]["overall"]["columns"]
+    for s in SIDES:
+        w.metric(f"backtest.{s}.score", overall["score"][s])
+    for col, cell in overall.items():
+        w.metric(f"backtest.diff.{col}", cell["diff"])
+    for kpi in ("path_diversity", "consensus_rate", "parallel_ratio", "format_adherence"):
+        if fmt["candidate"][kpi] is not None:
+            w.metric(f"eval.{kpi}", fmt["candidate"][kpi])
+    w.artifact(REPORT_NAME, report_path, kind="report", meta={"n": summary["n"]})
+    w.artifact(FIGURE_NAME, figure_path, kind="figure")
+    sc = overall["score"]
+    w.log(f"backtest: score {sc['candidate']:.4f} vs {sc['incumbent']:.4f} ({sc['diff']:+.4f}, "
+          f"CI [{sc['ci_low']:+.4f}, {sc['ci_high']:+.4f}], n={summary['n']}) in {report['elapsed_s']} s")
+    return {"report": str(report_path), "figure": str(figure_path), "n": summary["n"],
+            "score": sc, "candidate": report["candidate"], "incumbent": report["incumbent"]}
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,255 @@
+"""Backtest statistics as tables (paired bootstrap, per tier/column rows, compliance, gate inputs) and the
+report picture: the PNG, the numbers drawn in it and the figures recomputed from the items agree."""
+
+from __future__ import annotations
+
+import json
+import random
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+
+from pr1d.data.parallel_format import render_block
+from pr1d.evaluate.backtest import (
+    compare,
+    compliance_counts,
+    figure_data,
+    gate_inputs,
+    mean_path_diversity,
+    paired_bootstrap_ci,
+    parallel_ratio,
+    summarize,
+)
+from pr1d.evaluate.gate import GateConfig, gate_decision
+from pr1d.evaluate.grading import grade
+
+# Answers as a model writes them, graded by the real grading function.
+PAR_RIGHT = render_block(["We add: 2 + 3 = 5. So the result is 5.",
+                          "Start at 3 and add 2: 3 + 2 = 5. So the result is 5."], "Both give 5.") + "\nFinal Answer: 5"
+PAR_COPY = render_block(["2 + 3 = 5. So the result is 5."] * 2, "Both give 5.") + "\nFinal Answer: 5"
+SEQ_RIGHT = "2 + 3 = 5\nFinal Answer: 5"
+SEQ_WRONG = "2 + 3 = 6\nFinal Answer: 6"
+CUT_OFF = "2 + 3 = "  # ran out of tokens: no answer, not finished
+
+
+def side(text: str, finished: bool = True) -> dict:
+    return grade(text, "5", finished=finished).to_dict()
+
+
+def item(i: int, cand: str, inc: str, tier: str = "easy", source: str = "gsm_lite", **kw) -> dict:
+    return {"id": f"{source}:{tier}-{i}", "source": source, "tier": tier,
+            "candidate": side(cand, kw.get("cand_finished", cand != CUT_OFF)),
+            "incumbent": side(inc, kw.get("inc_finished", inc != CUT_OFF))}
+
+
+# -- the paired bootstrap ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("diffs", "expect"), [
+    ([], None),
+    ([0.25], (0.25, 0.25)),                 # one item: nothing to resample
+    ([0.5] * 40, (0.5, 0.5)),               # no spread, no width
+    ([-1.0] * 40, (-1.0, -1.0)),
+])
+def test_bootstrap_degenerate(diffs, expect):
+    got = paired_bootstrap_ci(diffs, resamples=200)
+    assert got == (pytest.approx(expect) if expect else None)
+
+
+def test_bootstrap_contains_mean_narrows_with_n_widens_with_level():
+    rng = random.Random(7)
+    small = [rng.gauss(0.1, 0.3) for _ in range(40)]
+    big = small * 10  # same distribution, 10x the items
+    lo, hi = paired_bootstrap_ci(small, seed=1)
+    m = sum(small) / len(small)
+    assert lo < m < hi
+    blo, bhi = paired_bootstrap_ci(big, seed=1)
+    assert (bhi - blo) < (hi - lo) / 2  # ~1/sqrt(10) of the width
+    l90, h90 = paired_bootstrap_ci(small, level=0.90, seed=1)
+    assert lo <= l90 and h90 <= hi
+    assert paired_bootstrap_ci(small, seed=1) == (lo, hi)  # seeded: the same every time
+    assert paired_bootstrap_ci(small, seed=2) != (lo, hi)
+
+
+@pytest.mark.parametrize(("kw", "match"), [({"level": 0.4}, "level"), ({"level": 1.0}, "level"),
+                                           ({"resamples": 0}, "resamples")])
+def test_bootstrap_refuses_bad_settings(kw, match):
+    with pytest.raises(ValueError, match=match):
+        paired_bootstrap_ci([0.1, 0.2], **kw)
+
+
+# -- rows per tier and column ------------------------------------------------------------------------------
+
+
+def test_compare_table():
+    # easy: candidate right 4/4 in parallel format, incumbent right 2/4 sequentially.
+    items = [item(i, PAR_RIGHT, SEQ_RIGHT if i < 2 else SEQ_WRONG) for i in range(4)]
+    row = compare(items, ["score", "correctness", "parallel_format", "consensus_confidence", "compliance"],
+                  level=0.95, resamples=500, seed=0)
+    c = row["columns"]
+    assert row["n"] == 4
+    assert (c["correctness"]["candidate"], c["correctness"]["incumbent"], c["correctness"]["diff"]) == (1.0, 0.5, 0.5)
+    assert c["parallel_format"]["diff"] == 1.0 and c["parallel_format"]["ci_low"] == 1.0  # no spread
+    assert c["compliance"]["diff"] == 0.0
+    # score: 1.0 vs (0.8, 0.8, 0.1, 0.1) -> mean diff 1 - 0.45 (0.1 = the compliance column of a wrong
+    # answer that is otherwise well formed)
+    assert c["score"]["diff"] == pytest.approx(1.0 - (0.8 + 0.8 + 0.1 + 0.1) / 4)
+    assert c["correctness"]["ci_low"] <= 0.5 <= c["correctness"]["ci_high"]
+    # every column's interval is the one paired_bootstrap_ci gives for that column's differences
+    diffs = [it["candidate"]["score"] - it["incumbent"]["score"] for it in items]
+    lo, hi = paired_bootstrap_ci(diffs, resamples=500, seed=0)
+    assert (c["score"]["ci_low"], c["score"]["ci_high"]) == (pytest.approx(lo), pytest.approx(hi))
+
+
+def test_summarize_tiers_sources_and_counts():
+    items = ([item(i, PAR_RIGHT, SEQ_RIGHT) for i in range(3)]
+             + [item(i, PAR_COPY, SEQ_WRONG, tier="medium", source="gradebook") for i in range(2)]
+             + [item(9, CUT_OFF, SEQ_RIGHT, tier="hard")])
+    s = summarize(items, resamples=300, seed=3)
+    assert list(s["tiers"]) == ["easy", "medium", "hard", "overall"]
+    assert [s["tiers"][t]["n"] for t in s["tiers"]] == [3, 2, 1, 6]
+    assert {k: v["n"] for k, v in s["sources"].items()} == {"gradebook": 2, "gsm_lite": 4}
+    assert s["columns"] == ["score", "correctness", "parallel_format", "consensus_confidence", "compliance"]
+    assert s["tiers"]["hard"]["columns"]["correctness"]["diff"] == -1.0
+    # 4 checks per answer; the cut-off answer fails final_answer_present and finished
+    cc = s["compliance"]["candidate"]
+    assert (cc["passed"], cc["failed"]) == (22, 2)
+    assert cc["by_check"]["finished"] == {"passed": 5, "failed": 1}
+    assert s["compliance"]["incumbent"]["failed"] == 0
+    # diversity: copies of one path score 0; the mean is over the items with a block only
+    div_right = grade(PAR_RIGHT, "5").path_diversity
+    assert s["path_diversity"]["candidate"] == pytest.approx((3 * div_right + 2 * 0.0) / 5, abs=1e-6)
+    assert s["path_diversity"]["incumbent"] is None
+    assert s["parallel_ratio"] == {"candidate": round(5 / 6, 6), "incumbent": 0.0}
+    # a row does not depend on which other rows exist (seeded per row)
+    alone = summarize(items[:3], resamples=300, seed=3)
+    assert alone["tiers"]["easy"] == s["tiers"]["easy"]
+
+
+@pytest.mark.parametrize(("texts", "passed", "failed", "diversity", "ratio"), [
+    ([SEQ_RIGHT], 4, 0, None, 0.0),
+    ([PAR_COPY, PAR_COPY], 8, 0, 0.0, 1.0),
+    ([CUT_OFF], 2, 2, None, 0.0),
+    ([PAR_RIGHT, SEQ_WRONG], 8, 0, round(grade(PAR_RIGHT, "5").path_diversity, 6), 0.5),
+])
+def test_side_counts(texts, passed, failed, diversity, ratio):
+    items = [item(i, t, SEQ_RIGHT) for i, t in enumerate(texts)]
+    c = compliance_counts(items, "candidate")
+    assert (c["passed"], c["failed"]) == (passed, failed)
+    assert mean_path_diversity(items, "candidate") == diversity
+    assert parallel_ratio(items, "candidate") == ratio
+
+
+def test_duplicate_ids_refused():
+    it = item(0, SEQ_RIGHT, SEQ_RIGHT)
+    with pytest.raises(ValueError, match="unique"):
+        summarize([it, dict(it)])
+
+
+# -- into the gate -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("cand", "inc", "outcome", "codes"), [
+    # parallel, right, diverse vs sequential and half wrong: a clear pass
+    ([PAR_RIGHT] * 60, [SEQ_RIGHT, SEQ_WRONG] * 30, "pass", []),
+    # the same answers on both sides: no uplift, and no parallel block at all
+    ([SEQ_RIGHT] * 60, [SEQ_RIGHT] * 60, "fail", ["uplift_below_bar", "no_parallel_paths"]),
+    # better but copies of one path: degenerate
+    ([PAR_COPY] * 60, [SEQ_WRONG] * 60, "fail", ["diversity_too_low"]),
+    # better, but one answer cut off: a compliance check failed
+    ([PAR_RIGHT] * 59 + [CUT_OFF], [SEQ_WRONG] * 60, "fail", ["compliance_failed"]),
+    # too few items to decide
+    ([PAR_RIGHT] * 10, [SEQ_WRONG] * 10, "inconclusive", ["too_few_samples"]),
+])
+def test_gate_inputs_drive_the_gate(cand, inc, outcome, codes):
+    items = [item(i, c, x) for i, (c, x) in enumerate(zip(cand, inc, strict=True))]
+    report = {"items": items, "candidate": {"version": None}, "incumbent": {"version": "v-abc"}}
+    c, i = gate_inputs(report)
+    assert c.item_ids == i.item_ids and len(c.scores) == len(items)
+    assert i.version == "v-abc"
+    res = gate_decision(c, i, GateConfig(min_samples=50, bootstrap_resamples=300))
+    assert res.outcome == outcome, res.reasons
+    assert res.evidence["uplift"]["paired"] is True
+    for code in codes:
+        assert any(r.startswith(code) for r in res.reasons), (code, res.reasons)
+
+
+def test_gate_inputs_recompute_from_items_not_summary():
+    items = [item(i, PAR_RIGHT, SEQ_WRONG) for i in range(3)]
+    forged = {"items": items, "candidate": {}, "incumbent": {},
+              "compliance": {"candidate": {"passed": 999, "failed": 0}}, "path_diversity": {"candidate": 0.5}}
+    c, _ = gate_inputs(forged)
+    assert (c.compliance_passed, c.compliance_failed) == (12, 0)
+    assert c.path_diversity == round(grade(PAR_RIGHT, "5").path_diversity, 6)
+
+
+# -- the picture ----------------------------------------------------------------------------------------
+
+
+def png_chunks(data: bytes) -> dict[str, bytes]:
+    """Chunk type -> payload (text chunks keyed by keyword), checking every chunk's CRC."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    out, pos = {}, 8
+    while pos < len(data):
+        (n,) = struct.unpack(">I", data[pos:pos + 4])
+        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + n]
+        (crc,) = struct.unpack(">I", data[pos + 8 + n:pos + 12 + n])
+        assert zlib.crc32(kind + body) == crc, f"bad CRC in {kind!r}"
+        if kind in (b"tEXt", b"iTXt", b"zTXt"):
+            key, _, rest = body.partition(b"\0")
+            if kind == b"zTXt":
+                rest = zlib.decompress(rest[1:])
+            elif kind == b"iTXt":
+                flag, _method, rest = rest[0], rest[1], rest[2:]
+                _lang, _, rest = rest.partition(b"\0")
+                _tkey, _, rest = rest.partition(b"\0")
+                rest = zlib.decompress(rest) if flag else rest
+            out[key.decode()] = rest
+        else:
+            out.setdefault(kind.decode(), body)
+        pos += 12 + n
+    assert "IEND" in out
+    return out
+
+
+def check_report_picture(report: dict, png: Path) -> None:
+    """The JSON, the PNG and the figures agree: summary recomputed from the items, the numbers drawn in
+    the picture and the numbers the PNG carries are all the same. Used by the end-to-end test too."""
+    from pr1d.stages.backtest import PNG_KEY
+
+    ci = report["ci"]
+    again = summarize(report["items"], level=ci["level"], resamples=ci["resamples"], seed=ci["seed"])
+    for key in ("tiers", "sources", "compliance", "path_diversity", "parallel_ratio", "columns", "n"):
+        assert report[key] == again[key], key
+    expected = figure_data(again)
+    assert report["figure"]["data"] == expected
+    drawn = report["figure"]["drawn"]
+    assert drawn["tiers"] == expected["tiers"] and drawn["columns"] == expected["columns"]
+    for s in ("candidate", "incumbent"):
+        assert drawn["accuracy"][s] == pytest.approx([v or 0.0 for v in expected["accuracy"][s]], abs=1e-6)
+    assert drawn["diff"] == pytest.approx([v or 0.0 for v in expected["diff"]], abs=1e-6)
+    chunks = png_chunks(png.read_bytes())
+    width, height = struct.unpack(">II", chunks["IHDR"][:8])
+    assert width >= 600 and height >= 300
+    assert json.loads(chunks[PNG_KEY]) == json.loads(json.dumps(expected))
+
+
+def test_picture_agrees_with_report(tmp_path: Path):
+    from pr1d.stages.backtest import render_png
+
+    rng = random.Random(5)
+    texts = [PAR_RIGHT, PAR_COPY, SEQ_RIGHT, SEQ_WRONG, CUT_OFF]
+    items = [item(i, rng.choice(texts), rng.choice(texts), tier=t, source=rng.choice(("gradebook", "gsm_lite")))
+             for i, t in enumerate(rng.choice(("easy", "medium", "hard")) for _ in range(60))]
+    summary = summarize(items, resamples=300, seed=0)
+    png = tmp_path / "backtest.png"
+    drawn = render_png(summary, png)
+    report = {**summary, "items": items, "figure": {"data": figure_data(summary), "drawn": drawn}}
+    check_report_picture(report, png)
+    # and the check can fail: a report whose summary does not match its items is caught
+    bad = json.loads(json.dumps(report))
+    bad["tiers"]["easy"]["columns"]["score"]["diff"] += 0.1
+    with pytest.raises(AssertionError):
+        check_report_picture(bad, png)
