@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.model_fixtures import tiny_model  # noqa: F401  (a session fixture for every test package)
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 

@@ -111,6 +111,9 @@ class StageProcess:
         r, w = os.pipe()
         logf = open(self.log_path, "ab")
         env = dict(os.environ, PR1_EVENT_FD=str(w), PR1_DAEMON_PID=str(os.getpid()), PYTHONUNBUFFERED="1")
+        # torchrun (under `accelerate launch`) gives the ranks 30 s after a SIGTERM before SIGKILL: give them
+        # the daemon's own grace, so a large model's checkpoint is not cut short (docs/multi_gpu.md).
+        env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(max(1, int(self.stop_grace_s))))
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 *worker_command(self.spec.stage, spec_path, **self.cmd_opts),
@@ -197,7 +200,11 @@ class StageProcess:
             return Outcome("succeeded", rc, None, self.result)
         if rc == EXIT_OK:
             return Outcome("failed", rc, "worker exited 0 without a result event")
-        if rc == EXIT_INTERRUPTED or (self.stop_reason == "shutdown" and rc in (-signal.SIGTERM, -signal.SIGKILL)):
+        # `accelerate launch` (torchrun) exits 1 after forwarding a SIGTERM, whatever its ranks did (they
+        # checkpointed and exited 75): under it, any exit after a shutdown request is an interruption.
+        accelerate_stopped = self.cmd_opts["launcher"] == "accelerate" and self.stop_reason == "shutdown"
+        if rc == EXIT_INTERRUPTED or accelerate_stopped or (
+                self.stop_reason == "shutdown" and rc in (-signal.SIGTERM, -signal.SIGKILL)):
             return Outcome("interrupted", rc, "stopped for daemon shutdown")
         if rc < 0:
             sig = signal.Signals(-rc).name

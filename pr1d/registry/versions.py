@@ -62,6 +62,19 @@ def check_name(kind: str, name: str) -> str:
     return name
 
 
+def checked_policy(policy: dict | None) -> dict:
+    """A version's ParallelExecutionPolicy in its full wire form; ``{}`` for a model without one (it runs
+    plain generation). A bad policy is refused when the version is registered, not when it is pushed."""
+    if not policy:
+        return {}
+    from ..policy import ParallelExecutionPolicy, PolicyError
+
+    try:
+        return ParallelExecutionPolicy.from_dict(policy).to_dict()
+    except PolicyError as e:
+        raise RegistryError(f"policy: {e}") from None
+
+
 def agent_dir(models_root: Path, agent_id: str) -> Path:
     return Path(models_root) / check_name("agent id", agent_id)
 
@@ -323,7 +336,7 @@ def register_version(
         remove_tree(tmp)
         raise
 
-    meta = {"files": files, "tree_sha256": tree, "policy": policy or {}, "profile": profile,
+    meta = {"files": files, "tree_sha256": tree, "policy": checked_policy(policy), "profile": profile,
             "served_as": served_as, "source": str(src)}
     try:
         with WriteTx(ledger) as tx:

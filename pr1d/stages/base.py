@@ -10,6 +10,9 @@ A stage module does::
 
     if __name__ == "__main__":
         run_stage(main)
+
+Under `accelerate launch` every rank runs ``main``; only the main process (``w.is_main``) sends events and
+the ``result`` to the daemon, and it alone should write shared artifacts. The exit code is each rank's own.
 """
 
 from __future__ import annotations
@@ -41,6 +44,62 @@ class DaemonGone(Exception):
     """The event pipe broke: the daemon died. Checkpoint and leave."""
 
 
+def process_rank() -> tuple[int, int]:
+    """``(global rank, world size)`` of this process as a distributed launcher set them; ``(0, 1)`` alone.
+
+    Read from the environment (torchrun's ``RANK``/``WORLD_SIZE``, or an MPI launcher's), the variables
+    accelerate itself reads, so the answer is known before torch is imported.
+    """
+    def first(names: tuple[str, ...], default: int) -> int:
+        for n in names:
+            if os.environ.get(n, "").strip():
+                return int(os.environ[n])
+        return default
+
+    rank = first(("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "MV2_COMM_WORLD_RANK"), 0)
+    world = first(("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE"), 1)
+    return rank, world
+
+
+def _is_pipe(path: str) -> bool:
+    try:
+        return os.readlink(path).startswith("pipe:")
+    except OSError:
+        return False
+
+
+def _event_stream():
+    """Where events go: the daemon's pipe (``$PR1_EVENT_FD``), else stdout (a person running the stage by hand).
+
+    `accelerate launch` starts the stage with ``close_fds`` (its simple launcher and torchrun's both use
+    ``subprocess.Popen`` defaults), so the descriptor the daemon passed is open only in the launcher, our
+    parent. Linux lets a process of the same user open that pipe again through ``/proc/<ppid>/fd/<n>``.
+    """
+    fd = os.environ.get("PR1_EVENT_FD")
+    if not fd:
+        return sys.stdout
+    n = int(fd)
+    via_parent = f"/proc/{os.getppid()}/fd/{n}"
+    if not _is_pipe(f"/proc/self/fd/{n}") and _is_pipe(via_parent):
+        return open(via_parent, "w", buffering=1)
+    if os.path.exists(f"/proc/self/fd/{n}"):  # inherited (a pipe from the daemon, or a file given by hand)
+        return os.fdopen(n, "w", buffering=1)
+    raise RuntimeError(
+        f"PR1_EVENT_FD={n} is not an open pipe here nor in the parent process {os.getppid()}: "
+        "the launcher between the daemon and this stage closed it"
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def sha256_file(path: Path | str, bufsize: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -61,9 +120,11 @@ class Worker:
         self.resume: bool = bool(self.spec.get("resume"))
         self.stop_requested = threading.Event()
         self._lock = threading.Lock()
-        fd = os.environ.get("PR1_EVENT_FD")
-        # Without the daemon (a person running the stage by hand) events go to stdout.
-        self._out = os.fdopen(int(fd), "w", buffering=1) if fd else sys.stdout
+        # Under `accelerate launch` every rank runs this stage; only the main process (global rank 0) talks
+        # to the daemon, so it sees one progress stream and one result, as with a single process.
+        self.rank, self.world_size = process_rank()
+        self.is_main = self.rank == 0
+        self._out = _event_stream() if self.is_main else None
         self._silent = False
         self._apply_limits(self.spec.get("limits") or {})
         self._arm_parent_death()
@@ -71,6 +132,23 @@ class Worker:
         signal.signal(signal.SIGINT, self._on_term)
         hb = float(self.spec.get("heartbeat_s", 5.0))
         threading.Thread(target=self._heartbeat, args=(hb,), daemon=True, name="pr1-heartbeat").start()
+
+    def stage_params(self, known: set[str] | None = None) -> dict[str, Any]:
+        """The run's params over the config's ``[training.<stage>]`` defaults (spec ``defaults``).
+
+        A default the stage does not know (``known``) is a typo in the config: refused with the key and
+        what is known, instead of being silently ignored. Run params are shared by every stage of a run,
+        so they are not checked here.
+        """
+        defaults = dict(self.spec.get("defaults") or {})
+        if known is not None:
+            unknown = sorted(set(defaults) - set(known))
+            if unknown:
+                raise ValueError(
+                    f"[training.{self.spec.get('stage', '?')}] has unknown key(s) {', '.join(unknown)}; "
+                    f"known: {', '.join(sorted(known))}"
+                )
+        return {**defaults, **self.params}
 
     # -- life cycle --------------------------------------------------------------------------------
     @staticmethod
@@ -96,8 +174,9 @@ class Worker:
         except (OSError, AttributeError):
             return
         expected = os.environ.get("PR1_DAEMON_PID")
-        if expected and os.getppid() != int(expected):
-            # The daemon died between fork and prctl: behave as if the signal came.
+        # Under `accelerate launch` our parent is the launcher, not the daemon, so a different parent alone
+        # proves nothing; a daemon that is gone does: it died between fork and prctl, act as if the signal came.
+        if expected and os.getppid() != int(expected) and not _alive(int(expected)):
             self.stop_requested.set()
 
     def _on_term(self, signum: int, _frame: object) -> None:
@@ -119,6 +198,8 @@ class Worker:
 
     # -- events ------------------------------------------------------------------------------------
     def emit(self, type_: str, **fields: Any) -> None:
+        if self._out is None:  # a non-main rank: the main one reports for all of them
+            return
         line = json.dumps({"type": type_, "ts": time.time(), **fields}, separators=(",", ":"), default=str)
         with self._lock:
             try:
@@ -136,7 +217,9 @@ class Worker:
 
     def log(self, message: str, level: str = "info") -> None:
         # stderr lands in the stage log file, which the daemon tails for `pr1ctl logs --follow`.
-        print(f"[{level}] {message}", file=sys.stderr, flush=True)
+        # With several ranks all of them write to the one log file: say which one speaks.
+        rank = f" rank {self.rank}/{self.world_size}" if self.world_size > 1 else ""
+        print(f"[{level}]{rank} {message}", file=sys.stderr, flush=True)
         self.emit("log", level=level, message=message)
 
     def artifact(self, name: str, path: Path | str, kind: str = "file", meta: dict | None = None) -> str:

@@ -12,7 +12,7 @@ scheduler and RNG state.
 
 from __future__ import annotations
 
-import random
+import os
 from pathlib import Path
 from typing import Any
 
@@ -26,22 +26,36 @@ def find_dataset(run_dir: Path) -> Path | None:
 
 
 def main(w: Worker) -> dict:
-    from pr1d.evaluate.gsm_lite import train_split
-    from pr1d.train.sft import SFTStageConfig, load_records, make_records, save_candidate, train_sft
+    import dataclasses
 
-    p = w.params
+    from pr1d.train.sft import SFTStageConfig, curriculum_records, load_records, save_candidate, train_sft
+
+    known = {f.name for f in dataclasses.fields(SFTStageConfig)} | {"model", "data", "cpu"}
+    p = w.stage_params(known)
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        # Each FSDP rank holds a shard: the candidate needs the shards gathered by every rank at once, which
+        # this stage does not do yet. Refuse before hours of GPU time rather than save a partial model.
+        raise ValueError(
+            "the sft stage does not save a candidate under FSDP yet: use config/accelerate/1node-8gpu-ddp.yaml "
+            "(LoRA, as in config/profiles/qwen2.5-7b.toml); see docs/multi_gpu.md"
+        )
+    # The model to fine-tune: params.model, else the one the agent runs now (the daemon resolves the
+    # agent's current registry version, or its original model under [registry] base_models_dir).
+    p.setdefault("model", w.spec.get("model_in_service"))
     if not p.get("model"):
-        raise ValueError("the sft stage needs params.model: the base model folder")
-    cfg = SFTStageConfig.from_params(p)
+        raise ValueError(
+            "the sft stage needs a model: set params.model, or give the agent a model in service (a registry "
+            "version, or its original model under [registry] base_models_dir/<model name>)"
+        )
+    # In a run the sft_gate stage scores base and candidate side by side; the stage's own evaluation is for
+    # runs that ask for it (params.eval_per_tier), so a curriculum does not score the candidate twice.
+    cfg = SFTStageConfig.from_params({"eval_per_tier": 0, **p})
     data = Path(p["data"]) if p.get("data") else find_dataset(w.run_dir)
-    if data is not None:
-        records = load_records(data)
-        w.log(f"{len(records)} records from {data}")
-    else:
-        tasks = train_split(cfg.n_train, seed=cfg.seed)
-        random.Random(cfg.seed).shuffle(tasks)
-        records = make_records(tasks, cfg.parallel_format, cfg.branches)
-        w.log(f"no dataset given or found: generated {len(records)} records from the training split")
+    records, sources = curriculum_records(load_records(data) if data is not None else [], cfg)
+    w.log(
+        f"{sources['dataset']} records from {data or 'no dataset'} + {sources['generated']} generated "
+        f"GSM-lite training problems (mix {cfg.mix}) = {len(records)}"
+    )
 
     def on_event(kind: str, fields: dict[str, Any]) -> None:
         if kind == "progress":
@@ -68,13 +82,21 @@ def main(w: Worker) -> dict:
         w.log(f"resumed from {summary['resumed_from']}")
     if summary["interrupted"] or w.stop_requested.is_set():
         w.interrupt()
+    if summary["world_size"] > 1:
+        w.log(
+            f"trained {summary['steps']} steps over {summary['backend']} on {summary['batches_per_epoch']} "
+            f"batches per epoch; weights {summary['weights']}"
+        )
+    if not w.is_main:
+        # The DDP replicas hold the weights the main process saves; it alone writes and reports the candidate.
+        return {}
     out = w.stage_dir / "candidate"
     with writing(out):
         paths = save_candidate(model, tokenizer, out)
     w.artifact("candidate", out, kind="model", meta={"finetune": cfg.finetune})
     if "adapter" in paths:
         w.artifact("adapter", paths["adapter"], kind="adapter")
-    result: dict[str, Any] = {"candidate": str(out), "train": summary}
+    result: dict[str, Any] = {"candidate": str(out), "train": summary, "records": sources}
     if cfg.eval_per_tier:
         from pr1d.evaluate.gsm_eval import load_model
         from pr1d.train.sft import evaluate_model

@@ -2,8 +2,10 @@
 
 Params: ``base`` (base model folder, required), ``candidate`` (default: the run's ``NN-sft/candidate``),
 ``n_per_tier`` (default 50), ``threshold`` (0.05), ``mode`` (``absolute`` | ``relative``),
-``tiers`` (default all), ``max_new_tokens`` (224). Returns ``{}`` when the candidate clears the bar,
-else ``{"stop_run": {"state": "rejected", "reason": "sft_uplift_below_threshold"}, "gate": evidence}``.
+``tiers`` (default all), ``max_new_tokens`` (224); defaults from ``[training.sft_gate]``; ``base`` defaults
+to the run's ``model`` param, else the agent's model in service. Returns ``{"sft_gate": evidence}`` when
+the candidate clears the bar, else that plus ``{"stop_run": {"state": "rejected", "reason":
+"sft_uplift_below_threshold"}, "gate": evidence}``.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ def main(w: Worker) -> dict:
     from pr1d.evaluate.sft_gate import sft_gate
     from pr1d.train.sft import evaluate_model
 
-    p = w.params
+    p = w.stage_params({"base", "candidate", "n_per_tier", "threshold", "mode", "tiers", "max_new_tokens", "threads"})
+    p.setdefault("base", p.get("model") or w.spec.get("model_in_service"))
     if not p.get("base"):
-        raise ValueError("the sft_gate stage needs params.base: the base model folder")
+        raise ValueError("the sft_gate stage needs params.base (the base model folder) or a model in service")
     cand_path = Path(p["candidate"]) if p.get("candidate") else find_candidate(w.run_dir)
     if cand_path is None:
         raise ValueError("no candidate: set params.candidate or run an sft stage before this one")
@@ -63,8 +66,9 @@ def main(w: Worker) -> dict:
     }
     w.log(f"sft gate: {decision.reason} (uplift {decision.evidence['uplift_abs']:+.3f} abs)")
     if decision.proceed:
-        return {}
-    return {"stop_run": {"state": "rejected", "reason": decision.reason}, "gate": evidence}
+        # Kept in the stage's result (the ledger), so `pr1ctl show` and the demo can say what SFT bought.
+        return {"sft_gate": evidence}
+    return {"stop_run": {"state": "rejected", "reason": decision.reason}, "gate": evidence, "sft_gate": evidence}
 
 
 if __name__ == "__main__":

@@ -50,7 +50,13 @@ SIZES: dict[str, dict[str, int]] = {
 class PretrainConfig:
     """Hyperparameters of the bootstrap pretraining (defaults are the tuned demo settings)."""
 
-    minutes: float = field(default=4.5, metadata={"help": "wall-clock budget for the training loop"})
+    minutes: float = field(
+        default=12.0,
+        metadata={
+            "help": "wall-clock cap of the training loop; max_steps decides on a normal machine (a busy one "
+            "stopping early by the clock gave a different, weaker model)"
+        },
+    )
     max_steps: int | None = field(
         default=2000,
         metadata={

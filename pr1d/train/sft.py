@@ -55,23 +55,66 @@ class SFTStageConfig:
     )
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate (cosine, 5% warm-up)"})
     max_steps: int = field(
-        default=1000,
-        metadata={"help": "optimizer steps (tiny model: 600 left easy accuracy below base, 1200 above)"},
+        default=2000,
+        metadata={
+            "help": "optimizer steps (demo model, full fine-tuning: 800 steps left it below base, 1200 gave "
+            "+9 points, 2000 gave +21; benchmarks/curriculum_quality.md)"
+        },
     )
     batch_size: int = field(default=16, metadata={"help": "sequences per device step"})
     grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
     max_length: int = field(default=320, metadata={"help": "truncate sequences to this many tokens"})
+    padding: str = field(
+        default="dynamic",
+        metadata={
+            "help": "dynamic (length-grouped batches, padded to the longest in the batch) or max_length (every "
+            "batch padded to max_length; the benchmark's baseline, 1.3x+ slower on mixed lengths)"
+        },
+    )
     checkpoint_every: int = field(default=50, metadata={"help": "save a resumable checkpoint every N steps"})
     seed: int = field(default=0, metadata={"help": "seeds data order, init of adapters and sampling"})
     eval_per_tier: int = field(
         default=50, metadata={"help": "held-out problems per tier for the eval (0: skip)"}
     )
-    n_train: int = field(default=8000, metadata={"help": "training problems generated when no data is given"})
+    n_train: int = field(
+        default=8000,
+        metadata={
+            "help": "records to train on: a dataset with fewer is topped up with generated GSM-lite training "
+            "problems (tiers per --mix) to this many; also the size of the generated set when no data is given"
+        },
+    )
+    mix: str = field(
+        default="easy=0.35,medium=0.45,hard=0.2",
+        metadata={
+            "help": "tier mix of generated records (tier=share,...). Weighted to what the agent does not yet "
+            "master: the default trained medium from 19% to 82% on the demo model; the pretraining mix "
+            "(70% easy) lost 3 points"
+        },
+    )
     threads: int = field(default=2, metadata={"help": "torch CPU threads"})
+    bf16: bool = field(
+        default=False,
+        metadata={
+            "help": "bf16 mixed precision (autocast; on for the 7B GPU profile). Off, `accelerate launch` "
+            "still applies its config's mixed_precision"
+        },
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={
+            "help": "recompute activations in the backward pass: ~30% slower steps for far less activation "
+            "memory (on for the 7B profile's long sequences; no gain on the tiny CPU model)"
+        },
+    )
 
     def __post_init__(self) -> None:
+        for name in ("bf16", "gradient_checkpointing"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.branches < 2:
             raise ValueError("branches must be >= 2: a <Parallel> block needs at least two paths")
+        if self.padding not in ("dynamic", "max_length"):
+            raise ValueError(f"padding must be 'dynamic' or 'max_length', got {self.padding!r}")
         if self.finetune not in ("full", "lora"):
             raise ValueError(f"finetune must be 'full' or 'lora', got {self.finetune!r}")
         if self.lora_r < 1 or self.lora_alpha < 1:
@@ -87,6 +130,26 @@ class SFTStageConfig:
             raise ValueError("max_length must be >= 16 tokens: GSM-lite prompts alone take ~40")
         if self.eval_per_tier < 0 or self.n_train < 1:
             raise ValueError("eval_per_tier must be >= 0 and n_train >= 1")
+        self.tier_mix()  # validate early: a typo in --mix must not surface after the dataset was built
+
+    def tier_mix(self) -> dict[str, float]:
+        """``mix`` parsed: ``{"easy": 0.35, ...}``; raises ValueError that says what a valid mix looks like."""
+        out: dict[str, float] = {}
+        for part in filter(None, (x.strip() for x in self.mix.split(","))):
+            tier, _, share = part.partition("=")
+            try:
+                value = float(share)
+            except ValueError:
+                value = -1.0
+            if tier.strip() not in TIERS or value < 0:
+                raise ValueError(
+                    f"mix: {part!r} is not tier=share with a tier in {', '.join(TIERS)} and a share >= 0 "
+                    "(e.g. easy=0.35,medium=0.45,hard=0.2)"
+                )
+            out[tier.strip()] = value
+        if not out or sum(out.values()) <= 0:
+            raise ValueError("mix: give at least one tier with a share > 0 (e.g. easy=0.35,medium=0.45,hard=0.2)")
+        return out
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> SFTStageConfig:
@@ -111,6 +174,27 @@ def make_records(tasks: list[dict[str, Any]], parallel: bool, branches: int = 2)
         except DropReason:
             continue  # a task no strategy can verify is left out, as the builder does
     return records
+
+
+def curriculum_records(
+    records: list[dict[str, Any]], cfg: SFTStageConfig
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The training set: ``records`` (the dataset stage's verified traces) topped up to ``cfg.n_train`` with
+    generated GSM-lite training problems, drawn per ``cfg.mix``, in the same format.
+
+    A fleet's gradebook of best graded work is often a few hundred distinct tasks; thousands of optimizer
+    steps over those alone would memorise them. The top-up comes from the same training split (no held-out
+    fact ever) and goes through the same builder and verification. Returns the records (shuffled, seeded)
+    and where they came from.
+    """
+    need = cfg.n_train - len(records)
+    extra: list[dict[str, Any]] = []
+    if need > 0:
+        tasks = train_split(need, seed=cfg.seed, mix=cfg.tier_mix())
+        extra = make_records(tasks, cfg.parallel_format, cfg.branches)
+    out = list(records) + extra
+    random.Random(cfg.seed).shuffle(out)
+    return out, {"dataset": len(records), "generated": len(extra)}
 
 
 def load_records(path: str | Path) -> list[dict[str, Any]]:
@@ -274,18 +358,25 @@ def train_sft(
         save_total_limit=2,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        bf16=False,
+        bf16=cfg.bf16,
         fp16=False,
         use_cpu=use_cpu,
-        gradient_checkpointing=False,
+        gradient_checkpointing=cfg.gradient_checkpointing,
         completion_only_loss=True,
         max_length=cfg.max_length,
         padding_free=False,
-        train_sampling_strategy="group_by_length",
+        # Length-grouped batches with dynamic padding keep examples apart under sdpa/eager attention (TRL's
+        # padding-free packing does only under flash attention). max_length is the benchmark's baseline.
+        train_sampling_strategy="group_by_length" if cfg.padding == "dynamic" else "random",
+        pad_to_multiple_of=cfg.max_length if cfg.padding == "max_length" else None,
         include_num_input_tokens_seen="non_padding",
         report_to=[],
         disable_tqdm=True,
         dataloader_num_workers=0,
+        # Under DDP: every trainable parameter (LoRA adapters, the saved embeddings) takes part in each
+        # forward, so skip the search for unused ones the Trainer turns on for a PEFT model (an extra pass
+        # over the autograd graph per step).
+        ddp_find_unused_parameters=False,
     )
     callback = _callback(cfg, emit, stop)
     trainer = SFTTrainer(
@@ -306,21 +397,56 @@ def train_sft(
         "resumed_from": ckpt,
         "interrupted": callback.stopped,
         "train_s": round(elapsed, 1),
+        "train_s_precise": elapsed,
         "final_loss": losses[-1] if losses else None,
         "first_loss": losses[0] if losses else None,
         "tokens_seen": int(trainer.state.num_input_tokens_seen or 0),
         "train_loss": out.training_loss,
         "records": len(records),
         "config": asdict(cfg),
+        # Under `accelerate launch`: which rank this is, of how many, and how many batches of each epoch
+        # it drew (a rank that trains alone on everything shows world_size 1 and the full count).
+        "rank": trainer.args.process_index,
+        "world_size": trainer.args.world_size,
+        "backend": trainer.accelerator.state.backend,
+        "batches_per_epoch": len(trainer.get_train_dataloader()),
+        "weights": weights_fingerprint(trainer.model),
     }
     return trainer.model, tokenizer, summary
 
 
+def weights_fingerprint(model) -> str:
+    """A short digest of the model's weights that replicas holding equal weights share exactly.
+
+    Per parameter, the integer sum of its bit pattern (exact and independent of reduction order, thread
+    count or device, unlike a float sum; computed where the tensor lives, no copy to the host) goes into a
+    sha256 with the parameter's name. Under DDP every rank must end with the same digest; under FSDP each
+    rank holds a shard and the digests differ by design.
+    """
+    import hashlib
+
+    import torch
+
+    ints = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        t = p.detach().contiguous()
+        bits = t.view(ints[t.element_size()])
+        h.update(f"{name}:{int(bits.sum(dtype=torch.int64))};".encode())
+    return h.hexdigest()[:16]
+
+
 def save_candidate(model, tokenizer, out_dir: str | Path) -> dict[str, str]:
-    """Save the candidate (safetensors only): full model in ``out_dir``; LoRA also ``out_dir/adapter``."""
+    """Save the candidate (safetensors only): full model in ``out_dir``; LoRA also ``out_dir/adapter``.
+
+    Under `accelerate launch` call it on the main process only (``Worker.is_main``; the DDP replicas hold
+    the same weights): several ranks writing one folder would interleave their files.
+    """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     paths = {"model": str(out)}
+    if _distributed_rank() != 0:
+        return {**paths, **({"adapter": str(out / "adapter")} if hasattr(model, "peft_config") else {})}
+    out.mkdir(parents=True, exist_ok=True)
     if hasattr(model, "peft_config"):
         adapter = out / "adapter"
         model.save_pretrained(str(adapter))
@@ -333,6 +459,13 @@ def save_candidate(model, tokenizer, out_dir: str | Path) -> dict[str, str]:
     if pickles:
         raise RuntimeError(f"pickled weights written: {pickles}; only safetensors are allowed")
     return paths
+
+
+def _distributed_rank() -> int:
+    """This process's global rank once torch.distributed is up (the trainer did it under a launcher); else 0."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 # -------------------------------------------------------------------------------------------------
@@ -385,7 +518,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             )
         else:
             typ = {"int": int, "float": float, "str": str}.get(str(f.type), str)
-            choices = ("full", "lora") if f.name == "finetune" else None
+            choices = {"finetune": ("full", "lora"), "padding": ("dynamic", "max_length")}.get(f.name)
             parser.add_argument(flag, dest=f.name, type=typ, default=f.default, choices=choices, help=help_)
 
 
@@ -404,12 +537,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     out = Path(args.out)
-    if args.data:
-        records = load_records(args.data)
-    else:
-        tasks = train_split(cfg.n_train, seed=cfg.seed)
-        random.Random(cfg.seed).shuffle(tasks)
-        records = make_records(tasks, cfg.parallel_format, cfg.branches)
+    records, sources = curriculum_records(load_records(args.data) if args.data else [], cfg)
+    print(f"{sources['dataset']} dataset records + {sources['generated']} generated", file=sys.stderr)
 
     def show(kind: str, fields: dict[str, Any]) -> None:
         if kind == "progress" and (fields["step"] % 25 == 0 or fields["step"] == fields["total"]):
@@ -426,6 +555,8 @@ def main(argv: list[str] | None = None) -> int:
         resume=args.resume,
         use_cpu=True if args.cpu else None,
     )
+    if summary["rank"] != 0:
+        return 0  # under `accelerate launch` the main process writes the candidate and the report
     summary["candidate"] = save_candidate(model, tokenizer, out / "candidate")
     if cfg.eval_per_tier:
         from pr1d.evaluate.gsm_eval import load_model

@@ -17,6 +17,7 @@ from registry_kit import (  # noqa: F401 (fixtures)
 )
 
 from pr1d.ledger.store import Conflict, NotFound
+from pr1d.policy import ParallelExecutionPolicy
 from pr1d.registry.approvals import ApprovalConfig, approve, expire_approvals, pending_approvals, reject
 from pr1d.registry.deploy import read_pointer, record_initial
 from pr1d.registry.push import HttpPusher
@@ -30,7 +31,7 @@ def _setup(ledger, models, tmp_path, gate=None):
     record_initial(ledger, models, AGENT, base["id"])
     run_id = awaiting_run(ledger, AGENT, gate=gate)
     v = register_version(ledger, models, AGENT, make_model(tmp_path / "cand", 5), run_id=run_id, parent_id=base["id"],
-                         policy={"branches": 3, "temperature": 0.8})
+                         policy={"branch_count": 3, "temperature": 0.8})
     return run_id, v
 
 
@@ -75,7 +76,7 @@ def test_twenty_concurrent_approvals_make_exactly_one_promotion(sim, ledger, mod
     assert [h["model_version"] for h in sim.history(AGENT)] == [v["id"]]
     winner = promoted[0]
     assert winner.deployment["actor"] == winner.approvals[0]["user"]
-    assert winner.deployment["profile"]["policy"] == {"branches": 3, "temperature": 0.8}
+    assert winner.deployment["profile"]["policy"] == ParallelExecutionPolicy(branch_count=3, temperature=0.8).to_dict()
 
 
 def test_two_person_rule(sim, ledger, models, tmp_path):

@@ -22,6 +22,7 @@ from registry_kit import (  # noqa: F401 (fixtures)
 )
 
 from pr1d.ledger.store import Conflict, NotFound
+from pr1d.policy import ParallelExecutionPolicy
 from pr1d.registry import tables
 from pr1d.registry.approvals import approve
 from pr1d.registry.deploy import (
@@ -55,7 +56,7 @@ def _candidate(ledger, models, tmp_path, seed=1, expected=0.92, parent=None):
     run_id = awaiting_run(ledger, AGENT, expected=expected)
     v = register_version(ledger, models, AGENT, make_model(tmp_path / f"src-{seed}", seed), run_id=run_id,
                          parent_id=parent, dataset_version="ds-1", config_hash="cfg-1",
-                         policy={"branches": 4, "temperature": 0.7, "max_tokens": 512})
+                         policy={"branch_count": 4, "temperature": 0.7, "max_new_tokens": 512})
     return run_id, v
 
 
@@ -133,7 +134,7 @@ def test_promote_then_rollback_restores_bytes_pushes_older_profile_and_grades_re
     assert agent["baseline"] == {"mean": 0.92, "n": 0, "source": "promotion", "frozen_at": since}
     pushed = sim.history(AGENT)[-1]
     assert pushed["model_version"] == v1["id"] and pushed["profile"] == "parallel_reasoner"
-    assert pushed["policy"] == {"branches": 4, "temperature": 0.7, "max_tokens": 512}
+    assert pushed["policy"] == ParallelExecutionPolicy(branch_count=4, temperature=0.7, max_new_tokens=512).to_dict()
     sim.tick(100)
     promoted_mean = sim.agent(AGENT)["recent_mean"]
 

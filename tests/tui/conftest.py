@@ -242,7 +242,7 @@ def seed_registry(state_dir: Path, src: Path, sim: Sim, *, promoted: bool) -> di
         record_initial(led, models, REG_AGENT, base["id"])
         run_id = awaiting_run(led, REG_AGENT)
         cand = register_version(led, models, REG_AGENT, make_model(src / "candidate", 1), run_id=run_id,
-                                parent_id=base["id"], policy={"branches": 4, "temperature": 0.7})
+                                parent_id=base["id"], policy={"branch_count": 4, "temperature": 0.7})
         if promoted:
             pusher = HttpPusher(sim.url)
             try:

@@ -19,6 +19,7 @@ from rich.console import Console
 from textual.command import CommandPalette
 from textual.widgets import Button, DataTable, Input, Static
 
+from pr1d.policy import ParallelExecutionPolicy
 from pr1tui.app import Pr1App, help_sections
 from pr1tui.screens.approvals import ApprovalsScreen
 from pr1tui.screens.dashboard import SCORE_LIMIT, SIGNAL_LOOK, DashboardScreen
@@ -280,7 +281,7 @@ async def test_approve_with_a_reason_promotes_and_pushes_the_profile(registry_wo
     assert deps[0]["actor"] == ME and reason in deps[0]["reason"]
     # The agent manager (the sim) received the candidate's profile, acknowledged, once.
     (pushed,) = sim.history(REG_AGENT)
-    assert pushed["model_version"] == candidate and pushed["policy"] == {"branches": 4, "temperature": 0.7}
+    assert pushed["model_version"] == candidate and pushed["policy"] == ParallelExecutionPolicy(branch_count=4, temperature=0.7).to_dict()
 
 
 async def test_reject_through_modal_records_user_and_reason(seeded_daemon):
