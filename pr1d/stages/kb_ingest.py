@@ -17,6 +17,7 @@ def main(w: Worker) -> dict:
     from ..kb.embed import Embedder
     from ..kb.factory import open_cache, open_store
     from ..kb.ingest import ingest_path
+    from ..kb.protocol import KBError
 
     cfg = KBConfig.model_validate(w.spec["kb"])
     path = Path(w.params["path"])
@@ -37,6 +38,14 @@ def main(w: Worker) -> dict:
             async with store:
                 report = await ingest_path(path, store, embedder, cfg, cache=cache, progress=progress)
                 total = await store.count()
+        except Exception as e:
+            if cfg.store == "sqlite" or isinstance(e, KBError):
+                raise
+            # A store server gone mid-ingest surfaces as a bare socket error ("No such file or directory"):
+            # name the store and where it was, so the operator knows what to bring back.
+            ep = endpoints.postgres if cfg.store == "pgvector" else endpoints.weaviate
+            where = ep.safe_url if ep is not None else "?"
+            raise KBError(f"{cfg.store} store at {where} failed during ingest: {type(e).__name__}: {e}") from e
         finally:
             cache.close()
         return report.to_dict() | {"total_chunks": total, "store": cfg.store, "cache": cache.stats.to_dict()}

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pr1d.rpc import schema
+from tests.faults.invariants import record_result, reliability_out  # noqa: F401 (fixture)
 
 N = int(os.environ.get("PR1_FUZZ_MESSAGES", "20000"))
 METHODS = sorted(schema.METHODS) + ["nope", "", "status\x00", "events.subscribe"]
@@ -79,7 +80,7 @@ def _blast(path: Path, messages: int, seed: int, read: bool) -> int:
     return sent
 
 
-def test_fuzz_socket_daemon_survives_bounded_memory(daemon):
+def test_fuzz_socket_daemon_survives_bounded_memory(daemon, reliability_out):  # noqa: F811
     pid = daemon.proc.pid
     with daemon.client() as c:
         c.call("status")
@@ -105,12 +106,17 @@ def test_fuzz_socket_daemon_survives_bounded_memory(daemon):
         time.sleep(0.05)
     for t in threads:
         t.join()
+    alive = daemon.proc.poll() is None
+    time.sleep(1)
+    rss1 = _rss_kb(pid) if alive else rss0
+    # For docs/reliability.md (scripts/reliability_report.py).
+    record_result(reliability_out, "fuzz", {"messages": sum(counts), "clients": len(threads), "served_meanwhile": served,
+                                            "rss_growth_mb": round((rss1 - rss0) / 1024, 1),
+                                            "daemon_crashes": 0 if alive else 1})
     assert not errors, errors
     assert sum(counts) >= N
     assert served > 0
-    assert daemon.proc.poll() is None
-    time.sleep(1)
-    rss1 = _rss_kb(pid)
+    assert alive
     assert rss1 - rss0 < 60 * 1024, f"RSS grew {(rss1 - rss0) / 1024:.1f} MB over {N} hostile messages"
     with daemon.client() as c:
         assert c.call("status")["clients"] <= 2
