@@ -100,6 +100,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "scenario's statistics",
     )
     parser.add_argument(
+        "--model-dir",
+        dest="model_dir",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="with --grade-with-model: the folder of the platform's model NAME (an agent's base model; repeatable)",
+    )
+    parser.add_argument(
+        "--models-root",
+        dest="models_root",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="with --grade-with-model: pr1d's registry folder; a pushed version V of agent A is DIR/A/V",
+    )
+    parser.add_argument(
         "--port-file",
         type=Path,
         default=None,
@@ -135,7 +151,10 @@ def load_model_grader(args: argparse.Namespace) -> Grader:
         raise GraderUnavailable(
             f"--grade-with-model: {GRADING_MODULE} has no load_model_grader(args) function"
         )
-    return factory(args)
+    try:
+        return factory(args)
+    except (ValueError, OSError) as e:
+        raise GraderUnavailable(f"--grade-with-model: {e}") from None
 
 
 def _write_port_file(path: Path, port: int) -> None:

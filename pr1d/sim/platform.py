@@ -46,6 +46,11 @@ _COMPLIANCE, _SAFETY, _CORRECT, _FORMAT = 1 << 2, 1 << 3, 1 << 4, 1 << 5
 _JSON_BOOL = ("false", "true")
 
 
+def _cumulative(tm: Any) -> tuple[float, float]:
+    total = tm.easy + tm.medium + tm.hard
+    return (tm.easy / total, (tm.easy + tm.medium) / total)
+
+
 class PlatformError(Exception):
     """A bad request to the platform; ``status`` is the HTTP status the server answers with."""
 
@@ -196,9 +201,11 @@ class Platform:
             a = _Agent(p, self.seed, ts0 + stagger)
             self._agents[a.id] = a
             self._order.append(a)
-        tm = spec.tier_mix
-        total = tm.easy + tm.medium + tm.hard
-        self._tier_cum = (tm.easy / total, (tm.easy + tm.medium) / total)
+        self._tier_cum = _cumulative(spec.tier_mix)
+        # From evaluation `tier_shift_at` on (per agent) tasks are drawn per `tier_mix_after`: the platform
+        # starts sending harder work. Only model grading turns that into lower scores.
+        self._shift_at = spec.tier_shift_at if spec.tier_shift_at is not None else 1 << 62
+        self._tier_cum_after = _cumulative(spec.tier_mix_after or spec.tier_mix)
         # The global gradebook: every graded (non-error) evaluation, in the order it was produced.
         self._gb_agent = array("I")
         self._gb_seq = array("I")
@@ -319,13 +326,18 @@ class Platform:
         assert self.grader is not None
         spec = self.scenario.spec
         rnd = a.rng.random
-        c_easy, c_med = self._tier_cum
         start = len(a.scores)
+        drawn = []
         for i in range(start, start + n):
+            c_easy, c_med = self._tier_cum_after if i >= self._shift_at else self._tier_cum
             u = rnd()
             tier = 0 if u < c_easy else 1 if u < c_med else 2
             task_no = int(rnd() * spec.task_pool)
-            task = dict(self.task(tier, task_no))
+            drawn.append((i, tier, task_no, dict(self.task(tier, task_no))))
+        prepare = getattr(self.grader, "prepare", None)
+        if prepare is not None:  # a model grader answers the whole tick's tasks in batches
+            prepare(a.id, a.model, [t for *_, t in drawn])
+        for i, tier, task_no, task in drawn:
             result = self.grader(a.id, a.model, task)
             rubric: Mapping[str, Any] = {}
             if isinstance(result, Mapping):

@@ -165,6 +165,12 @@ class ScenarioSpec(_Strict):
         description="Distinct tasks per tier the platform draws from (the critic knows them all).",
     )
     tier_mix: TierMixSpec = Field(TierMixSpec(), description="How often each task tier is drawn.")
+    tier_shift_at: int | None = Field(
+        None, ge=0,
+        description="Evaluation index (per agent) from which tasks are drawn per `tier_mix_after` (harder work "
+        "arriving). With --grade-with-model that is a real dip for a model weak on the harder tiers.",
+    )
+    tier_mix_after: TierMixSpec | None = Field(None, description="Tier mix from `tier_shift_at` on.")
     behaviours: dict[str, BehaviourSpec] = Field(description="Named behaviours.")
     agents: list[AgentSpec] = Field([], description="Agents listed one by one.")
     fleet: FleetSpec | None = Field(None, description="Generated agents.")
