@@ -1,16 +1,26 @@
-"""`pr1d demo`: the whole loop this build has, headless, on embedded defaults.
+"""`pr1d demo`: the whole loop on embedded defaults, headless, with real training of a tiny agent model.
 
-Starts `pr1d sim` with a degradation scenario and `pr1d serve` on a fresh state dir (built-in
-defaults, SQLite ledger), advances the simulated platform, and shows the monitor noticing the
-agent's trouble: which signal fired, on what numbers, and which curriculum job it asks for. Runs
-are then carried as far as the stages this build has. The sim and the daemon stay up until Ctrl+C
-so you can look around with `pr1ctl` or `pr1tui`.
+1. Bootstraps the demo agent model (cached under ``$PR1_CACHE_DIR`` or ``~/.cache/pr1`` after the first run).
+2. Starts ``pr1d sim`` with the ``demo`` scenario and ``--grade-with-model``: the agent's own model answers
+   every task, so the dip is the model's real weakness and a recovery would be a new model's real accuracy.
+3. Starts ``pr1d serve`` on a fresh state dir: SQLite ledger, built-in defaults, plus ``demo.toml`` (the
+   monitor thresholds for per-task model grades, and the curriculum's step counts).
+4. Advances the platform until the monitor fires, and shows which signal fired, on what numbers, and which
+   curriculum job it asks for.
+5. Follows the run through dataset, SFT, the SFT gate, RL, backtest and the promotion gate, with a progress
+   bar per stage, and stops at ``awaiting_approval`` with the gate's numbers and what to do next.
+
+The sim and the daemon stay up until Ctrl+C so you can approve from ``pr1tui`` or ``pr1ctl``. This module
+never imports torch: training happens in the daemon's stage workers and the bootstrap subprocess.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,24 +28,148 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 BIN = Path(sys.executable).parent
+PKG = Path(__file__).resolve().parent
+BASE_MODEL_NAME = "tiny-gsm-v1"  # the demo scenario's agent runs this platform model at the start
+TERMINAL = {"awaiting_approval", "promoted", "rejected", "failed", "cancelled", "succeeded"}
+
+# Per-stage parameters ([training.<stage>] in demo.toml). Chosen by measurement on the demo model
+# (benchmarks/curriculum_quality.md): SFT needs ~1200 steps before it helps at all (800 left it below the
+# base), 2000 gave +21 points held-out.
+SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
+    "quick": {
+        "sft": {"max_steps": 1200},
+        "sft_gate": {"n_per_tier": 50},
+        "rl": {"max_steps": 20, "eval_per_tier": 30},
+        "backtest": {"n_per_tier": 30, "window": 60},
+    },
+    "full": {
+        "sft": {"max_steps": 2000},
+        "sft_gate": {"n_per_tier": 100},
+        "rl": {"max_steps": 120, "eval_per_tier": 100},
+        "backtest": {"n_per_tier": 100, "window": 200},
+    },
+}
+
+# Model grades are per task (about 0.8-1.0 right, 0.1 wrong), not a smooth score: the streak and spread
+# signals tuned for platform scores would fire on any agent, so the demo watches the mean (drift).
+MONITOR_TOML = """\
+[monitor]
+enabled = true
+
+[monitor.signals]
+target = 0.05           # per-task grades: only a run of answers that are wrong *and* cut off is a streak
+consecutive = 20
+max_std = 0.5           # right/wrong grades are bimodal (std ~0.4): spread is not news here
+max_fail_rate = 0.99
+drift_window = 50
+drift_min_samples = 30
+baseline_k = 60
+drift_rel_drop = 0.2    # the mean of the last 50 grades 20% under the baseline
+ph_lambda = 100.0       # the windowed mean decides; Page-Hinkley on 0/1 grades is noise
+
+[scheduler]
+poll_interval_s = 3600.0  # the demo polls on its own beat
+
+[gate]
+min_samples = 30
+"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quick", action="store_true", help="smallest settings (fewer evaluations per step)")
+    p.add_argument("--quick", action="store_true",
+                   help="smallest settings that still show a real uplift (fewer SFT/RL steps, smaller evaluations)")
     p.add_argument("--keep", action="store_true", help="keep the state dir (printed at the end)")
-    p.add_argument("--scenario", default="slow-degradation", help="sim scenario (default slow-degradation)")
+    p.add_argument("--scenario", default="demo", help="sim scenario (default demo: model-graded)")
     p.add_argument("--exit-when-done", action="store_true",
-                   help="stop the sim and daemon once the demo has run, instead of waiting for Ctrl+C")
-    p.add_argument("--state-dir", help="state dir to use (default: a new temporary one)")
+                   help="stop the sim and daemon once the run is decided, instead of waiting for Ctrl+C")
+    p.add_argument("--state-dir", help="state dir to use (default: a new temporary one; kept)")
+    p.add_argument("--until", choices=("trigger", "decision"), default="decision",
+                   help="trigger: stop after showing the trigger; decision (default): follow the run to its gate")
 
 
-def _wait_file(path: Path, proc: subprocess.Popen, what: str, timeout: float = 20.0) -> None:
+# -- the base model ----------------------------------------------------------------------------------
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("PR1_CACHE_DIR") or Path.home() / ".cache" / "pr1")
+
+
+def recipe_key() -> str:
+    """The bootstrap recipe is code: a change to the model, tokenizer or GSM-lite modules makes a new model."""
+    h = hashlib.sha256()
+    for rel in ("train/model.py", "train/tokenizer.py", "evaluate/gsm_lite.py", "data/parallel_format.py"):
+        h.update((PKG / rel).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def ensure_base_model(con: Console) -> tuple[Path, dict]:
+    """The cached demo model, bootstrapped (in a subprocess, with a progress bar) on first use."""
+    dest = cache_root() / "models" / f"demo-{recipe_key()}"
+    if (dest / "bootstrap.json").is_file():
+        record = json.loads((dest / "bootstrap.json").read_text())
+        con.print(f"[green]✓[/] base model cached: {dest} (held-out greedy {_acc(record['heldout_accuracy'])})")
+        return dest, {"cached": True, **record}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".bootstrap-", dir=dest.parent))
+    started = time.monotonic()
+    cmd = [sys.executable, "-m", "pr1d.train.model", "bootstrap", "--out", str(tmp)]
+    step_re = re.compile(r"step\s+(\d+)")
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeRemainingColumn(), console=con) as bar:
+        t = bar.add_task("bootstrapping the agent model (first run only)", total=2000)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        assert proc.stderr is not None
+        tail: list[str] = []
+        for line in proc.stderr:
+            tail = (tail + [line.rstrip()])[-20:]
+            m = step_re.search(line)
+            if m:
+                bar.update(t, completed=int(m.group(1)))
+            elif "evaluate" in line or "greedy" in line:
+                bar.update(t, description="evaluating the base model on held-out GSM-lite")
+        if proc.wait() != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise SystemExit("pr1d demo: bootstrapping the model failed:\n" + "\n".join(tail))
+    if dest.exists():  # another demo finished the same bootstrap meanwhile: keep the first
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        os.replace(tmp, dest)
+    record = json.loads((dest / "bootstrap.json").read_text())
+    took = time.monotonic() - started
+    con.print(f"[green]✓[/] base model bootstrapped in {took:.0f}s: {dest} "
+              f"(held-out greedy {_acc(record['heldout_accuracy'])})")
+    return dest, {"cached": False, "bootstrap_s": round(took, 1), **record}
+
+
+def _acc(acc: dict) -> str:
+    return ", ".join(f"{t} {v:.0%}" for t, v in acc.items())
+
+
+def write_config(state: Path, quick: bool) -> Path:
+    lines = [MONITOR_TOML]
+    settings = SETTINGS["quick" if quick else "full"]
+    if os.environ.get("PR1_DEMO_SETTINGS"):  # tests of the plumbing only: tiny step counts, no uplift to show
+        settings = json.loads(os.environ["PR1_DEMO_SETTINGS"])
+    for stage, params in settings.items():
+        lines.append(f"[training.{stage}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in params.items()]
+        lines.append("")
+    path = state / "demo.toml"
+    path.write_text("\n".join(lines))
+    return path
+
+
+# -- processes -----------------------------------------------------------------------------------------
+
+
+def _wait_file(path: Path, proc: subprocess.Popen, what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
         if proc.poll() is not None:
@@ -48,12 +182,11 @@ def _wait_file(path: Path, proc: subprocess.Popen, what: str, timeout: float = 2
 def _tick(url: str, n: int) -> None:
     import httpx
 
-    httpx.post(f"{url}/_sim/tick", json={"n": n}, timeout=10).raise_for_status()
+    # Model grading answers a new model version's tasks on the tick: that can take a minute on two cores.
+    httpx.post(f"{url}/_sim/tick", json={"n": n}, timeout=600).raise_for_status()
 
 
 def run(args: argparse.Namespace) -> int:
-    from .rpc.client import Client
-
     con = Console(highlight=False)
     state = Path(args.state_dir or tempfile.mkdtemp(prefix="pr1-demo-")).resolve()
     state.mkdir(parents=True, exist_ok=True)
@@ -61,53 +194,62 @@ def run(args: argparse.Namespace) -> int:
     logs.mkdir(exist_ok=True)
     env = dict(os.environ, PR1_NO_SYSTEM_CONFIG="1")
     procs: list[subprocess.Popen] = []
-    con.rule("[bold]pr1 demo")
+    con.rule("[bold]pr1 demo" + (" (quick)" if args.quick else ""))
     con.print(f"state dir: {state}")
     try:
-        # 1. the simulated agent platform
+        # 1. the agent's model, and where the platform and the daemon find it
+        base, boot = ensure_base_model(con)
+        agent_base = state / "base-models" / BASE_MODEL_NAME
+        if not agent_base.exists():
+            shutil.copytree(base, agent_base)
+        cfg_path = write_config(state, args.quick)
+        t0 = time.monotonic()
+        # 2. the simulated agent platform, grading with the agents' real models
         port_file = state / "sim.port"
         port_file.unlink(missing_ok=True)
-        sim = subprocess.Popen([str(BIN / "pr1d"), "sim", "--port", "0", "--port-file", str(port_file),
-                                "--scenario", args.scenario, "--time-scale", "0"],
-                               stdout=subprocess.DEVNULL, stderr=open(logs / "sim.log", "ab"), env=env)
+        sim_cmd = [str(BIN / "pr1d"), "sim", "--port", "0", "--port-file", str(port_file), "--scenario",
+                   args.scenario, "--time-scale", "0", "--grade-with-model", "--model-dir",
+                   f"{BASE_MODEL_NAME}={agent_base}", "--models-root", str(state / "models")]
+        sim = subprocess.Popen(sim_cmd, stdout=subprocess.DEVNULL, stderr=open(logs / "sim.log", "ab"), env=env)
         procs.append(sim)
         _wait_file(port_file, sim, "pr1d sim")
         url = f"http://127.0.0.1:{int(port_file.read_text())}"
-        con.print(f"[green]✓[/] pr1d sim on {url} (scenario {args.scenario})")
-        # 2. the daemon, on built-in defaults; only the sim's address and a quick poll are set
-        denv = dict(env, PR1_SCORING__BASE_URL=url, PR1_MONITOR__ENABLED="true",
-                    PR1_SCHEDULER__POLL_INTERVAL_S="3600")  # the demo polls on its own beat, below
+        con.print(f"[green]✓[/] pr1d sim on {url} (scenario {args.scenario}, graded by the agent's model)")
+        # 3. the daemon: built-in defaults plus demo.toml; only the sim's address comes from the environment
+        denv = dict(env, PR1_SCORING__BASE_URL=url)
         sock = state / "pr1d.sock"
-        daemon = subprocess.Popen([str(BIN / "pr1d"), "serve", "--state-dir", str(state)],
-                                  stdout=subprocess.DEVNULL, stderr=open(logs / "daemon.log", "ab"), env=denv)
+        serve_cmd = [str(BIN / "pr1d"), "serve", "--state-dir", str(state), "--config", str(cfg_path)]
+        (state / "resume.sh").write_text(
+            "#!/bin/sh\n# Resume this demo's daemon (start the sim first: see demo-logs/sim.cmd)\n"
+            f"PR1_SCORING__BASE_URL={url} PR1_NO_SYSTEM_CONFIG=1 exec {' '.join(serve_cmd)}\n")
+        (logs / "sim.cmd").write_text(" ".join(sim_cmd) + "\n")
+        daemon = subprocess.Popen(serve_cmd, stdout=subprocess.DEVNULL, stderr=open(logs / "daemon.log", "ab"),
+                                  env=denv)
         procs.append(daemon)
         _wait_file(sock, daemon, "pr1d serve")
         con.print(f"[green]✓[/] pr1d serve (pid {daemon.pid}), socket {sock}")
-        # 3. the platform grades agents; the daemon polls and evaluates the signals
-        step, steps = (40, 12) if args.quick else (25, 24)
-        fired: list[dict] = []
-        with Client(sock, timeout=120) as c, Progress(
-            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} evaluations"),
-            TimeRemainingColumn(), console=con,
-        ) as bar:
-            task = bar.add_task("grading agents, polling scores", total=step * steps)
-            for _ in range(steps):
-                _tick(url, step)
-                report = c.call("monitor.poll")
-                bar.advance(task, step)
-                fired = c.call("monitor.triggers")
-                if fired:
-                    bar.update(task, description=f"trigger after {report.get('fetched')} new evaluations")
-                    break
+        # 4. the platform grades the agent; the daemon polls and evaluates the signals
+        fired = _watch_until_trigger(con, url, sock)
         _show_trigger(con, fired)
-        _follow_runs(con, sock, fired)
+        decided: dict | None = None
+        if args.until == "decision" and fired and fired[-1].get("run_id"):
+            decided = _follow_run(con, sock, fired[-1]["run_id"])
+            _show_decision(con, decided, sock)
+        took = time.monotonic() - t0
+        con.print(f"\ndemo took {took:.0f}s after the base model"
+                  + ("" if boot.get("cached") else f" (+{boot['bootstrap_s']:.0f}s bootstrapping it, first run only)"))
         con.rule("[bold]next")
         con.print(f"  pr1ctl --socket {sock} status")
-        con.print(f"  pr1ctl --socket {sock} agents")
+        if decided and decided["state"] == "awaiting_approval":
+            con.print(f"  pr1ctl --socket {sock} backtest {decided['id']}")
+            con.print(f"  pr1ctl --socket {sock} approve {decided['id']} --reason 'demo: gate passed'")
+            con.print(f"  pr1ctl --socket {sock} rollback {decided['agent_id']} --reason 'demo: back to the base'")
         con.print(f"  pr1tui --socket {sock}")
         if args.exit_when_done:
-            return 0 if fired else 1
-        con.print("\nThe sim and the daemon keep running; Ctrl+C stops them.")
+            ok = bool(fired) and (args.until == "trigger" or (decided or {}).get("state") in TERMINAL)
+            return 0 if ok else 1
+        con.print("\nThe sim and the daemon keep running; Ctrl+C stops them "
+                  f"(state stays in {state}; resume with sh {state / 'resume.sh'}).")
         try:
             while all(p.poll() is None for p in procs):
                 time.sleep(0.5)
@@ -123,9 +265,30 @@ def run(args: argparse.Namespace) -> int:
                 except subprocess.TimeoutExpired:
                     p.kill()
         if args.keep or args.state_dir:
-            con.print(f"state kept in {state}; resume with: pr1d serve --state-dir {state}")
+            con.print(f"state kept in {state}; resume with: sh {state / 'resume.sh'}")
         else:
             shutil.rmtree(state, ignore_errors=True)
+
+
+def _watch_until_trigger(con: Console, url: str, sock: Path) -> list[dict]:
+    from .rpc.client import Client
+
+    step, steps = 25, 24
+    fired: list[dict] = []
+    with Client(sock, timeout=600) as c, Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} evaluations"),
+        TimeElapsedColumn(), console=con,
+    ) as bar:
+        task = bar.add_task("the platform grades the agent with its model; pr1d polls", total=step * steps)
+        for _ in range(steps):
+            _tick(url, step)
+            report = c.call("monitor.poll")
+            bar.advance(task, step)
+            fired = c.call("monitor.triggers")
+            if fired:
+                bar.update(task, description=f"trigger after {report.get('fetched')} new evaluations")
+                break
+    return fired
 
 
 def _show_trigger(con: Console, fired: list[dict]) -> None:
@@ -158,26 +321,90 @@ def _why(name: str, t: dict, ev: dict) -> str:
     if name == "weighted_score":
         return f"{e.get('streak')} consecutive below {e.get('target')}: {e.get('streak_scores')}"
     if name == "drift":
-        return f"recent mean {e.get('recent_mean')}, baseline {(e.get('baseline') or {}).get('mean')}"
+        return f"recent mean {_num(e.get('recent_mean'))}, baseline {_num((e.get('baseline') or {}).get('mean'))}"
     if name == "reliability":
         return f"std {e.get('std')}, fail rate {e.get('fail_rate')}"
     return f"{e.get('failures') or e.get('rubric_failures') or ''}"
 
 
-def _follow_runs(con: Console, sock: Path, fired: list[dict]) -> None:
+def _follow_run(con: Console, sock: Path, run_id: int) -> dict:
+    """A progress bar per stage (with ETA) until the run reaches a terminal state; returns runs.show."""
     from .rpc.client import Client
 
-    runs = [t["run_id"] for t in fired if t.get("run_id")]
-    if not runs:
-        return
-    with Client(sock, timeout=None) as c:
-        c.call("events.subscribe", topics=["run", "progress"], run=runs[-1])
-        state = c.call("runs.show", run=runs[-1])["state"]
-        if state in ("queued", "running", "interrupted"):
-            for ev in c.events():
-                if ev["topic"] == "progress":
-                    con.print(f"  run {ev['run']}: step {ev['step']}/{ev.get('total')}")
-                elif ev["topic"] == "run":
-                    con.print(f"  run {ev['run']}: {ev['state']} ({ev.get('reason')})")
-                    if ev["state"] not in ("queued", "running", "interrupted"):
-                        break
+    con.rule(f"[bold]run {run_id}: the Parallel-R1 curriculum")
+    bars: dict[str, TaskID] = {}
+    current: str | None = None
+    with Client(sock, timeout=None) as c, Progress(
+        TextColumn("{task.description:<28}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=con,
+    ) as bar:
+        c.call("events.subscribe", topics=["run", "stage", "progress"], run=run_id)
+        detail = c.call("runs.show", run=run_id)
+        for st in detail.get("stages", []):
+            bars[st["name"]] = bar.add_task(f"{st['seq']:02d} {st['name']}", total=1.0,
+                                            completed=1.0 if st["state"] == "succeeded" else 0.0)
+        if detail["state"] in TERMINAL:
+            return detail
+        for ev in c.events():
+            topic = ev["topic"]
+            if topic == "stage":
+                current = ev["stage"]
+                tid = bars.get(current)
+                if tid is not None:
+                    label = f"{ev['seq']:02d} {current}"
+                    if ev["state"] == "succeeded":
+                        bar.update(tid, completed=1.0, description=label + " ✓")
+                    elif ev["state"] in ("failed", "cancelled", "interrupted"):
+                        bar.update(tid, description=f"{label} ({ev['state']})")
+                    else:
+                        bar.update(tid, description=label)
+            elif topic == "progress" and current in bars:
+                frac = ev.get("progress")
+                if isinstance(frac, float | int):
+                    bar.update(bars[current], completed=min(1.0, float(frac)))
+            elif topic == "run" and ev["state"] in TERMINAL:
+                break
+    return Client(sock, timeout=60).call("runs.show", run=run_id)
+
+
+def _show_decision(con: Console, run: dict, sock: Path) -> None:
+    con.rule(f"[bold]run {run['id']}: {run['state']}")
+    con.print(f"reason: {run.get('reason') or '-'}")
+    sft = next((s.get("result", {}).get("sft_gate") for s in run.get("stages", [])
+                if s["name"] == "sft_gate" and isinstance(s.get("result"), dict)), None)
+    if sft:
+        t = Table(title="held-out GSM-lite accuracy (greedy), SFT gate", show_header=True)
+        t.add_column("tier")
+        t.add_column("base", justify="right")
+        t.add_column("after SFT", justify="right")
+        base, cand = sft.get("base") or {}, sft.get("candidate") or {}
+        for tier in list(base):
+            t.add_row(tier, _pct(base.get(tier)), _pct(cand.get(tier)))
+        con.print(t)
+        n = sft.get("n_per_tier")
+        n = sum(n.values()) if isinstance(n, dict) else n
+        con.print(f"uplift {(sft.get('uplift_abs') or 0) * 100:+.1f} points (threshold "
+                  f"{(sft.get('threshold') or 0) * 100:+.0f}, {n} held-out problems)")
+    rl = next((s.get("result") for s in run.get("stages", []) if s["name"] == "rl" and isinstance(s.get("result"), dict)),
+              None)
+    if rl and isinstance(rl.get("eval"), dict):
+        before, after = rl["eval"].get("before", {}), rl["eval"].get("after", {})
+        con.print("RL, held-out accuracy: " + ", ".join(
+            f"{k} {_pct(before.get('accuracy', {}).get(k))} → {_pct(after.get('accuracy', {}).get(k))}"
+            for k in (after.get("accuracy") or {})))
+    gate = run.get("gate") or {}
+    if gate.get("uplift"):
+        u = gate["uplift"]
+        con.print(f"promotion gate: [bold]{gate.get('outcome')}[/] — candidate {gate['candidate'].get('mean')} vs in "
+                  f"service {gate['incumbent'].get('mean')} (bar {u.get('bar')}, {int(u.get('ci_level', 0) * 100)}% "
+                  f"CI of the margin [{u.get('ci_low')}, {u.get('ci_high')}], n = {gate['candidate'].get('n')})")
+        for r in gate.get("reasons", []):
+            con.print(f"  · {r}")
+
+
+def _num(x: Any) -> str:
+    return f"{x:.3f}" if isinstance(x, float | int) else str(x)
+
+
+def _pct(x: Any) -> str:
+    return f"{x:.0%}" if isinstance(x, float | int) else "-"

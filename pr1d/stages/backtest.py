@@ -68,7 +68,7 @@ class BacktestConfig:
     batch_size: int = field(default=32, metadata={"help": "prompts per generation call (one progress step)"})
     threads: int = field(default=2, metadata={"help": "torch CPU threads"})
     critic: bool = field(default=True, metadata={"help": "ask the platform's critic about every final answer"})
-    guardrails: list = field(
+    guardrail_phrases: list = field(
         default_factory=list, metadata={"help": "phrases that fail the no_guardrail_violation compliance check"}
     )
 
@@ -83,8 +83,8 @@ class BacktestConfig:
                 raise ValueError(f"{name} must be an integer >= 1")
         if self.policy is not None and not isinstance(self.policy, dict):
             raise ValueError("policy must be a ParallelExecutionPolicy dict, e.g. {\"branch_count\": 4}")
-        if not all(isinstance(g, str) for g in self.guardrails):
-            raise ValueError("guardrails must be a list of phrases (strings)")
+        if not all(isinstance(g, str) for g in self.guardrail_phrases):
+            raise ValueError("guardrail_phrases must be a list of phrases (strings)")
 
     @classmethod
     def names(cls) -> set[str]:
@@ -399,7 +399,7 @@ def main(w: Worker) -> dict:
     for k, side in enumerate(("candidate", "incumbent")):
         answers[side] = answer_all(w, side, sides[side], prompts, cfg, k * len(prompts), total)
 
-    grades = {s: [grade(c.text, t["answer"], finished=c.finished, guardrails=cfg.guardrails)
+    grades = {s: [grade(c.text, t["answer"], finished=c.finished, guardrails=cfg.guardrail_phrases)
                   for c, t in zip(answers[s], tasks, strict=True)] for s in SIDES}
     if cfg.critic:
         verdicts, critic = critic_verdicts(w, tasks, grades)
@@ -431,7 +431,7 @@ def main(w: Worker) -> dict:
         "replay": replay,
         "seed": cfg.seed,
         "max_new_tokens": cfg.max_new_tokens,
-        "guardrails": list(cfg.guardrails),
+        "guardrail_phrases": list(cfg.guardrail_phrases),
         "critic": critic,
         "format": fmt,
         **summary,
