@@ -321,6 +321,8 @@ class Daemon:
                    # The stage's [training.<stage>] defaults (under the run's params), and the model the agent
                    # runs now: training starts from it and the gates compare against it.
                    "defaults": self.cfg.training.for_stage(stage["name"]),
+                   # The reward weights, grading weights and critic cache the rl stage starts from.
+                   "rewards": self.cfg.rewards.model_dump(),
                    "model_in_service": await self._model_in_service(run["agent_id"])},
         )
         d = self.cfg.daemon

@@ -1,0 +1,172 @@
+"""The `rl` stage: GRPO with the curriculum (ParallelRLTrainer) from the run's SFT candidate; writes ``candidate/``.
+
+Hyperparameters are :class:`pr1d.train.grpo.RLStageConfig` fields, layered (later wins; unknown keys fail
+the stage with the list of known ones):
+
+1. the config's ``[training.rl]`` defaults (spec ``defaults``);
+2. the config's ``[rewards]`` section (spec ``rewards``) as the base of ``rewards``;
+3. in a run of kind ``rl`` only: the run's flat params that are RLStageConfig fields. A ``full`` run's
+   flat params are the sft stage's too (its ``lr`` of 1e-3 would wreck RL), so there they are not read;
+4. ``params.rl``: a mapping of RLStageConfig fields, for any run kind.
+
+The starting model: the run's newest ``NN-sft/candidate``, else ``params.model``, else the agent's model in
+service (spec ``model_in_service``). ``params.cpu`` trains on CPU even when CUDA is available. Spec
+``scoring_url``, ``token_env`` and ``token_file`` (where the bearer token is: that variable, else that
+file) reach the platform's critic when ``critic`` is true.
+
+The held-out GSM-lite accuracy per tier is measured before training (kept in ``eval_before.json`` so a
+resumed stage does not measure it twice) and on the saved candidate after; both go into the result with
+their difference. The result also carries ``curriculum.transitions`` (every tier change: from, to, step,
+reason, rolling accuracy) and ``stop`` (why training ended), which the daemon stores in the ledger.
+
+SIGTERM: the trainer saves a checkpoint (model, optimizer, scheduler, RNG and curriculum state) at the
+current step and the stage exits 75; with ``"resume": true`` or a checkpoint already in the stage's
+checkpoint folder, training continues from it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .base import Worker, run_stage, writing
+from .sft_gate import find_candidate
+
+
+def stage_config(spec: dict[str, Any], params: dict[str, Any]):
+    """The :class:`RLStageConfig` of a stage spec (see the module docstring for the layers)."""
+    import dataclasses
+
+    from pr1d.train.grpo import RLStageConfig
+
+    names = {f.name for f in dataclasses.fields(RLStageConfig)}
+    defaults = dict(spec.get("defaults") or {})
+    unknown = sorted(set(defaults) - names)
+    if unknown:
+        raise ValueError(f"[training.rl] has unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    flat = {k: v for k, v in params.items() if k in names} if spec.get("run_kind") == "rl" else {}
+    nested = dict(params.get("rl") or {})
+    merged = {**defaults, **flat, **nested}
+    merged["rewards"] = {**(spec.get("rewards") or {}), **defaults.get("rewards", {}), **flat.get("rewards", {}),
+                         **nested.get("rewards", {})}
+    return RLStageConfig.from_params(merged)
+
+
+def start_model(w: Worker) -> tuple[Path, str]:
+    """``(folder, source)``: the run's newest SFT candidate, else ``params.model``, else the model in service."""
+    cand = find_candidate(w.run_dir)
+    if cand is not None:
+        return cand, "sft candidate"
+    if w.params.get("model"):
+        return Path(w.params["model"]), "params.model"
+    if w.spec.get("model_in_service"):
+        return Path(w.spec["model_in_service"]), "model in service"
+    raise ValueError(
+        "the rl stage needs a model: run an sft stage before it, set params.model, or give the agent a model "
+        "in service"
+    )
+
+
+def make_critic(spec: dict[str, Any], cfg):
+    """The critic client at the spec's scoring URL; the token is read as the daemon reads it."""
+    from pr1d.train.rewards import make_critic as build
+
+    from .dataset import scoring_token
+
+    url = spec.get("scoring_url")
+    if not url:
+        raise ValueError("critic is on but the spec has no scoring_url (the daemon's [scoring] base_url)")
+    return build(cfg.reward_config(), url, scoring_token(spec))
+
+
+def main(w: Worker) -> dict:
+    import torch
+
+    from pr1d.evaluate.gsm_eval import load_model
+    from pr1d.train.grpo import copy_policy, last_checkpoint, train_grpo
+    from pr1d.train.sft import evaluate_model, save_candidate
+
+    cfg = stage_config(w.spec, w.params)
+    start, source = start_model(w)
+    w.log(f"starting from {start} ({source})")
+    torch.set_num_threads(cfg.threads)
+    critic = make_critic(w.spec, cfg) if cfg.critic else None
+
+    def on_event(kind: str, fields: dict[str, Any]) -> None:
+        if kind == "progress":
+            w.progress(fields["step"], fields["total"], fields["eta_s"], fields.get("message", ""))
+        elif kind == "metric":
+            w.metric(fields["name"], fields["value"], fields["step"])
+        elif kind == "checkpoint":
+            w.checkpoint(fields["path"], fields["step"])
+        elif kind == "log":
+            w.log(fields["message"])
+
+    # -- before: the starting model on held-out problems --------------------------------------------
+    before = None
+    before_path = w.stage_dir / "eval_before.json"
+    if cfg.eval_per_tier and w.is_main:
+        if before_path.is_file():
+            before = json.loads(before_path.read_text())
+        else:
+            model, tok = load_model(start)
+            before = evaluate_model(model, tok, cfg.eval_per_tier)
+            with writing(before_path):
+                before_path.write_text(json.dumps(before, default=str) + "\n")
+        for tier, acc in before["accuracy"].items():
+            w.metric(f"rl.eval.before.{tier}", acc)
+    if w.stop_requested.is_set():
+        w.interrupt()
+
+    # -- train -----------------------------------------------------------------------------------
+    resume = w.resume or last_checkpoint(w.checkpoint_dir) is not None
+    model, tokenizer, summary = train_grpo(
+        start, w.checkpoint_dir, cfg, on_event=on_event, stop=w.stop_requested, resume=resume, critic=critic,
+        use_cpu=True if w.params.get("cpu") else None,
+    )
+    if summary["resumed_from"]:
+        w.log(f"resumed from {summary['resumed_from']}")
+    if summary["interrupted"] or w.stop_requested.is_set():
+        w.interrupt()
+    if not w.is_main:
+        # Data-parallel replicas hold the weights the main process saves; it alone writes and reports.
+        return {}
+    stop = summary["stop"]
+    w.log(f"training ended at step {summary['steps']}: {stop['reason'] if stop else 'unknown'}"
+          + (f" ({stop['detail']})" if stop else ""))
+
+    # -- candidate ---------------------------------------------------------------------------------
+    out = w.stage_dir / "candidate"
+    with writing(out):
+        paths = save_candidate(model, tokenizer, out)
+        copy_policy(start, out)
+    w.artifact("candidate", out, kind="model", meta={"finetune": cfg.finetune, "started_from": str(start)})
+    if "adapter" in paths:
+        w.artifact("adapter", paths["adapter"], kind="adapter")
+    result: dict[str, Any] = {
+        "candidate": str(out),
+        "started_from": {"path": str(start), "source": source},
+        "train": summary,
+        "curriculum": summary["curriculum"],
+        "stop": stop,
+    }
+
+    # -- after: the saved candidate on the same problems ---------------------------------------------
+    if cfg.eval_per_tier:
+        cand, tok = load_model(out)
+        after = evaluate_model(cand, tok, cfg.eval_per_tier)
+        for tier, acc in after["accuracy"].items():
+            w.metric(f"rl.eval.after.{tier}", acc)
+        w.metric("rl.eval.after.parallel_adherence", after["parallel_adherence"])
+        result["eval"] = {
+            "before": before,
+            "after": after,
+            "delta": {t: after["accuracy"][t] - before["accuracy"][t] for t in after["accuracy"]
+                      if before["accuracy"].get(t) is not None and after["accuracy"][t] is not None},
+        }
+    return result
+
+
+if __name__ == "__main__":
+    run_stage(main)
