@@ -216,7 +216,8 @@ def run(args: argparse.Namespace) -> int:
         url = f"http://127.0.0.1:{int(port_file.read_text())}"
         con.print(f"[green]✓[/] pr1d sim on {url} (scenario {args.scenario}, graded by the agent's model)")
         # 3. the daemon: built-in defaults plus demo.toml; only the sim's address comes from the environment
-        denv = dict(env, PR1_SCORING__BASE_URL=url)
+        # The monitor is the demo: an inherited PR1_MONITOR__ENABLED=false must not switch it off.
+        denv = dict(env, PR1_SCORING__BASE_URL=url, PR1_MONITOR__ENABLED="true")
         sock = state / "pr1d.sock"
         serve_cmd = [str(BIN / "pr1d"), "serve", "--state-dir", str(state), "--config", str(cfg_path)]
         (state / "resume.sh").write_text(
