@@ -112,14 +112,18 @@ def compare(
 
 
 def compliance_counts(items: Iterable[Mapping[str, Any]], side: str) -> dict[str, Any]:
-    """Checks passed and failed over all items (item × check), in total and per named check."""
+    """Policy checks (:data:`pr1d.evaluate.grading.POLICY_CHECKS`) passed and failed over all items, which
+    the gate requires all green, and every named check per check (quality ones too) for the report."""
+    from .grading import POLICY_CHECKS
+
     by: dict[str, dict[str, int]] = {}
     for it in items:
         for name, ok in it[side]["compliance"].items():
             c = by.setdefault(name, {"passed": 0, "failed": 0})
             c["passed" if ok else "failed"] += 1
-    return {"passed": sum(c["passed"] for c in by.values()), "failed": sum(c["failed"] for c in by.values()),
-            "by_check": by}
+    policy = [c for name, c in by.items() if name in POLICY_CHECKS]
+    return {"passed": sum(c["passed"] for c in policy), "failed": sum(c["failed"] for c in policy),
+            "checks": list(POLICY_CHECKS), "by_check": by}
 
 
 def mean_path_diversity(items: Iterable[Mapping[str, Any]], side: str) -> float | None:

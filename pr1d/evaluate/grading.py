@@ -170,6 +170,13 @@ def _structure(text: str) -> Solution | None:
         return None
 
 
+# The checks the promotion gate requires green on *every* item: policy, not answer quality. An answer cut
+# off by the budget, malformed, or without a final answer already loses its correctness / format columns;
+# failing a whole candidate on one such answer in hundreds would make the gate a coin toss (a demo-sized
+# SFT model cuts off ~0.5% of its answers).
+POLICY_CHECKS: tuple[str, ...] = ("no_guardrail_violation",)
+
+
 def grade(
     completion: str,
     answer: str,

@@ -113,9 +113,11 @@ def test_summarize_tiers_sources_and_counts():
     assert {k: v["n"] for k, v in s["sources"].items()} == {"gradebook": 2, "gsm_lite": 4}
     assert s["columns"] == ["score", "correctness", "parallel_format", "consensus_confidence", "compliance"]
     assert s["tiers"]["hard"]["columns"]["correctness"]["diff"] == -1.0
-    # 4 checks per answer; the cut-off answer fails final_answer_present and finished
+    # the gate's policy check, once per answer; the cut-off answer fails final_answer_present and finished,
+    # quality checks that the report shows per check (and that cost its score)
     cc = s["compliance"]["candidate"]
-    assert (cc["passed"], cc["failed"]) == (22, 2)
+    assert (cc["passed"], cc["failed"]) == (6, 0)
+    assert cc["by_check"]["final_answer_present"] == {"passed": 5, "failed": 1}
     assert cc["by_check"]["finished"] == {"passed": 5, "failed": 1}
     assert s["compliance"]["incumbent"]["failed"] == 0
     # diversity: copies of one path score 0; the mean is over the items with a block only
@@ -129,15 +131,18 @@ def test_summarize_tiers_sources_and_counts():
 
 
 @pytest.mark.parametrize(("texts", "passed", "failed", "diversity", "ratio"), [
-    ([SEQ_RIGHT], 4, 0, None, 0.0),
-    ([PAR_COPY, PAR_COPY], 8, 0, 0.0, 1.0),
-    ([CUT_OFF], 2, 2, None, 0.0),
-    ([PAR_RIGHT, SEQ_WRONG], 8, 0, round(grade(PAR_RIGHT, "5").path_diversity, 6), 0.5),
+    # the gate counts the policy checks (one per item); quality checks are reported per check only
+    ([SEQ_RIGHT], 1, 0, None, 0.0),
+    ([PAR_COPY, PAR_COPY], 2, 0, 0.0, 1.0),
+    ([CUT_OFF], 1, 0, None, 0.0),
+    ([PAR_RIGHT, SEQ_WRONG], 2, 0, round(grade(PAR_RIGHT, "5").path_diversity, 6), 0.5),
 ])
 def test_side_counts(texts, passed, failed, diversity, ratio):
     items = [item(i, t, SEQ_RIGHT) for i, t in enumerate(texts)]
     c = compliance_counts(items, "candidate")
     assert (c["passed"], c["failed"]) == (passed, failed)
+    if CUT_OFF in texts:  # a cut-off answer is still visible, per check
+        assert c["by_check"]["finished"] == {"passed": 0, "failed": 1}
     assert mean_path_diversity(items, "candidate") == diversity
     assert parallel_ratio(items, "candidate") == ratio
 
@@ -158,8 +163,8 @@ def test_duplicate_ids_refused():
     ([SEQ_RIGHT] * 60, [SEQ_RIGHT] * 60, "fail", ["uplift_below_bar", "no_parallel_paths"]),
     # better but copies of one path: degenerate
     ([PAR_COPY] * 60, [SEQ_WRONG] * 60, "fail", ["diversity_too_low"]),
-    # better, but one answer cut off: a compliance check failed
-    ([PAR_RIGHT] * 59 + [CUT_OFF], [SEQ_WRONG] * 60, "fail", ["compliance_failed"]),
+    # better, with one answer cut off: it costs that answer's score, not the gate
+    ([PAR_RIGHT] * 59 + [CUT_OFF], [SEQ_WRONG] * 60, "pass", []),
     # too few items to decide
     ([PAR_RIGHT] * 10, [SEQ_WRONG] * 10, "inconclusive", ["too_few_samples"]),
 ])
@@ -181,7 +186,7 @@ def test_gate_inputs_recompute_from_items_not_summary():
     forged = {"items": items, "candidate": {}, "incumbent": {},
               "compliance": {"candidate": {"passed": 999, "failed": 0}}, "path_diversity": {"candidate": 0.5}}
     c, _ = gate_inputs(forged)
-    assert (c.compliance_passed, c.compliance_failed) == (12, 0)
+    assert (c.compliance_passed, c.compliance_failed) == (3, 0)  # one policy check per item
     assert c.path_diversity == round(grade(PAR_RIGHT, "5").path_diversity, 6)
 
 
