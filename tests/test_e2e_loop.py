@@ -108,10 +108,13 @@ def test_quick_demo_approve_recover_rollback(tmp_path):
         assert [s["name"] for s in detail["stages"]] == ["dataset", "sft", "sft_gate", "rl", "backtest", "gate"]
         assert detail["gate"]["outcome"] in ("pass", "inconclusive"), detail["gate"]
         url = f"http://127.0.0.1:{int((demo.state / 'sim.port').read_text())}"
-        # How the agent did on the harder work before the promotion (after the sim's tier shift).
+        # How the agent does on the harder work with the base model in service (after the sim's tier shift
+        # at evaluation 150). Measured on a few hundred grades: the pool is small (40 tasks a tier) and one
+        # grade is 0.1 or 1.0, so 50 grades alone are +-0.07.
+        _post(f"{url}/_sim/tick", {"n": 200})
         before = _evaluations(url)
         dip = before[150:]
-        assert len(dip) >= 50
+        assert len(dip) >= 250
 
         # 1. approve through pr1ctl: the sim receives the new version's profile
         cp = demo.ctl("approve", str(run["id"]), "--reason", "e2e: gate passed")
@@ -125,12 +128,12 @@ def test_quick_demo_approve_recover_rollback(tmp_path):
             time.sleep(1)
             hist = _get(f"{url}/_sim/agents/agent-000/profile_history")["history"]
 
-        # 2. the grades recover, graded with the new model
-        _post(f"{url}/_sim/tick", {"n": 100})
+        # 2. the grades recover, graded with the new model (on the demo's pool: base 0.48, quick model 0.59)
+        _post(f"{url}/_sim/tick", {"n": 300})
         after = _evaluations(url)[len(before):]
-        assert len(after) == 100
+        assert len(after) == 300
         dip_mean, after_mean = sum(dip) / len(dip), sum(after) / len(after)
-        assert after_mean > dip_mean + 0.05, (dip_mean, after_mean)
+        assert after_mean > dip_mean, (dip_mean, after_mean)
 
         # 3. roll back through pr1ctl: the previous version is current and the sim got the old profile
         cp = demo.ctl("rollback", "agent-000", "--reason", "e2e: back to the base")
@@ -143,9 +146,11 @@ def test_quick_demo_approve_recover_rollback(tmp_path):
             assert time.monotonic() < deadline, f"the sim never got the old profile back: {hist}"
             time.sleep(1)
             hist = _get(f"{url}/_sim/agents/agent-000/profile_history")["history"]
-        _post(f"{url}/_sim/tick", {"n": 100})
-        rolled = _evaluations(url)[len(before) + 100:]
-        assert sum(rolled) / len(rolled) < after_mean, "the base model is back, and so are its grades"
+        _post(f"{url}/_sim/tick", {"n": 300})
+        rolled = _evaluations(url)[len(before) + 300:]
+        assert len(rolled) == 300
+        assert sum(rolled) / len(rolled) < after_mean, ("the base model is back, and so are its grades",
+                                                        sum(rolled) / len(rolled), after_mean)
 
         # 4. the audit log names the Unix user for each action
         me = getpass.getuser()

@@ -144,7 +144,8 @@ def test_unreachable_critic_gives_none_and_cools_down(caplog):
 @pytest.mark.parametrize(("fault", "reason"), [
     ({"kind": "http_error", "status": 503}, "HTTP 503"),
     ({"kind": "malformed_json"}, "malformed JSON"),
-    ({"kind": "reset"}, "Server disconnected"),
+    # A reset reads as either, depending on whether the request was still being written.
+    ({"kind": "reset"}, ("Server disconnected", "Connection reset")),
     ({"kind": "timeout", "seconds": 5}, "ReadTimeout"),
 ])
 def test_sim_faults_give_none_then_recovery(sim, fault, reason):
@@ -152,7 +153,7 @@ def test_sim_faults_give_none_then_recovery(sim, fault, reason):
     sim.post("/_sim/faults", {**fault, "endpoints": ["critic"], "max_count": 1})
     with CriticClient(sim.url, timeout=0.5, cooldown_s=0) as c:
         assert c.verify(items) == [None, None]
-        assert reason in c.last_error
+        assert any(r in c.last_error for r in ((reason,) if isinstance(reason, str) else reason)), c.last_error
         assert c.stats.unavailable == 2
         # The fault fired once; the next call is answered, and nothing of the failure was cached.
         assert [r.agree for r in c.verify(items)] == [True, True]
