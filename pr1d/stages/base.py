@@ -34,6 +34,9 @@ from typing import Any
 from ..pipeline.events import EXIT_INTERRUPTED, EXIT_OK
 
 PR_SET_PDEATHSIG = 1
+# How long a stage may take to checkpoint after its daemon died before it ends itself (a worker once
+# deadlocked between its threads on the way out and outlived a SIGKILLed daemon).
+ORPHAN_GRACE_S = 60.0
 
 
 class Interrupted(Exception):
@@ -178,6 +181,25 @@ class Worker:
         # proves nothing; a daemon that is gone does: it died between fork and prctl, act as if the signal came.
         if expected and os.getppid() != int(expected) and not _alive(int(expected)):
             self.stop_requested.set()
+        if expected:
+            grace = float(self.spec.get("orphan_grace_s", ORPHAN_GRACE_S))
+            threading.Thread(target=self._orphan_watchdog, args=(int(expected), grace), daemon=True,
+                             name="pr1-orphan-watchdog").start()
+
+    def _orphan_watchdog(self, daemon_pid: int, grace_s: float = ORPHAN_GRACE_S) -> None:
+        """The last line behind PDEATHSIG: once the daemon is gone, the stage gets ``grace_s`` to checkpoint
+        and leave; after that the process ends itself (exit 75, resumable), however stuck its other threads
+        are. This thread takes no lock the stage or the event writer use, so their deadlock cannot hold it."""
+        gone_at: float | None = None
+        while True:
+            time.sleep(1.0)
+            if gone_at is None:
+                if not _alive(daemon_pid):
+                    gone_at = time.monotonic()
+            elif time.monotonic() - gone_at > grace_s:
+                os.write(2, f"[error] daemon {daemon_pid} gone for {grace_s:.0f}s and the stage has not "
+                            "stopped: exiting (75) so no orphan keeps running\n".encode())
+                os._exit(EXIT_INTERRUPTED)
 
     def _on_term(self, signum: int, _frame: object) -> None:
         self.stop_requested.set()
