@@ -71,7 +71,8 @@ max_fail_rate = 0.99
 drift_window = 50
 drift_min_samples = 30
 baseline_k = 60
-drift_rel_drop = 0.2    # the mean of the last 50 grades 20% under the baseline
+drift_rel_drop = 0.2    # the last 50 grades 20% under the baseline, with 99% confidence (`confidence`):
+                        # with right/wrong grades that takes a window mostly after the shift
 ph_lambda = 100.0       # the windowed mean decides; Page-Hinkley on 0/1 grades is noise
 
 [scheduler]

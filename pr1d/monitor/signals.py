@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -148,25 +149,40 @@ class SignalConfig(BaseModel):
         50, ge=2, le=10_000, description="Reliability looks at the last this-many evaluations (any status)."
     )
     reliability_min_samples: int = Field(
-        20,
+        30,
         ge=2,
         le=10_000,
         description="Reliability may fire only when the window holds at least this many valid scores (for the "
-        "standard deviation) or graded evaluations, pass or fail (for the fail rate).",
+        "standard deviation) or graded evaluations, pass or fail (for the fail rate). 30, not 20: over a "
+        "10,000-agent fleet the first 20 evaluations of some healthy agent always hold 5 unlucky fails.",
     )
     max_std: float = Field(
         0.12,
         gt=0.0,
         le=0.5,
-        description="Reliability fires when the population standard deviation of the window's valid scores is "
-        "strictly above this.",
+        description="Reliability fires when the standard deviation of the agent's scores is, with "
+        "`confidence`, strictly above this (the lower confidence bound of the window's population "
+        "std must pass it).",
     )
     max_fail_rate: float = Field(
         0.08,
         ge=0.0,
         lt=1.0,
-        description="Reliability fires when fails / (passes + fails) in the window is strictly above this. "
-        "Platform `error`s and poll errors are not fails.",
+        description="Reliability fires when the agent's fail rate is, with `confidence`, strictly "
+        "above this: the one-sided Wilson lower bound of fails / (passes + fails) in the window must pass it, "
+        "not merely the window's share. Platform `error`s and poll errors are not fails.",
+    )
+    confidence: float = Field(
+        0.99,
+        ge=0.5,
+        lt=1.0,
+        description="How sure the statistical rules must be before they fire: reliability's std and fail rate "
+        "and drift's window mean fire when the statistic's one-sided confidence bound at this level passes "
+        "the threshold (Wilson for the fail rate, distribution-free bounds for the std and the mean), not "
+        "when the window's bare value does. A fleet makes thousands of these judgements an hour, and at 2% "
+        "true fails, 2 in an agent's first 20 evaluations is already 10%. 0.99 keeps a 10,000-agent healthy "
+        "fleet quiet (benchmarks/false_triggers.py measures it). 0.5 = judge the bare values. Warnings "
+        "always use the bare values.",
     )
     drift_window: int = Field(
         50,
@@ -185,7 +201,8 @@ class SignalConfig(BaseModel):
         0.07,
         gt=0.0,
         lt=1.0,
-        description="Drift fires when (baseline - recent mean) / baseline is strictly above this (0.07 = 7%).",
+        description="Drift's mean rule fires when (baseline - recent mean) / baseline is, with `confidence`, "
+        "strictly above this (0.07 = 7%): the drop to the upper confidence bound of the recent mean must pass it.",
     )
     baseline_k: int = Field(
         30,
@@ -340,6 +357,46 @@ def _mean(xs: Sequence[float]) -> float:
     return math.fsum(xs) / len(xs)
 
 
+def wilson_lower(k: int, n: int, confidence: float) -> float:
+    """One-sided Wilson score lower bound of a proportion k/n at ``confidence`` (0.5 gives k/n itself).
+
+    Wilson, not the normal approximation: it behaves at k = 0 and for small n, which is where a
+    monitor judges most often (the first 20-50 evaluations of every agent).
+    """
+    if n <= 0:
+        raise ValueError("wilson_lower: n must be positive")
+    p = k / n
+    z = NormalDist().inv_cdf(confidence)
+    if z <= 0:
+        return p
+    z2 = z * z
+    centre = p + z2 / (2 * n)
+    margin = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return max(0.0, (centre - margin) / (1 + z2 / n))
+
+
+def std_lower(xs: Sequence[float], confidence: float) -> float:
+    """One-sided lower confidence bound of the population std behind ``xs`` (0.5 gives the window's own).
+
+    Distribution-free: the variance's standard error comes from the sample's fourth central moment,
+    ``sqrt((m4 - s^4) / n)``, not from a normal model. Scores are not normal -- a healthy agent's
+    spread is mostly its rare hard failures -- and a few outliers inflate m4 far more than s^2, so a
+    spread made by two unlucky failures gets a wide interval and one made by steadily erratic work a
+    narrow one. A two-point window (m4 = s^4) keeps its exact std.
+    """
+    n = len(xs)
+    if n == 0:
+        raise ValueError("std_lower: no values")
+    mu = sum(xs) / n
+    m2 = sum((x - mu) ** 2 for x in xs) / n
+    z = NormalDist().inv_cdf(confidence)
+    if z <= 0:
+        return math.sqrt(m2)
+    m4 = sum((x - mu) ** 4 for x in xs) / n
+    se = math.sqrt(max(0.0, m4 - m2 * m2) / n)
+    return math.sqrt(max(0.0, m2 - z * se))
+
+
 def _pstdev(xs: Sequence[float]) -> float:
     # Population std: it describes the window itself rather than estimating a wider population, and
     # an operator can check it by hand (0.5 +/- 0.12 alternating is exactly 0.12).
@@ -393,11 +450,16 @@ def weighted_score_signal(samples: Iterable[Sample], cfg: SignalConfig) -> Signa
 
 
 def reliability_signal(samples: Iterable[Sample], cfg: SignalConfig) -> SignalResult:
-    """Fires when, over the last ``cfg.reliability_window`` samples, the std of valid scores is above
-    ``cfg.max_std`` or the fail rate is above ``cfg.max_fail_rate`` -- each judged only once it has
-    ``cfg.reliability_min_samples`` usable samples (the window need not be full).
+    """Fires when, over the last ``cfg.reliability_window`` samples, the std of valid scores is
+    confidently above ``cfg.max_std`` or the fail rate confidently above ``cfg.max_fail_rate`` -- each
+    judged only once it has ``cfg.reliability_min_samples`` usable samples (the window need not be full).
 
-    The fail rate is fails / (passes + fails): a platform "error" is no verdict and is excluded.
+    "Confidently": the statistic's one-sided lower bound at ``cfg.confidence`` passes the
+    threshold (:func:`std_lower`, :func:`wilson_lower`). 2 fails in 20 is a 10% share but fully
+    consistent with a healthy 2% agent, and over a 10,000-agent fleet such luck happens every hour.
+    Each part warns when its bare value is above ``warn_ratio`` of its threshold, so an operator sees
+    the suspicion before the evidence is in. The fail rate is fails / (passes + fails): a platform
+    "error" is no verdict and is excluded.
     """
     s = ordered(samples)
     window = s[-cfg.reliability_window :]
@@ -407,9 +469,10 @@ def reliability_signal(samples: Iterable[Sample], cfg: SignalConfig) -> SignalRe
     n_min = cfg.reliability_min_samples
 
     std = _pstdev(scores) if scores else None
-    if len(scores) < n_min or std is None:
+    std_low = std_lower(scores, cfg.confidence) if scores else None
+    if len(scores) < n_min or std is None or std_low is None:
         std_state = "insufficient_data"
-    elif _above(std, cfg.max_std):
+    elif _above(std_low, cfg.max_std):
         std_state = "firing"
     elif _above(std, cfg.warn_ratio * cfg.max_std):
         std_state = "warn"
@@ -417,9 +480,10 @@ def reliability_signal(samples: Iterable[Sample], cfg: SignalConfig) -> SignalRe
         std_state = "ok"
 
     fail_rate = counts["fails"] / graded if graded else None
-    if graded < n_min or fail_rate is None:
+    fail_lower = wilson_lower(counts["fails"], graded, cfg.confidence) if graded else None
+    if graded < n_min or fail_rate is None or fail_lower is None:
         fail_state = "insufficient_data"
-    elif _above(fail_rate, cfg.max_fail_rate):
+    elif _above(fail_lower, cfg.max_fail_rate):
         fail_state = "firing"
     # warn needs a positive rate: with max_fail_rate 0, zero fails must stay "ok".
     elif fail_rate > 0 and _above(fail_rate, cfg.warn_ratio * cfg.max_fail_rate):
@@ -437,6 +501,9 @@ def reliability_signal(samples: Iterable[Sample], cfg: SignalConfig) -> SignalRe
         "std": std,
         "mean": _mean(scores) if scores else None,
         "fail_rate": fail_rate,
+        "fail_rate_lower_bound": fail_lower,
+        "std_lower_bound": std_low,
+        "confidence": cfg.confidence,
         "std_state": std_state,
         "fail_rate_state": fail_state,
         "valid_scores": len(scores),
@@ -587,9 +654,17 @@ def drift_signal(samples: Iterable[Sample], baseline: Baseline | None, cfg: Sign
     recent = [v for x in window if (v := x.valid_score) is not None]
     recent_mean = _mean(recent) if recent else None
     rel_drop = (baseline.mean - recent_mean) / baseline.mean if recent_mean is not None else None
-    if rel_drop is None or len(recent) < cfg.drift_min_samples:
+    # The drop must hold at the recent mean's upper confidence bound: a window that is low only because
+    # a few hard failures landed in it (reliability's business) has a wide interval; a quality drop does not.
+    recent_upper = None
+    drop_bound = None
+    if recent_mean is not None:
+        z = max(0.0, NormalDist().inv_cdf(cfg.confidence))
+        recent_upper = recent_mean + z * _pstdev(recent) / math.sqrt(len(recent))
+        drop_bound = (baseline.mean - recent_upper) / baseline.mean
+    if rel_drop is None or drop_bound is None or len(recent) < cfg.drift_min_samples:
         mean_state = "insufficient_data"
-    elif _above(rel_drop, cfg.drift_rel_drop):
+    elif _above(drop_bound, cfg.drift_rel_drop):
         mean_state = "firing"
     elif _above(rel_drop, cfg.warn_ratio * cfg.drift_rel_drop):
         mean_state = "warn"
@@ -620,6 +695,9 @@ def drift_signal(samples: Iterable[Sample], baseline: Baseline | None, cfg: Sign
         **base_ev,
         "recent_mean": recent_mean,
         "rel_drop": rel_drop,
+        "recent_mean_upper_bound": recent_upper,
+        "rel_drop_lower_bound": drop_bound,
+        "confidence": cfg.confidence,
         "mean_state": mean_state,
         "ph_state": ph_state,
         "page_hinkley": ph_ev,

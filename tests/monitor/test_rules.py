@@ -246,9 +246,11 @@ def test_rule_config_documented():
 def test_recorded_samples_to_decision():
     # 30 good evaluations set the baseline, then a sharp drop: drift (full) outranks the
     # weighted score (sft) and reliability (rl) that fire with it; all three are in the audit.
+    # (12 low scores, not 6: reliability needs its spread to be above max_std with confidence, and
+    # 6 of 36 is a wide interval.)
     samples = [Sample(ts=float(i), score=0.9, status="pass", rubric=None, eval_id=f"e{i}") for i in range(30)]
     samples += [
-        Sample(ts=float(30 + i), score=0.5, status="pass", rubric=None, eval_id=f"d{i}") for i in range(6)
+        Sample(ts=float(30 + i), score=0.5, status="pass", rubric=None, eval_id=f"d{i}") for i in range(12)
     ]
     cfg = SignalConfig()
     rs = evaluate_all(samples, compute_baseline(samples, cfg), cfg)

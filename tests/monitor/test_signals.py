@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import statistics
 
 import pytest
 from pydantic import ValidationError
@@ -26,8 +27,15 @@ from pr1d.monitor.signals import (
     page_hinkley,
     ph_update,
     reliability_signal,
+    std_lower,
     weighted_score_signal,
+    wilson_lower,
 )
+
+
+def _pstdev_of(xs):
+    return statistics.pstdev(xs)
+
 
 CFG = SignalConfig()
 # The drift tables below were written for a 20-evaluation window on raw scores; the defaults moved to
@@ -183,18 +191,25 @@ def alternating(n, mean, dev):
         pytest.param(alternating(50, 0.5, 0.1201), None, "firing", "firing", "ok", id="std-just-above-fires"),
         pytest.param(alternating(50, 0.5, 0.096), None, "ok", "ok", "ok", id="std-at-warn-point-is-ok"),
         pytest.param(alternating(50, 0.5, 0.1), None, "warn", "warn", "ok", id="std-warns-above-0.096"),
-        pytest.param([0.9] * 50, ["fail"] * 4 + ["pass"] * 46, "warn", "ok", "warn", id="fail-rate-exactly-0.08-warns"),
-        pytest.param([0.9] * 50, ["fail"] * 5 + ["pass"] * 45, "firing", "ok", "firing", id="fail-rate-0.10-fires"),
-        pytest.param([0.9] * 25, ["fail"] * 2 + ["pass"] * 23, "warn", "ok", "warn", id="2-of-25-is-exactly-0.08"),
-        pytest.param([0.9] * 24, ["fail"] * 2 + ["pass"] * 22, "firing", "ok", "firing", id="2-of-24-fires"),
+        # The fail rate fires on its 99% Wilson lower bound, warns on the bare share (> 0.064).
+        pytest.param([0.9] * 50, ["fail"] * 3 + ["pass"] * 47, "ok", "ok", "ok", id="3-of-50-is-ok"),
+        pytest.param([0.9] * 50, ["fail"] * 4 + ["pass"] * 46, "warn", "ok", "warn", id="4-of-50-warns"),
+        pytest.param([0.9] * 50, ["fail"] * 5 + ["pass"] * 45, "warn", "ok", "warn",
+                     id="5-of-50-share-0.10-but-bound-0.038-warns"),
+        pytest.param([0.9] * 50, ["fail"] * 8 + ["pass"] * 42, "warn", "ok", "warn", id="8-of-50-bound-0.074-warns"),
+        pytest.param([0.9] * 50, ["fail"] * 9 + ["pass"] * 41, "firing", "ok", "firing", id="9-of-50-bound-0.087-fires"),
+        pytest.param([0.9] * 30, ["fail"] * 3 + ["pass"] * 27, "warn", "ok", "warn",
+                     id="3-of-30-a-healthy-agent-s-luck-warns"),
+        pytest.param([0.9] * 30, ["fail"] * 5 + ["pass"] * 25, "warn", "ok", "warn", id="5-of-30-bound-0.064-warns"),
+        pytest.param([0.9] * 30, ["fail"] * 6 + ["pass"] * 24, "firing", "ok", "firing", id="6-of-30-bound-0.083-fires"),
         pytest.param([0.9] * 100, ["fail"] * 10 + ["pass"] * 90, "ok", "ok", "ok", id="old-fails-left-window"),
         pytest.param([0.9] * 100, ["pass"] * 90 + ["fail"] * 10, "firing", "ok", "firing", id="recent-fails-in-window"),
         # window not yet full: below the minimum nothing may fire, at the minimum it may.
-        pytest.param(alternating(19, 0.5, 0.3), None, "insufficient_data", "insufficient_data",
-                     "insufficient_data", id="19-samples-below-min"),
-        pytest.param([0.9] * 19, ["fail"] * 19, "insufficient_data", "insufficient_data",
-                     "insufficient_data", id="19-fails-below-min"),
-        pytest.param(alternating(20, 0.5, 0.3), None, "firing", "firing", "ok", id="20-samples-reach-min"),
+        pytest.param(alternating(29, 0.5, 0.3), None, "insufficient_data", "insufficient_data",
+                     "insufficient_data", id="29-samples-below-min"),
+        pytest.param([0.9] * 29, ["fail"] * 29, "insufficient_data", "insufficient_data",
+                     "insufficient_data", id="29-fails-below-min"),
+        pytest.param(alternating(30, 0.5, 0.3), None, "firing", "firing", "ok", id="30-samples-reach-min"),
         pytest.param([], None, "insufficient_data", "insufficient_data", "insufficient_data", id="empty"),
     ],
 )  # fmt: skip
@@ -203,7 +218,7 @@ def test_reliability(scores, statuses, state, std_state, fail_state):
     ev = r.evidence
     assert (r.state, ev["std_state"], ev["fail_rate_state"]) == (state, std_state, fail_state)
     assert r.fired == (state == "firing")
-    assert ev["max_std"] == 0.12 and ev["max_fail_rate"] == 0.08 and ev["min_samples"] == 20
+    assert ev["max_std"] == 0.12 and ev["max_fail_rate"] == 0.08 and ev["min_samples"] == 30
     assert_json(r)
 
 
@@ -238,11 +253,11 @@ def test_reliability_invalid_scores_are_not_data(bad, std_state):
 @pytest.mark.parametrize(
     "statuses,state,fail_rate,graded,errors",
     [
-        pytest.param(["fail"] * 5 + ["pass"] * 45, "firing", 0.1, 50, 0, id="platform-fail-counts"),
-        pytest.param(["error"] * 5 + ["pass"] * 45, "ok", 0.0, 45, 5, id="platform-error-is-not-a-fail"),
-        pytest.param(["fail"] * 5 + ["error"] * 30 + ["pass"] * 15, "firing", 0.25, 20, 30, id="errors-excluded-from-rate"),
-        # Errors are no evidence either way: with 19 graded left, the signal may not fire at all.
-        pytest.param(["fail"] * 5 + ["error"] * 31 + ["pass"] * 14, "insufficient_data", 5 / 19, 19, 31,
+        pytest.param(["fail"] * 9 + ["pass"] * 41, "firing", 0.18, 50, 0, id="platform-fail-counts"),
+        pytest.param(["error"] * 9 + ["pass"] * 41, "ok", 0.0, 41, 9, id="platform-error-is-not-a-fail"),
+        pytest.param(["fail"] * 8 + ["error"] * 20 + ["pass"] * 22, "firing", 8 / 30, 30, 20, id="errors-excluded-from-rate"),
+        # Errors are no evidence either way: with 29 graded left, the signal may not fire at all.
+        pytest.param(["fail"] * 8 + ["error"] * 21 + ["pass"] * 21, "insufficient_data", 8 / 29, 29, 21,
                      id="errors-shrink-the-evidence"),
     ],
 )  # fmt: skip
@@ -263,6 +278,72 @@ def test_reliability_max_fail_rate_zero_means_any_fail():
     cfg = SignalConfig(max_fail_rate=0.0)
     assert reliability_signal(series([0.9] * 30), cfg).state == "ok"
     assert reliability_signal(series([0.9] * 30, ["fail"] + ["pass"] * 29), cfg).fired
+
+
+@pytest.mark.parametrize(
+    "fails,n,state",
+    [
+        pytest.param(4, 50, "warn", id="exactly-0.08-warns"),
+        pytest.param(5, 50, "firing", id="0.10-fires"),
+        pytest.param(2, 25, "warn", id="2-of-25-is-exactly-0.08"),
+        pytest.param(2, 24, "firing", id="2-of-24-fires"),
+    ],
+)  # fmt: skip
+def test_confidence_one_half_judges_the_bare_share(fails, n, state):
+    cfg = SignalConfig(confidence=0.5, reliability_min_samples=20)  # the rule before the confidence bound
+    r = reliability_signal(series([0.9] * n, ["fail"] * fails + ["pass"] * (n - fails)), cfg)
+    assert (r.state, r.evidence["fail_rate_state"]) == (state, state)
+    assert r.evidence["fail_rate_lower_bound"] == pytest.approx(fails / n)
+
+
+@pytest.mark.parametrize(
+    "k,n,conf,expected",
+    [
+        pytest.param(5, 50, 0.975, 0.04348, id="textbook-95%-two-sided-wilson"),
+        pytest.param(0, 20, 0.99, 0.0, id="no-fails"),
+        pytest.param(20, 20, 0.99, 0.7870, id="all-fails-is-n-over-n-plus-z-squared"),
+        pytest.param(9, 50, 0.99, 0.0872, id="9-of-50"),
+        pytest.param(3, 7, 0.5, 3 / 7, id="one-half-is-the-share"),
+    ],
+)  # fmt: skip
+def test_wilson_lower(k, n, conf, expected):
+    assert wilson_lower(k, n, conf) == pytest.approx(expected, abs=1e-4)
+    assert wilson_lower(k, n, conf) <= k / n
+    with pytest.raises(ValueError):
+        wilson_lower(0, 0, conf)
+
+
+def test_std_lower_bound():
+    # A two-point window has m4 = s^4: its std is exact, so the thresholds of the table above hold.
+    xs = alternating(50, 0.5, 0.13)
+    assert std_lower(xs, 0.99) == pytest.approx(0.13)
+    # A spread made by two outliers gets a wide interval; the same spread from steady noise does not.
+    outliers = [0.9] * 18 + [0.45, 0.45]
+    wobbly = alternating(20, 0.9, _pstdev_of(outliers))
+    assert _pstdev_of(wobbly) == pytest.approx(_pstdev_of(outliers))
+    assert std_lower(outliers, 0.99) < 0.5 * _pstdev_of(outliers) < std_lower(wobbly, 0.99)
+    assert std_lower(outliers, 0.5) == pytest.approx(_pstdev_of(outliers))
+    assert std_lower([0.7], 0.99) == 0.0
+    with pytest.raises(ValueError):
+        std_lower([], 0.99)
+
+
+def test_two_unlucky_failures_do_not_make_a_healthy_agent_unreliable():
+    # The soak's false trigger, from its evidence: a healthy agent (2% fails) with 2 hard failures in its
+    # first 20 evaluations. The old rule (bare share, 20 samples) fired on it; now 20 samples cannot
+    # judge, and 10 more ordinary evaluations leave a share of 0.067 and a std of 0.083: warnings only.
+    # fmt: off
+    scores = [0.8969, 0.9738, 0.8721, 0.8875, 0.9042, 0.941, 0.917, 0.871, 0.8909, 0.8765, 0.6636, 0.9305,
+              0.5495, 0.9121, 0.83, 0.8756, 0.912, 0.9964, 0.9421, 0.8957]
+    # fmt: on
+    statuses = ["fail" if x < 0.7 else "pass" for x in scores]
+    old_rule = SignalConfig(confidence=0.5, reliability_min_samples=20)
+    assert reliability_signal(series(scores, statuses), old_rule).fired
+    assert reliability_signal(series(scores, statuses), CFG).state == "insufficient_data"
+    more = scores + [0.9, 0.88, 0.93, 0.91, 0.9, 0.92, 0.89, 0.9, 0.94, 0.87]
+    r = reliability_signal(series(more, statuses + ["pass"] * 10), CFG)
+    assert r.state == "warn" and r.evidence["fail_rate"] == pytest.approx(2 / 30)
+    assert r.evidence["fail_rate_lower_bound"] < 0.08 and r.evidence["std_lower_bound"] < 0.12
 
 
 # -- baseline ---------------------------------------------------------------------------------------
@@ -478,7 +559,7 @@ def test_compliance_keys_configurable():
 
 
 def test_evaluate_all_order_and_json():
-    xs = series([0.9] * 30 + [0.5] * 6, rubrics=[OK] * 35 + [{"safety": False}])
+    xs = series([0.9] * 30 + [0.5] * 12, rubrics=[OK] * 41 + [{"safety": False}])
     results = evaluate_all(iter(xs), compute_baseline(xs, CFG), CFG)  # a one-shot iterator is fine
     assert [r.name for r in results] == list(SIGNAL_NAMES)
     assert [r.fired for r in results] == [True, True, True, True]
@@ -562,3 +643,24 @@ def test_drift_ignores_a_burst_of_hard_failures_but_catches_a_sustained_drop():
     drop = series([0.93] * 30 + [0.70] * 12, start=100.0)
     r = drift_signal(drop, base, CFG)
     assert r.fired and r.evidence["page_hinkley"]["fired_at_index"] <= 30 + 8
+
+
+def test_drift_mean_needs_the_drop_with_confidence():
+    # Same recent mean (0.822, 8.7% under 0.9), two causes. Six hard failures among 40 steady passes is
+    # a wide interval (reliability's business); a steady fall of the passing work is a narrow one.
+    cfg = SignalConfig(drift_window=50, drift_min_samples=30, ph_smooth=5)
+    failures = [0.9] * 34 + [0.38] * 6
+    drop = [0.822] * 40
+    r_fail = drift_signal(series(failures), B, cfg)
+    r_drop = drift_signal(series(drop), B, cfg)
+    assert r_fail.evidence["recent_mean"] == pytest.approx(r_drop.evidence["recent_mean"])
+    assert r_fail.evidence["rel_drop"] > cfg.drift_rel_drop
+    assert (
+        r_fail.evidence["mean_state"] == "warn"
+        and r_fail.evidence["rel_drop_lower_bound"] < cfg.drift_rel_drop
+    )
+    assert r_drop.evidence["mean_state"] == "firing"
+    assert r_drop.evidence["rel_drop_lower_bound"] == pytest.approx(r_drop.evidence["rel_drop"])
+    # confidence 0.5 judges the bare mean: then the failures fire too.
+    bare = cfg.model_copy(update={"confidence": 0.5})
+    assert drift_signal(series(failures), B, bare).evidence["mean_state"] == "firing"
