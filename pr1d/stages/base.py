@@ -130,6 +130,10 @@ class Worker:
         self._out = _event_stream() if self.is_main else None
         self._silent = False
         self._apply_limits(self.spec.get("limits") or {})
+        # Signals reach stop_requested through a pipe and a relay thread, never directly: see _on_term.
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        threading.Thread(target=self._signal_relay, daemon=True, name="pr1-signal-relay").start()
         self._arm_parent_death()
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
@@ -202,7 +206,27 @@ class Worker:
                 os._exit(EXIT_INTERRUPTED)
 
     def _on_term(self, signum: int, _frame: object) -> None:
-        self.stop_requested.set()
+        """Takes no lock. A Python signal handler runs between two bytecodes of the main thread, which may
+        hold stop_requested's own (non-reentrant) lock at that moment: when the daemon is SIGKILLed, the
+        main thread's write fails with EPIPE and it calls stop_requested.set() just as PDEATHSIG's SIGTERM
+        lands. Event.set() in here then waits for itself forever, and the heartbeat thread queues behind
+        the main thread's event lock: a stage outliving its daemon with every thread in futex_wait, as
+        seen under load. os.write takes no lock; the relay thread sets the Event."""
+        try:
+            os.write(self._wake_w, b"\0")
+        except OSError:  # the pipe is full: a wake-up is already pending
+            pass
+
+    def _signal_relay(self) -> None:
+        while True:
+            try:
+                if not os.read(self._wake_r, 64):
+                    return
+            except InterruptedError:
+                continue
+            except OSError:
+                return
+            self.stop_requested.set()
 
     def _heartbeat(self, every: float) -> None:
         while True:

@@ -48,3 +48,27 @@ def test_stuck_worker_exits_after_its_daemon_is_gone(tmp_path):
         for p in (worker, stand_in):
             if p.poll() is None:
                 p.kill()
+
+
+SIGNAL_WHILE_HOLDING = textwrap.dedent("""
+    import os, signal, sys, time
+    from pr1d.stages.base import Worker
+    w = Worker(sys.argv[1])
+    # The race seen under load: the main thread is inside stop_requested.set() (its write to a dead
+    # daemon just failed) when PDEATHSIG's SIGTERM lands. Hold the Event's lock and take the signal.
+    with w.stop_requested._cond:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.5)  # the handler runs here, between bytecodes, while the lock is held
+    print("handler returned", flush=True)
+    print("stop requested" if w.stop_requested.wait(10) else "stop lost", flush=True)
+""")
+
+
+def test_sigterm_while_the_main_thread_holds_the_stop_event_does_not_deadlock(tmp_path):
+    env = pr1_env()
+    env.pop("PR1_EVENT_FD", None)
+    env.pop("PR1_DAEMON_PID", None)
+    cp = subprocess.run([sys.executable, "-c", SIGNAL_WHILE_HOLDING, str(_spec(tmp_path, 60.0))], env=env,
+                        capture_output=True, text=True, timeout=30)  # the old handler hung here for good
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout.split("\n")[:2] == ["handler returned", "stop requested"], cp.stdout + cp.stderr
