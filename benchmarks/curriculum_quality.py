@@ -52,6 +52,7 @@ def render(state: Path, run: int | None, label: str) -> str:
         boot = json.loads(p.read_text())
     train = (st.get("sft") or {}).get("train") or {}
     cfg = train.get("config") or {}
+    rl_train = (st.get("rl") or {}).get("train") or {}
     lines = [
         "# Curriculum quality on the demo model",
         "",
@@ -60,8 +61,10 @@ def render(state: Path, run: int | None, label: str) -> str:
         "seed `pr1d.evaluate.gsm_lite.EVAL_SEED`; 1 in 8 arithmetic fact families never seen in training), greedy "
         "decoding. Base model: bootstrap seed "
         f"{boot.get('seed', '-')}, {boot.get('steps', '-')} steps, {boot.get('params', '-')} parameters. SFT: "
-        f"{cfg.get('finetune', '-')} fine-tuning, {train.get('steps', '-')} steps, lr {cfg.get('lr', '-')}, "
-        f"mix {cfg.get('mix', '-')}, seed {cfg.get('seed', '-')}.",
+        f"{cfg.get('finetune', '-')} fine-tuning, {train.get('steps', '-')} steps of batch "
+        f"{cfg.get('batch_size', '-')}, lr {cfg.get('lr', '-')}, mix {cfg.get('mix', '-')}, seed {cfg.get('seed', '-')}. "
+        f"RL: {rl_train.get('steps', '-')} GRPO steps ({(rl_train.get('stop') or {}).get('reason', '-')}), "
+        f"{(rl_train.get('config') or {}).get('num_generations', '-')} generations per prompt.",
         "",
         "| tier | base | after SFT | SFT uplift | RL start | after RL |",
         "|---|---|---|---|---|---|",

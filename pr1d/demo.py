@@ -44,9 +44,14 @@ TERMINAL = {"awaiting_approval", "promoted", "rejected", "failed", "cancelled", 
 # gave +9 points held-out (too close to the 5-point gate for n=150), 1600 +15, 2000 +21.
 SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
-        "sft": {"max_steps": 1600},
+        # Half the batch, same steps: +16 points held-out (bs 16: +14.7) in about half the time; 1200 steps
+        # at batch 8 gave +0 (the tags first cost arithmetic, see the sweep). Measured in
+        # benchmarks/curriculum_quality.md.
+        "sft": {"max_steps": 1600, "batch_size": 8},
         "sft_gate": {"n_per_tier": 50},
-        "rl": {"max_steps": 20, "eval_per_tier": 30},
+        # RL shows no held-out change at 20 steps either (benchmarks/curriculum_quality.md): the quick demo
+        # runs the stage end to end with the fewest steps that still move through a tier.
+        "rl": {"max_steps": 8, "eval_per_tier": 30},
         "backtest": {"n_per_tier": 30, "window": 60},
     },
     "full": {
@@ -86,11 +91,16 @@ min_samples = 30
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
                    help="smallest settings that still show a real uplift (fewer SFT/RL steps, smaller evaluations)")
-    p.add_argument("--keep", action="store_true", help="keep the state dir (printed at the end)")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the state dir even after a clean --exit-when-done run (an interrupted demo always "
+                        "keeps it)")
     p.add_argument("--scenario", default="demo", help="sim scenario (default demo: model-graded)")
     p.add_argument("--exit-when-done", action="store_true",
                    help="stop the sim and daemon once the run is decided, instead of waiting for Ctrl+C")
     p.add_argument("--state-dir", help="state dir to use (default: a new temporary one; kept)")
+    p.add_argument("--resume", metavar="STATE_DIR",
+                   help="carry on an interrupted demo: restart its sim (replayed to where it stopped) and "
+                        "`pr1d serve --state-dir` on it, then follow its run")
     p.add_argument("--until", choices=("trigger", "decision"), default="decision",
                    help="trigger: stop after showing the trigger; decision (default): follow the run to its gate")
 
@@ -187,15 +197,53 @@ def _tick(url: str, n: int) -> None:
     httpx.post(f"{url}/_sim/tick", json={"n": n}, timeout=600).raise_for_status()
 
 
-def run(args: argparse.Namespace) -> int:
-    con = Console(highlight=False)
+def _evaluations_in_ledger(state: Path) -> int:
+    """How many evaluations the platform had handed out when the demo stopped (the most of any agent)."""
+    import sqlite3
+
+    db = state / "ledger.sqlite"
+    if not db.exists():
+        return 0
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        row = con.execute("SELECT max(n) FROM (SELECT count(*) AS n FROM score_samples GROUP BY agent_id)").fetchone()
+    except sqlite3.OperationalError:  # interrupted before the daemon made its schema
+        return 0
+    finally:
+        con.close()
+    return int(row[0] or 0)
+
+
+def _open_state(args: argparse.Namespace, con: Console) -> tuple[Path, dict]:
+    """The state dir and the demo's own record of how it was started (demo.json): new, or the one resumed."""
+    if args.resume:
+        state = Path(args.resume).expanduser().resolve()
+        meta_path = state / "demo.json"
+        if not meta_path.is_file():
+            raise SystemExit(f"pr1d demo --resume: {state} is not a demo state dir (no demo.json)")
+        meta = json.loads(meta_path.read_text())
+        for need in ("demo.toml", f"base-models/{BASE_MODEL_NAME}"):
+            if not (state / need).exists():
+                raise SystemExit(f"pr1d demo --resume: {state / need} is missing")
+        return state, meta
     state = Path(args.state_dir or tempfile.mkdtemp(prefix="pr1-demo-")).resolve()
     state.mkdir(parents=True, exist_ok=True)
+    meta = {"scenario": args.scenario, "quick": bool(args.quick), "started": time.time()}
+    (state / "demo.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return state, meta
+
+
+def run(args: argparse.Namespace) -> int:
+    con = Console(highlight=False)
+    resuming = bool(getattr(args, "resume", None))
+    state, meta = _open_state(args, con)
+    quick, scenario = bool(meta["quick"]), str(meta["scenario"])
     logs = state / "demo-logs"
     logs.mkdir(exist_ok=True)
     env = dict(os.environ, PR1_NO_SYSTEM_CONFIG="1")
     procs: list[subprocess.Popen] = []
-    con.rule("[bold]pr1 demo" + (" (quick)" if args.quick else ""))
+    finished = False
+    con.rule("[bold]pr1 demo" + (" (quick)" if quick else "") + (" — resumed" if resuming else ""))
     con.print(f"state dir: {state}")
     try:
         # 1. the agent's model, and where the platform and the daemon find it
@@ -203,36 +251,48 @@ def run(args: argparse.Namespace) -> int:
         agent_base = state / "base-models" / BASE_MODEL_NAME
         if not agent_base.exists():
             shutil.copytree(base, agent_base)
-        cfg_path = write_config(state, args.quick)
+        cfg_path = state / "demo.toml" if resuming else write_config(state, quick)
         t0 = time.monotonic()
         # 2. the simulated agent platform, grading with the agents' real models
         port_file = state / "sim.port"
         port_file.unlink(missing_ok=True)
         sim_cmd = [str(BIN / "pr1d"), "sim", "--port", "0", "--port-file", str(port_file), "--scenario",
-                   args.scenario, "--time-scale", "0", "--grade-with-model", "--model-dir",
+                   scenario, "--time-scale", "0", "--grade-with-model", "--model-dir",
                    f"{BASE_MODEL_NAME}={agent_base}", "--models-root", str(state / "models")]
         sim = subprocess.Popen(sim_cmd, stdout=subprocess.DEVNULL, stderr=open(logs / "sim.log", "ab"), env=env)
         procs.append(sim)
         _wait_file(port_file, sim, "pr1d sim")
         url = f"http://127.0.0.1:{int(port_file.read_text())}"
-        con.print(f"[green]✓[/] pr1d sim on {url} (scenario {args.scenario}, graded by the agent's model)")
+        if resuming:
+            # The sim keeps no state on disk, but it is seeded: replaying as many evaluations as the ledger
+            # holds rebuilds the same history (same ids, same grades), and the daemon's cursors carry on.
+            seen = _evaluations_in_ledger(state)
+            if seen:
+                with con.status(f"replaying the platform's {seen} evaluations so far"):
+                    _tick(url, seen)
+        con.print(f"[green]✓[/] pr1d sim on {url} (scenario {scenario}, graded by the agent's model)")
         # 3. the daemon: built-in defaults plus demo.toml; only the sim's address comes from the environment
         # The monitor is the demo: an inherited PR1_MONITOR__ENABLED=false must not switch it off.
         denv = dict(env, PR1_SCORING__BASE_URL=url, PR1_MONITOR__ENABLED="true")
         sock = state / "pr1d.sock"
         serve_cmd = [str(BIN / "pr1d"), "serve", "--state-dir", str(state), "--config", str(cfg_path)]
         (state / "resume.sh").write_text(
-            "#!/bin/sh\n# Resume this demo's daemon (start the sim first: see demo-logs/sim.cmd)\n"
-            f"PR1_SCORING__BASE_URL={url} PR1_NO_SYSTEM_CONFIG=1 exec {' '.join(serve_cmd)}\n")
+            "#!/bin/sh\n# Resume this demo: the sim (replayed to where it stopped) and `pr1d serve --state-dir` on it\n"
+            f"exec {BIN / 'pr1d'} demo --resume {state} \"$@\"\n")
         (logs / "sim.cmd").write_text(" ".join(sim_cmd) + "\n")
+        (logs / "serve.cmd").write_text(f"PR1_SCORING__BASE_URL={url} PR1_NO_SYSTEM_CONFIG=1 {' '.join(serve_cmd)}\n")
         daemon = subprocess.Popen(serve_cmd, stdout=subprocess.DEVNULL, stderr=open(logs / "daemon.log", "ab"),
                                   env=denv)
         procs.append(daemon)
         _wait_file(sock, daemon, "pr1d serve")
         con.print(f"[green]✓[/] pr1d serve (pid {daemon.pid}), socket {sock}")
         # 4. the platform grades the agent; the daemon polls and evaluates the signals
-        fired = _watch_until_trigger(con, url, sock)
-        _show_trigger(con, fired)
+        fired = _triggers(sock) if resuming else []
+        if fired:
+            con.print(f"[green]✓[/] resuming run {fired[-1].get('run_id')} (triggered before the interruption)")
+        else:
+            fired = _watch_until_trigger(con, url, sock)
+            _show_trigger(con, fired)
         decided: dict | None = None
         if args.until == "decision" and fired and fired[-1].get("run_id"):
             decided = _follow_run(con, sock, fired[-1]["run_id"])
@@ -248,28 +308,42 @@ def run(args: argparse.Namespace) -> int:
             con.print(f"  pr1ctl --socket {sock} rollback {decided['agent_id']} --reason 'demo: back to the base'")
         con.print(f"  pr1tui --socket {sock}")
         if args.exit_when_done:
+            finished = True
             ok = bool(fired) and (args.until == "trigger" or (decided or {}).get("state") in TERMINAL)
             return 0 if ok else 1
         con.print("\nThe sim and the daemon keep running; Ctrl+C stops them "
-                  f"(state stays in {state}; resume with sh {state / 'resume.sh'}).")
+                  f"(the state stays in {state}; resume with: pr1d demo --resume {state}).")
         try:
             while all(p.poll() is None for p in procs):
                 time.sleep(0.5)
         except KeyboardInterrupt:
             pass
         return 0
+    except KeyboardInterrupt:
+        con.print("\n[yellow]interrupted[/]: stopping the daemon (its stage checkpoints and is resumed later) "
+                  "and the sim")
+        return 130
     finally:
         for p in reversed(procs):
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
                 try:
-                    p.wait(30)
+                    p.wait(60)
                 except subprocess.TimeoutExpired:
                     p.kill()
-        if args.keep or args.state_dir:
-            con.print(f"state kept in {state}; resume with: sh {state / 'resume.sh'}")
-        else:
+        # Only a demo that ran to the end on its own (--exit-when-done) in a temporary dir cleans up: an
+        # interrupted one keeps everything, so `pr1d demo --resume` can carry on where it stopped.
+        if finished and not (args.keep or args.state_dir or resuming):
             shutil.rmtree(state, ignore_errors=True)
+        else:
+            con.print(f"state kept in {state}; resume with: pr1d demo --resume {state}", soft_wrap=True)
+
+
+def _triggers(sock: Path) -> list[dict]:
+    from .rpc.client import Client
+
+    with Client(sock, timeout=60) as c:
+        return sorted((t for t in c.call("monitor.triggers") if t.get("run_id")), key=lambda t: t["id"])
 
 
 def _watch_until_trigger(con: Console, url: str, sock: Path) -> list[dict]:
@@ -395,7 +469,9 @@ def _show_decision(con: Console, run: dict, sock: Path) -> None:
             f"{k} {_pct(before.get('accuracy', {}).get(k))} → {_pct(after.get('accuracy', {}).get(k))}"
             for k in (after.get("accuracy") or {})))
     gate = run.get("gate") or {}
-    if gate.get("uplift"):
+    # run.gate is the last gate that decided: the promotion gate's backtest comparison, or the SFT gate's
+    # evidence when the run stopped there (shown above).
+    if gate.get("uplift") and isinstance(gate.get("candidate"), dict) and isinstance(gate.get("incumbent"), dict):
         u = gate["uplift"]
         con.print(f"promotion gate: [bold]{gate.get('outcome')}[/] — candidate {gate['candidate'].get('mean')} vs in "
                   f"service {gate['incumbent'].get('mean')} (bar {u.get('bar')}, {int(u.get('ci_level', 0) * 100)}% "
