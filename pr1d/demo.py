@@ -301,12 +301,12 @@ def run(args: argparse.Namespace) -> int:
         con.print(f"\ndemo took {took:.0f}s after the base model"
                   + ("" if boot.get("cached") else f" (+{boot['bootstrap_s']:.0f}s bootstrapping it, first run only)"))
         con.rule("[bold]next")
-        con.print(f"  pr1ctl --socket {sock} status")
+        con.print(f"  pr1ctl --socket {sock} status", soft_wrap=True)
         if decided and decided["state"] == "awaiting_approval":
-            con.print(f"  pr1ctl --socket {sock} backtest {decided['id']}")
-            con.print(f"  pr1ctl --socket {sock} approve {decided['id']} --reason 'demo: gate passed'")
-            con.print(f"  pr1ctl --socket {sock} rollback {decided['agent_id']} --reason 'demo: back to the base'")
-        con.print(f"  pr1tui --socket {sock}")
+            con.print(f"  pr1ctl --socket {sock} backtest {decided['id']}", soft_wrap=True)
+            con.print(f"  pr1ctl --socket {sock} approve {decided['id']} --reason 'demo: gate passed'", soft_wrap=True)
+            con.print(f"  pr1ctl --socket {sock} rollback {decided['agent_id']} --reason 'demo: back to the base'", soft_wrap=True)
+        con.print(f"  pr1tui --socket {sock}", soft_wrap=True)
         if args.exit_when_done:
             finished = True
             ok = bool(fired) and (args.until == "trigger" or (decided or {}).get("state") in TERMINAL)
