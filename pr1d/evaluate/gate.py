@@ -279,9 +279,12 @@ def gate_decision(candidate: GateInput, incumbent: GateInput, cfg: GateConfig | 
         checks["path_diversity"] = "pass"
 
     outcome: Outcome = "fail" if failed else "inconclusive" if undecided else "pass"
+    # Say what was checked: with require_compliance off, no compliance check was judged, green or not.
+    comp_txt = (f"{comp_total} compliance checks green" if checks["compliance"] == "pass"
+                else "compliance not checked (gate.require_compliance = false)")
     reasons = failed + undecided if outcome != "pass" else [
         f"pass: candidate {c_mean:.4f} clears bar {bar:.4f} ({mode_txt}) with {cfg.ci_level:.0%} confidence; "
-        f"{comp_total} compliance checks green; path diversity {div:.4f} within {bounds}"
+        f"{comp_txt}; path diversity {div:.4f} within {bounds}"
     ]
     evidence: dict[str, Any] = {
         "outcome": outcome,

@@ -74,6 +74,14 @@ def test_gate_table(case, cand, inc, cfg, outcome, codes):
     assert r.evidence["outcome"] == outcome and r.evidence["reasons"] == r.reasons
 
 
+def test_pass_reason_says_what_was_checked():
+    r = gate_decision(const(0.95, **GOOD), const(0.80), CFG)
+    assert "200 compliance checks green" in r.reasons[0]
+    off = gate_decision(const(0.95, path_diversity=0.4), const(0.80), GateConfig(min_samples=50, require_compliance=False))
+    assert off.outcome == "pass" and "compliance checks green" not in off.reasons[0]
+    assert "compliance not checked (gate.require_compliance = false)" in off.reasons[0]
+
+
 def test_ci_straddle_really_straddles_and_point_estimate_clears():
     r = gate_decision(noisy(0.84, 0.10, n=60, seed=3, **GOOD), noisy(0.80, 0.10, n=60, seed=4), CFG)
     u = r.evidence["uplift"]
