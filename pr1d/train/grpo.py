@@ -600,20 +600,13 @@ def build_trainer(
     use_cpu: bool | None = None,
 ) -> tuple[ParallelRLTrainer, EventCallback]:
     """The trainer and its event callback, ready to ``train()``; the model is loaded from ``model_path``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from pr1d.train.sft import load_trainable
 
     torch.set_num_threads(cfg.threads)
     emit = on_event or (lambda _t, _f: None)
-    tokenizer = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(str(model_path), local_files_only=True)
-    if model.get_input_embeddings().num_embeddings < len(tokenizer):
-        model.resize_token_embeddings(len(tokenizer))
-    if cfg.finetune == "lora":
-        from pr1d.train.sft import wrap_lora
-
-        torch.manual_seed(cfg.seed)
-        model = wrap_lora(model, cfg)  # reads the lora_* fields, which both stage configs share
+    model, tokenizer = load_trainable(model_path, cfg)  # reads the finetune/lora_* fields both configs share
     if use_cpu is None:
         use_cpu = not torch.cuda.is_available()
     curriculum = CurriculumRun(cfg, tier_pools(cfg.curriculum_config().tiers, cfg.tier_pool, cfg.seed))

@@ -305,6 +305,23 @@ def wrap_lora(model, cfg: SFTStageConfig):
     return get_peft_model(model, lcfg)
 
 
+def load_trainable(model_path: str | Path, cfg: Any):
+    """``(model, tokenizer)`` from a local path, ready to train: the embeddings cover the tokenizer (the
+    Parallel tags), and the model is LoRA-wrapped (seeded) when ``cfg.finetune == "lora"``. The SFT and RL
+    stages both load this way; ``cfg`` is either stage config (they share the finetune/lora_*/seed fields)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(str(model_path), local_files_only=True)
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    if cfg.finetune == "lora":
+        torch.manual_seed(cfg.seed)
+        model = wrap_lora(model, cfg)
+    return model, tokenizer
+
+
 def last_checkpoint(checkpoint_dir: str | Path) -> str | None:
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -326,18 +343,11 @@ def train_sft(
     """Train; returns ``(model, tokenizer, summary)``. ``summary["interrupted"]``: stopped on request."""
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     torch.set_num_threads(cfg.threads)
     emit = on_event or (lambda _t, _f: None)
-    tokenizer = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(str(model_path), local_files_only=True)
-    if model.get_input_embeddings().num_embeddings < len(tokenizer):
-        model.resize_token_embeddings(len(tokenizer))
-    if cfg.finetune == "lora":
-        torch.manual_seed(cfg.seed)
-        model = wrap_lora(model, cfg)
+    model, tokenizer = load_trainable(model_path, cfg)
     encoded = encode_records(tokenizer, records, cfg.max_length)
     dataset = Dataset.from_list(encoded)
     if use_cpu is None:
