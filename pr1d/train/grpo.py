@@ -68,6 +68,7 @@ from pr1d.train.curriculum import (
     stop_decision,
 )
 from pr1d.train.rewards import RewardConfig, correctness_reward, decode_completions, make_reward_funcs
+from pr1d.train.sft import check_finetune_fields, load_trainable
 
 EventFn = Callable[[str, dict[str, Any]], None]
 STATE_FILE = "curriculum_state.json"  # written into every checkpoint folder next to TRL's own state
@@ -136,12 +137,7 @@ class RLStageConfig:
         "held-out GSM-lite problems per tier scored before and after training (0: skip)"))
 
     def __post_init__(self) -> None:
-        if self.finetune not in ("full", "lora"):
-            raise ValueError(f"finetune must be 'full' or 'lora', got {self.finetune!r}")
-        if self.lora_r < 1 or self.lora_alpha < 1:
-            raise ValueError("lora_r and lora_alpha must be >= 1")
-        if not 0 <= self.lora_dropout < 1:
-            raise ValueError("lora_dropout is a probability: use a value in [0, 1)")
+        check_finetune_fields(self)
         if not self.lr > 0:
             raise ValueError("lr must be > 0 (2e-5 is the measured default; 1e-4 broke easy facts)")
         if self.beta < 0:
@@ -601,8 +597,6 @@ def build_trainer(
 ) -> tuple[ParallelRLTrainer, EventCallback]:
     """The trainer and its event callback, ready to ``train()``; the model is loaded from ``model_path``."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    from pr1d.train.sft import load_trainable
 
     torch.set_num_threads(cfg.threads)
     emit = on_event or (lambda _t, _f: None)

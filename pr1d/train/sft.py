@@ -36,6 +36,16 @@ EventFn = Callable[[str, dict[str, Any]], None]
 PARALLEL_EVAL_TOKENS = 224
 
 
+def check_finetune_fields(cfg: Any) -> None:
+    """The fine-tuning fields the SFT and RL stage configs share: ``finetune`` and ``lora_*``."""
+    if cfg.finetune not in ("full", "lora"):
+        raise ValueError(f"finetune must be 'full' or 'lora', got {cfg.finetune!r}")
+    if cfg.lora_r < 1 or cfg.lora_alpha < 1:
+        raise ValueError("lora_r and lora_alpha must be >= 1")
+    if not 0 <= cfg.lora_dropout < 1:
+        raise ValueError("lora_dropout is a probability: use a value in [0, 1)")
+
+
 @dataclass
 class SFTStageConfig:
     """Hyperparameters of the SFT stage (default: full fine-tuning, chosen by measurement)."""
@@ -115,12 +125,7 @@ class SFTStageConfig:
             raise ValueError("branches must be >= 2: a <Parallel> block needs at least two paths")
         if self.padding not in ("dynamic", "max_length"):
             raise ValueError(f"padding must be 'dynamic' or 'max_length', got {self.padding!r}")
-        if self.finetune not in ("full", "lora"):
-            raise ValueError(f"finetune must be 'full' or 'lora', got {self.finetune!r}")
-        if self.lora_r < 1 or self.lora_alpha < 1:
-            raise ValueError("lora_r and lora_alpha must be >= 1")
-        if not 0 <= self.lora_dropout < 1:
-            raise ValueError("lora_dropout is a probability: use a value in [0, 1)")
+        check_finetune_fields(self)
         if not self.lr > 0:
             raise ValueError("lr must be > 0 (e.g. 1e-3 for full fine-tuning of the tiny model)")
         for name in ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "threads"):

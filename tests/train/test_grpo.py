@@ -26,6 +26,7 @@ from pr1d.train.grpo import (  # noqa: E402
     metric_events,
     train_grpo,
 )
+from tests.stage_io import read_events  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 # The tiny model answers one-step problems in 18 tokens (EOS included); 20 leaves room and keeps the
@@ -278,19 +279,6 @@ def _spec(tmp_path: Path, model: Path, resume: bool) -> Path:
     return path
 
 
-def _events(proc: subprocess.Popen, until=None, timeout: float = 180.0) -> list[dict]:
-    events, deadline = [], time.monotonic() + timeout
-    for line in proc.stdout:
-        line = line.strip()
-        if line.startswith("{"):
-            events.append(json.loads(line))
-            if until and until(events[-1]):
-                return events
-        if time.monotonic() > deadline:
-            break
-    return events
-
-
 def test_stage_sigterm_then_resume(tiny_model, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("PR1_EVENT_FD", None)
@@ -299,10 +287,10 @@ def test_stage_sigterm_then_resume(tiny_model, tmp_path):
                             stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT)
     try:
         # Past the first checkpoint and into the medium tier (the easy window promotes at step 1).
-        first = _events(proc, until=lambda e: e["type"] == "checkpoint" and e["step"] >= 2)
+        first = read_events(proc, timeout=180.0, until=lambda e: e["type"] == "checkpoint" and e["step"] >= 2)
         assert first and first[-1]["type"] == "checkpoint", first[-3:]
         proc.send_signal(signal.SIGTERM)
-        rest = _events(proc)
+        rest = read_events(proc, timeout=180.0)
         assert proc.wait(timeout=120) == 75
     finally:
         if proc.poll() is None:

@@ -8,7 +8,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +27,7 @@ from pr1d.train.sft import (  # noqa: E402
     train_sft,
     write_records,
 )
+from tests.stage_io import read_events  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 EVAL_N = 30  # easy problems: the tiny model knows one-step problems only
@@ -169,19 +169,6 @@ def _spec(tmp_path: Path, model: Path, data: Path, resume: bool) -> Path:
     return path
 
 
-def _events(proc: subprocess.Popen, until=None, timeout: float = 120.0) -> list[dict]:
-    events, deadline = [], time.monotonic() + timeout
-    for line in proc.stdout:
-        line = line.strip()
-        if line.startswith("{"):
-            events.append(json.loads(line))
-            if until and until(events[-1]):
-                return events
-        if time.monotonic() > deadline:
-            break
-    return events
-
-
 def test_stage_sigterm_then_resume(tiny_model, tmp_path):
     data = tmp_path / "records.jsonl"
     write_records(_records(200), data)
@@ -197,10 +184,10 @@ def test_stage_sigterm_then_resume(tiny_model, tmp_path):
         cwd=ROOT,
     )
     try:
-        first = _events(proc, until=lambda e: e["type"] == "checkpoint")
+        first = read_events(proc, timeout=120.0, until=lambda e: e["type"] == "checkpoint")
         assert first and first[-1]["type"] == "checkpoint", first[-3:]
         proc.send_signal(signal.SIGTERM)
-        rest = _events(proc)
+        rest = read_events(proc, timeout=120.0)
         assert proc.wait(timeout=60) == 75
     finally:
         if proc.poll() is None:
