@@ -44,11 +44,9 @@ LLAMA_25M = {"hidden_size": 512, "num_hidden_layers": 8, "num_attention_heads": 
 
 def _tokenizer():
     """The project's tokenizer trained on a GSM-lite sample (the benchmark only needs its vocabulary)."""
-    from pr1d.evaluate.gsm_lite import format_prompt, render_sequential, train_split
-    from pr1d.train.tokenizer import build_tokenizer
+    from benchmarks.common import gsm_tokenizer
 
-    tasks = train_split(2000, seed=0)
-    return build_tokenizer([format_prompt(t["question"]) + render_sequential(t) for t in tasks])
+    return gsm_tokenizer(seed=0)
 
 
 def _small_model(tokenizer, model_dir: str | None):

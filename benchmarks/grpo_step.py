@@ -134,15 +134,9 @@ def ensure_model(path: str | None) -> str:
         return path
     if Path("/tmp/demo_base/model.safetensors").is_file():
         return "/tmp/demo_base"
-    from pr1d.evaluate.gsm_lite import format_prompt, render_sequential, train_split
-    from pr1d.train.model import make_model, save_model
-    from pr1d.train.tokenizer import build_tokenizer
+    from benchmarks.common import random_demo_model
 
-    out = Path(tempfile.mkdtemp(prefix="grpobench-model-"))
-    tasks = train_split(2000, seed=1)
-    tok = build_tokenizer(format_prompt(t["question"]) + render_sequential(t) for t in tasks)
-    save_model(make_model(len(tok), "demo", tok, 0), tok, out)
-    return str(out)
+    return random_demo_model("grpobench-model-")
 
 
 def main() -> int:

@@ -102,15 +102,9 @@ def worker(arm: str, model: str, records_path: str, steps: int, out: str) -> Non
 def ensure_model(path: str | None) -> str:
     if path:
         return path
-    from pr1d.evaluate.gsm_lite import format_prompt, render_sequential, train_split
-    from pr1d.train.model import make_model, save_model
-    from pr1d.train.tokenizer import build_tokenizer
+    from benchmarks.common import random_demo_model
 
-    out = Path(tempfile.mkdtemp(prefix="sftbench-model-"))
-    tasks = train_split(2000, seed=1)
-    tok = build_tokenizer(format_prompt(t["question"]) + render_sequential(t) for t in tasks)
-    save_model(make_model(len(tok), "demo", tok, 0), tok, out)
-    return str(out)
+    return random_demo_model("sftbench-model-")
 
 
 def main() -> int:
