@@ -153,8 +153,8 @@ class SignalConfig(BaseModel):
         ge=2,
         le=10_000,
         description="Reliability may fire only when the window holds at least this many valid scores (for the "
-        "standard deviation) or graded evaluations, pass or fail (for the fail rate). 30, not 20: over a "
-        "10,000-agent fleet the first 20 evaluations of some healthy agent always hold 5 unlucky fails.",
+        "standard deviation) or graded evaluations, pass or fail (for the fail rate). 30, not 20: even with the "
+        "confidence bound, about one healthy agent in 10,000 had 5 unlucky fails in its first 20-25.",
     )
     max_std: float = Field(
         0.12,
