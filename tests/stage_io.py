@@ -6,6 +6,7 @@ import json
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 
 def read_events(
@@ -22,3 +23,22 @@ def read_events(
         if time.monotonic() > deadline:
             break
     return events
+
+
+def write_stage_spec(tmp_path: Path, stage_dir_name: str, params: dict, resume: bool) -> Path:
+    """A stage worker's spec file for a run under ``tmp_path/run`` (one per ``resume`` value), its stage dir made."""
+    run_dir = tmp_path / "run"
+    stage_dir = run_dir / stage_dir_name
+    spec = {
+        "run_id": 1,
+        "run_dir": str(run_dir),
+        "stage_dir": str(stage_dir),
+        "checkpoint_dir": str(stage_dir / "checkpoints"),
+        "resume": resume,
+        "heartbeat_s": 30,
+        "params": params,
+    }
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / f"spec-{int(resume)}.json"
+    path.write_text(json.dumps(spec))
+    return path

@@ -26,7 +26,7 @@ from pr1d.train.grpo import (  # noqa: E402
     metric_events,
     train_grpo,
 )
-from tests.stage_io import read_events  # noqa: E402
+from tests.stage_io import read_events, write_stage_spec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 # The tiny model answers one-step problems in 18 tokens (EOS included); 20 leaves room and keeps the
@@ -251,32 +251,20 @@ def test_tier_transition_is_emitted_and_recorded_and_the_critic_term_is_wired(ti
 
 
 def _spec(tmp_path: Path, model: Path, resume: bool) -> Path:
-    run_dir = tmp_path / "run"
-    spec = {
-        "run_id": 1,
-        "run_dir": str(run_dir),
-        "stage_dir": str(run_dir / "04-rl"),
-        "checkpoint_dir": str(run_dir / "04-rl" / "checkpoints"),
-        "resume": resume,
-        "heartbeat_s": 30,
-        "params": {
-            "model": str(model),
-            "cpu": True,
-            "rl": {
-                "max_steps": 8,
-                "checkpoint_every": 2,
-                "max_completion_length": MAX_LEN,
-                "eval_per_tier": 2,
-                "generation_batch": 32,
-                "micro_batch": 32,
-                "curriculum": {"tiers": ["easy", "medium"], "accuracy_window": 32, "promote_accuracy": 0.5},
-            },
+    params = {
+        "model": str(model),
+        "cpu": True,
+        "rl": {
+            "max_steps": 8,
+            "checkpoint_every": 2,
+            "max_completion_length": MAX_LEN,
+            "eval_per_tier": 2,
+            "generation_batch": 32,
+            "micro_batch": 32,
+            "curriculum": {"tiers": ["easy", "medium"], "accuracy_window": 32, "promote_accuracy": 0.5},
         },
     }
-    (run_dir / "04-rl").mkdir(parents=True, exist_ok=True)
-    path = tmp_path / f"spec-{int(resume)}.json"
-    path.write_text(json.dumps(spec))
-    return path
+    return write_stage_spec(tmp_path, "04-rl", params, resume)
 
 
 def test_stage_sigterm_then_resume(tiny_model, tmp_path):

@@ -27,7 +27,7 @@ from pr1d.train.sft import (  # noqa: E402
     train_sft,
     write_records,
 )
-from tests.stage_io import read_events  # noqa: E402
+from tests.stage_io import read_events, write_stage_spec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 EVAL_N = 30  # easy problems: the tiny model knows one-step problems only
@@ -145,28 +145,16 @@ def test_lora_trains_tags_freezes_base_and_reloads(tiny_model, tmp_path):
 
 
 def _spec(tmp_path: Path, model: Path, data: Path, resume: bool) -> Path:
-    run_dir = tmp_path / "run"
-    spec = {
-        "run_id": 1,
-        "run_dir": str(run_dir),
-        "stage_dir": str(run_dir / "02-sft"),
-        "checkpoint_dir": str(run_dir / "02-sft" / "checkpoints"),
-        "resume": resume,
-        "heartbeat_s": 30,
-        "params": {
-            "model": str(model),
-            "data": str(data),
-            "max_steps": 40,
-            "checkpoint_every": 4,
-            "batch_size": 8,
-            "eval_per_tier": 0,
-            "cpu": True,
-        },
+    params = {
+        "model": str(model),
+        "data": str(data),
+        "max_steps": 40,
+        "checkpoint_every": 4,
+        "batch_size": 8,
+        "eval_per_tier": 0,
+        "cpu": True,
     }
-    (run_dir / "02-sft").mkdir(parents=True, exist_ok=True)
-    path = tmp_path / f"spec-{int(resume)}.json"
-    path.write_text(json.dumps(spec))
-    return path
+    return write_stage_spec(tmp_path, "02-sft", params, resume)
 
 
 def test_stage_sigterm_then_resume(tiny_model, tmp_path):
