@@ -127,7 +127,7 @@ class Daemon:
         orphans = await self.db("recover_after_restart")
         for st in orphans:
             pid = st.get("pid")
-            if pid and _is_our_worker(pid):
+            if pid and _is_our_worker(pid, st["name"], self.state_dir / "runs" / str(st["run_id"])):
                 log.warning("stopping orphaned worker pid %s (run %s stage %s)", pid, st["run_id"], st["name"])
                 await _terminate_pid(pid, self.cfg.daemon.stop_grace_s)
         for run in await self.db("runs_by_state", RunState.interrupted):
@@ -854,12 +854,16 @@ def _tail_file(path: Path, n: int) -> dict:
     return {"text": data.decode(errors="replace"), "offset": size, "truncated": size > n}
 
 
-def _is_our_worker(pid: int) -> bool:
+def _is_our_worker(pid: int, stage: str, run_dir: Path) -> bool:
+    """Whether ``pid`` still is that stage's worker: the pid a crashed daemon recorded may since belong to
+    anything else, another pr1d's worker included, so both the stage module and this run's spec path must
+    be on its command line."""
     try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return b"pr1d.stages." in cmd
+    prefix = str(run_dir).encode() + b"/"
+    return f"pr1d.stages.{stage}".encode() in argv and any(a.startswith(prefix) for a in argv)
 
 
 async def _terminate_pid(pid: int, grace: float) -> None:

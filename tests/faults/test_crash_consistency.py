@@ -33,7 +33,7 @@ from pr1d.registry.deploy import record_initial
 from pr1d.registry.tables import ensure_schema
 from pr1d.registry.versions import register_version
 from tests.conftest import BIN, pr1_env
-from tests.faults.invariants import check_invariants, record_result, reliability_out  # noqa: F401
+from tests.faults.invariants import check_invariants, live_workers, record_result, reliability_out  # noqa: F401
 from tests.registry.registry_kit import BASE_MODEL, Sim, awaiting_run, make_model
 
 SEED = int(os.environ.get("PR1_CRASH_SEED", "1009"))
@@ -518,6 +518,12 @@ def test_invariant_checker_sees_the_agent_manager_and_orphan_workers(tmp_path):
     worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "pr1d.stages.sleep",
                                str(state / "runs" / "1" / "spec.json")])
     try:
+        # Popen returns after fork, maybe before exec: until then /proc shows pytest's command line, and
+        # the checker (rightly) sees no worker. Wait until the worker is really there.
+        deadline = time.monotonic() + 30
+        while worker.pid not in live_workers(state) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert worker.pid in live_workers(state)
         problems = check_invariants(state, daemon_running=False, worker_grace_s=0.5, deployments=False)
         assert any(str(worker.pid) in p for p in problems), problems
     finally:
