@@ -66,6 +66,7 @@ def evaluate_tasks(
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     batch_size: int = 64,
     policy: ParallelExecutionPolicy | None = None,
+    keep_texts: bool = False,
 ) -> dict[str, Any]:
     """Score ``tasks`` greedily and, with ``k > 0``, with ``k`` samples each; one report dict.
 
@@ -78,7 +79,8 @@ def evaluate_tasks(
     With a ``policy``, every answer goes through the forked rollout engine and ``max_new_tokens`` is the
     policy's. The ``greedy`` pass then decodes as the policy says (its temperature; 0 is truly greedy,
     and sampled paths are seeded by ``seed``), and the ``k`` samples use the policy with ``temperature``.
-    The report's ``policy`` is the policy's dict (None for plain generation).
+    The report's ``policy`` is the policy's dict (None for plain generation). ``keep_texts`` adds
+    ``greedy_texts``, the greedy answers in task order (for callers that measure them further).
     """
     started = time.monotonic()
     prompts = [format_prompt(t["question"]) for t in tasks]
@@ -118,6 +120,8 @@ def evaluate_tasks(
     }
     # Format KPIs over everything generated: the greedy answers plus the samples.
     report["parallel"] = _parallel_metrics([c.text for row in greedy + sampled for c in row])
+    if keep_texts:
+        report["greedy_texts"] = [row[0].text for row in greedy]
     return report
 
 

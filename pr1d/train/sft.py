@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pr1d.evaluate.gsm_lite import TIERS, format_prompt, train_split
+from pr1d.evaluate.gsm_lite import TIERS, train_split
 
 EventFn = Callable[[str, dict[str, Any]], None]
 PARALLEL_EVAL_TOKENS = 224
@@ -495,16 +495,10 @@ def evaluate_model(
     from pr1d.data.parallel_format import measure
     from pr1d.evaluate.gsm_eval import evaluate_tasks
     from pr1d.evaluate.gsm_lite import eval_split
-    from pr1d.train.generate import generate
 
     tasks = [t for t in eval_split(n_per_tier) if t["tier"] in tiers]
-    report = evaluate_tasks(model, tokenizer, tasks, k=0, max_new_tokens=max_new_tokens)
-    texts = [
-        c[0].text
-        for c in generate(
-            model, tokenizer, [format_prompt(t["question"]) for t in tasks], max_new_tokens=max_new_tokens
-        )
-    ]
+    report = evaluate_tasks(model, tokenizer, tasks, k=0, max_new_tokens=max_new_tokens, keep_texts=True)
+    texts = report.pop("greedy_texts")
     ms = [measure(t) for t in texts]
     return {
         "accuracy": {t: report["tiers"][t]["greedy"] for t in tiers if t in report["tiers"]},
