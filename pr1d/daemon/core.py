@@ -416,6 +416,7 @@ class Daemon:
         async with self._poll_lock:
             t0, cpu0 = time.monotonic(), time.process_time()
             report: dict[str, Any] = {"started_at": time.time(), "ok": True}
+            listed_at = time.time()
             try:
                 agents = await self.poller.fetch_agents()
             except PollError as e:
@@ -424,6 +425,12 @@ class Daemon:
                 log.warning("poll cycle skipped: %s", e)
                 return report
             await self.db("upsert_agents", agents)
+            if self.registry is not None:
+                try:
+                    report["agent_manager_drift"] = len(await self.registry.check_agent_manager(agents, listed_at))
+                except Exception as e:  # the samples still go in: this check waits for the next cycle
+                    log.exception("agent manager drift check failed")
+                    report["agent_manager_drift_error"] = f"{type(e).__name__}: {e}"
             known = await self.db_call(store.agent_cursors, self.ledger)
             wanted = {a["id"]: known[a["id"]] for a in agents if a["id"] in known}
             # Chunks of 1,000 agents, pipelined: while the ledger thread ingests chunk k and evaluates its

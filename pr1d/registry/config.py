@@ -46,6 +46,12 @@ class RegistryConfig(BaseModel):
         description="Longest delay between two push retries. Pushes are retried until acknowledged; "
         "status shows the pending push and its last error meanwhile.",
     )
+    repush_on_drift: bool = Field(
+        True,
+        description="When the agent manager lists an agent with another model or profile than the deployment "
+        "it acknowledged (it restarted without its state, or someone changed it by hand), push the "
+        "deployed profile again. False: only warn (log, alert event). Either way the drift is audited.",
+    )
     verify_on_deploy: bool = Field(
         True,
         description="Check a version's files against their recorded sha256 before switching to it "

@@ -448,6 +448,69 @@ def record_push_failure(ledger: Ledger, deployment_id: int, error: str) -> None:
         )
 
 
+
+def agent_manager_drift(ledger: Ledger, listing: list[dict], fetched_at: float,
+                        cfg: RegistryConfig | None = None) -> list[dict]:
+    """Agents the agent manager lists with another model or profile than the deployment it acknowledged.
+
+    ``listing`` is the platform's agent list (``id``, ``model``, ``profile``) as fetched at ``fetched_at``.
+    Only an agent's newest deployment counts, only once acknowledged before the listing was fetched (a
+    push acknowledged since may not show in it yet), and never an ``initial`` one: pr1 did not put it
+    there. An agent manager that restarted without its state, or a hand edit, shows up here.
+    """
+    cfg = cfg or RegistryConfig()
+    seen = {a["id"]: a for a in listing if isinstance(a, dict) and a.get("id")}
+    if not seen:
+        return []
+    with ledger.engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT d.id, d.agent_id, d.version_id, d.action, s.body, s.pushed_at FROM deployments d "
+            "JOIN (SELECT agent_id, max(id) AS mid FROM deployments GROUP BY agent_id) m ON d.id = m.mid "
+            "LEFT JOIN deployment_state s ON s.deployment_id = d.id "
+            "WHERE d.profile_pushed = 1 AND d.action != 'initial' ORDER BY d.id"
+        ).all()
+        out = []
+        for dep_id, agent, version, action, body, pushed_at in rows:
+            have = seen.get(agent)
+            if have is None or (pushed_at is not None and pushed_at > fetched_at):
+                continue
+            body = json_cell(body)
+            if body is None:
+                meta = conn.exec_driver_sql("SELECT meta FROM model_versions WHERE id = ?", (version,)).scalar()
+                body = profile_body(version, json_cell(meta), cfg)
+            want = (body.get("model_version"), body.get("profile"))
+            got = (have.get("model") or "", have.get("profile") or "")
+            if got != want:
+                out.append({"deployment": dep_id, "agent": agent, "version": version, "action": action,
+                            "deployed": {"model": want[0], "profile": want[1]},
+                            "reported": {"model": got[0], "profile": got[1]}})
+    return out
+
+
+def mark_for_repush(ledger: Ledger, drift: dict, *, actor: str = "daemon") -> bool:
+    """Push ``drift["deployment"]`` again (see :func:`agent_manager_drift`): it becomes pending, with the
+    drift as its last error, and the push loop sends it at once. False when it is no longer the agent's
+    newest acknowledged deployment (a newer one is pushed in its place anyway)."""
+    now = time.time()
+    dep_id = drift["deployment"]
+    rep, dep = drift["reported"], drift["deployed"]
+    error = (f"agent manager reported {rep['model'] or '(no model)'}/{rep['profile'] or '(no profile)'} "
+             f"instead of the acknowledged {dep['model']}/{dep['profile']}; pushing it again")
+    with WriteTx(ledger) as tx:
+        row = tx.one("SELECT agent_id, profile_pushed FROM deployments WHERE id = ?", (dep_id,))
+        if row is None or not row[1]:
+            return False
+        newest = tx.one("SELECT max(id) FROM deployments WHERE agent_id = ?", (row[0],))
+        if newest is None or newest[0] != dep_id:
+            return False
+        tx.execute("UPDATE deployments SET profile_pushed = 0 WHERE id = ?", (dep_id,))
+        tx.execute("UPDATE deployment_state SET push_error = ?, push_attempts = 0, last_attempt_at = NULL "
+                   "WHERE deployment_id = ?", (error, dep_id))
+        tx.audit(actor, "agent_manager_drift", "deployment", dep_id, ts=now, reason=error,
+                 details={"agent": row[0], "version": drift["version"], "reported": rep, "deployed": dep})
+    return True
+
+
 # -- reading history --------------------------------------------------------------------------------
 
 _INFO_COLS = (

@@ -23,6 +23,8 @@ from .watch import WatchConfig, check_watches
 
 log = logging.getLogger("pr1d.registry")
 
+MAX_REPUSHES = 3  # pushes again per drifted deployment, in a row, before only warning
+
 
 class RegistryService:
     def __init__(
@@ -46,6 +48,10 @@ class RegistryService:
         self.pusher = AsyncHttpPusher(registry.agent_manager_url or agent_manager_url, token, registry.push_timeout_s)
         self.sync = ProfileSync(ledger, self.pusher, registry, self._db)
         self._start_task: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._repushes: dict[int, int] = {}  # deployment -> pushes made again after drift (this process)
+        self._drift_warned: dict[str, tuple] = {}  # agent -> the drift last warned about (warn once)
+        self.drift: dict[str, dict] = {}  # agents drifted and not pushed again, for status
 
     # -- life cycle -----------------------------------------------------------------------------------
     async def start(self) -> dict:
@@ -68,6 +74,8 @@ class RegistryService:
     async def close(self) -> None:
         if self._start_task is not None:
             self._start_task.cancel()
+        for task in list(self._tasks):
+            task.cancel()  # what was not acknowledged stays pending in the ledger for the next start
         await self.pusher.close()
 
     # -- socket handlers ------------------------------------------------------------------------------
@@ -101,9 +109,70 @@ class RegistryService:
         return await self._db(_deploy.deployment_history, self.ledger, agent_id, limit)
 
     async def status(self) -> dict:
-        return await self._db(registry_status, self.ledger, self.approvals, self.registry)
+        st = await self._db(registry_status, self.ledger, self.approvals, self.registry)
+        for d in self.drift.values():
+            st["alerts"].append({
+                "kind": "agent_manager_drift", "agent": d["agent"], "deployment": d["deployment"],
+                "message": f"agent manager runs {d['reported']['model']}/{d['reported']['profile']} for agent "
+                           f"{d['agent']}, not the deployed {d['deployed']['model']}/{d['deployed']['profile']} "
+                           f"({d['why']})",
+            })
+        return st
 
     # -- pushes ---------------------------------------------------------------------------------------
+    async def check_agent_manager(self, listing: list[dict], fetched_at: float) -> list[dict]:
+        """Compare the platform's agent list with what it acknowledged (each poll cycle); push a drifted
+        agent's deployment again (``registry.repush_on_drift``) or warn. Returns one entry per drift."""
+        drift = await self._db(_deploy.agent_manager_drift, self.ledger, listing, fetched_at, self.registry)
+        drifted = {d["deployment"] for d in drift}
+        for dep in [k for k in self._repushes if k not in drifted]:
+            del self._repushes[dep]  # in agreement again: a later drift starts a fresh count
+        out = []
+        for d in drift:
+            rep, dep = d["reported"], d["deployed"]
+            what = (f"agent manager runs {rep['model'] or '(no model)'}/{rep['profile'] or '(no profile)'} for "
+                    f"agent {d['agent']}, but acknowledged deployment {d['deployment']} "
+                    f"({d['action']} to {dep['model']}/{dep['profile']})")
+            n = self._repushes.get(d["deployment"], 0)
+            if self.registry.repush_on_drift and n < MAX_REPUSHES:
+                self._repushes[d["deployment"]] = n + 1
+                if not await self._db(_deploy.mark_for_repush, self.ledger, d):
+                    continue  # superseded meanwhile: the newer deployment is pushed instead
+                log.warning("%s: pushing it again", what)
+                self._publish("alert", {"kind": "agent_manager_drift", "agent": d["agent"],
+                                        "deployment": d["deployment"], "action": "repush", "message": what})
+                out.append(d | {"action_taken": "repush"})
+                continue
+            why = ("registry.repush_on_drift = false" if not self.registry.repush_on_drift else
+                   f"pushed again {n} times in a row and it still lists something else: check what its "
+                   "GET /v1/agents calls the model it was pushed")
+            if self._drift_warned.get(d["agent"]) != (d["deployment"], rep["model"], rep["profile"]):
+                self._drift_warned[d["agent"]] = (d["deployment"], rep["model"], rep["profile"])
+                log.warning("%s; not pushing it again (%s)", what, why)
+                self._publish("alert", {"kind": "agent_manager_drift", "agent": d["agent"],
+                                        "deployment": d["deployment"], "action": "warn", "message": what})
+            out.append(d | {"action_taken": "warn", "why": why})
+        self.drift = {d["agent"]: d for d in out if d["action_taken"] == "warn"}
+        again = [d["agent"] for d in out if d["action_taken"] == "repush"]
+        if again:
+            # In the background, 16 at a time: a whole fleet drifted (an agent manager restarted empty)
+            # must not hold up the poll cycle. A failed push stays pending for the retry job.
+            task = asyncio.create_task(self._push_agents(again))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return out
+
+    async def _push_agents(self, agents: list[str]) -> list[dict]:
+        outs = list(await asyncio.gather(*(self.sync.sync_agent(a) for a in agents)))
+        for o in outs:
+            self._publish("agent", {"agent": o["agent"], "kind": "profile_push", **o})
+        return outs
+
+    async def settle(self) -> None:
+        """Wait for background pushes started by :meth:`check_agent_manager` (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
     async def push_now(self, agent_id: str) -> dict:
         """First push of a new deployment, right away; a failure is published and left to the retry job."""
         out = await self.sync.sync_agent(agent_id)

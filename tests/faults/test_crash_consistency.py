@@ -504,6 +504,44 @@ def _checkpoint(led: Ledger) -> None:
         conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
+def test_agent_manager_that_forgot_a_promotion_gets_it_pushed_again(tmp_path, daemon_factory):
+    """The agent manager restarts without its state (or someone edits it by hand) after it acknowledged a
+    promotion: the next poll sees it list the old model, audits the drift and pushes the deployment again."""
+    sim = Sim(tmp_path, "steady")
+    try:
+        state = tmp_path / "state"
+        state.mkdir()
+        s = _registry_setup(state, tmp_path, ["agent-000"])["agent-000"]
+        d = daemon_factory(state, extra_env=_env(sim, monitor=True)).start()
+        d.ctl("approve", str(s["run"]), "--reason", "drift test")
+        assert sim.agent("agent-000")["model"] == s["candidate"]
+        with d.client() as c:
+            assert c.call("monitor.poll")["agent_manager_drift"] == 0  # in agreement: nothing to do
+            sim.post("/v1/agents/agent-000/profile", {"profile": "default", "model_version": BASE_MODEL, "policy": {}})
+            assert any("agent manager runs" in p for p in check_invariants(state, sim_url=sim.url))
+            assert c.call("monitor.poll")["agent_manager_drift"] == 1
+        deadline = time.monotonic() + 30
+        while sim.agent("agent-000")["model"] != s["candidate"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sim.agent("agent-000")["model"] == s["candidate"]
+        assert [h["model_version"] for h in sim.history("agent-000")][-3:] == [s["candidate"], BASE_MODEL,
+                                                                                s["candidate"]]
+        deadline = time.monotonic() + 10
+        while check_invariants(state, sim_url=sim.url) and time.monotonic() < deadline:
+            time.sleep(0.1)  # the acknowledgement commits just after the agent manager applies the push
+        assert check_invariants(state, sim_url=sim.url) == []
+        led = Ledger(state / "ledger.sqlite")
+        try:
+            (audit,) = [a for a in led.audit_log(limit=50) if a["action"] == "agent_manager_drift"]
+        finally:
+            led.close()
+        assert f"reported {BASE_MODEL}/default" in audit["reason"]
+        assert d.ctl_json("status")["registry"]["alerts"] == []
+        assert "agent manager runs" in d.stderr() and "pushing it again" in d.stderr()
+    finally:
+        sim.close()
+
+
 def test_invariant_checker_sees_the_agent_manager_and_orphan_workers(tmp_path):
     sim = Sim(tmp_path, "steady")
     try:

@@ -404,6 +404,79 @@ async def test_service_approve_push_pending_restart_and_rollback(sim, ledger, mo
     await svc.close()
 
 
+def _listing(sim) -> list[dict]:
+    return [{"id": a["id"], "model": a["model"], "profile": a["profile"]} for a in sim.get("/v1/agents")["agents"]]
+
+
+async def test_agent_manager_drift_is_pushed_again_then_only_warned(sim, ledger, models, tmp_path):
+    from pr1d.registry.approvals import ApprovalConfig
+    from pr1d.registry.service import MAX_REPUSHES, RegistryService
+    from pr1d.registry.watch import WatchConfig
+
+    events: list[tuple[str, dict]] = []
+
+    def service(**cfg) -> RegistryService:
+        return RegistryService(ledger, tmp_path / "state", registry=RegistryConfig(**cfg), approvals=ApprovalConfig(),
+                               watch=WatchConfig(), agent_manager_url=sim.url,
+                               publish=lambda topic, data, run=None: events.append((topic, data)))
+
+    base = _base(ledger, models, tmp_path)
+    svc = service()
+    await svc.start()
+    # Only the initial deployment: pr1 never pushed it, so whatever the platform runs is not pr1's drift.
+    other = [{"id": AGENT, "model": "someone-elses-model", "profile": "x"}]
+    assert await svc.check_agent_manager(other, time.time()) == []
+
+    run_id, v1 = _candidate(ledger, models, tmp_path)
+    before = _listing(sim)  # fetched before the promotion's push was acknowledged
+    out = await svc.approve(run_id, "alice", "ok")
+    assert out["push"]["state"] == "in_sync"
+    assert await svc.check_agent_manager(before, time.time() - 60) == []  # a listing older than the ack
+    assert await svc.check_agent_manager(_listing(sim), time.time()) == []  # in agreement
+
+    # The agent manager goes back to the base model behind pr1's back.
+    sim.post(f"/v1/agents/{AGENT}/profile", {"profile": "default", "model_version": BASE_MODEL, "policy": {}})
+    (d,) = await svc.check_agent_manager(_listing(sim), time.time())
+    assert d["action_taken"] == "repush" and d["deployment"] == out["deployment"]["id"]
+    assert d["reported"] == {"model": BASE_MODEL, "profile": "default"} and d["deployed"]["model"] == v1["id"]
+    await svc.settle()
+    assert sim.history(AGENT)[-1]["model_version"] == v1["id"] and _agrees(sim, ledger, models)
+    assert pending_pushes(ledger) == [] and (await svc.status())["alerts"] == []
+    assert ("alert", {"kind": "agent_manager_drift", "agent": AGENT, "deployment": d["deployment"],
+                      "action": "repush", "message": events[-2][1]["message"]}) in events
+    assert count(ledger, "SELECT count(*) FROM audit WHERE action = 'agent_manager_drift'") == 1
+    assert await svc.check_agent_manager(_listing(sim), time.time() + 1) == []  # fixed: the count starts over
+
+    # A platform that acknowledges pushes but keeps listing another name: pushed again MAX_REPUSHES times
+    # in a row, then only warned about (once), with an alert in status.
+    stale = [{"id": AGENT, "model": "v1-as-the-platform-calls-it", "profile": "parallel_reasoner"}]
+    taken = []
+    for _ in range(MAX_REPUSHES + 2):
+        (d,) = await svc.check_agent_manager(stale, time.time() + 1)
+        await svc.settle()
+        taken.append(d["action_taken"])
+    assert taken == ["repush"] * MAX_REPUSHES + ["warn", "warn"]
+    assert sum(1 for t, e in events if e.get("kind") == "agent_manager_drift" and e["action"] == "warn") == 1
+    (alert,) = (await svc.status())["alerts"]
+    assert alert["kind"] == "agent_manager_drift" and "check what its GET /v1/agents calls" in alert["message"]
+    # In agreement again: the alert clears and a later drift starts a fresh count.
+    assert await svc.check_agent_manager(_listing(sim), time.time() + 1) == []
+    assert (await svc.status())["alerts"] == []
+    assert (await svc.check_agent_manager(stale, time.time() + 1))[0]["action_taken"] == "repush"
+    await svc.settle()
+    await svc.close()
+
+    # repush_on_drift = false: warned about, audited nowhere, never pushed.
+    svc = service(repush_on_drift=False)
+    pushes = len(sim.history(AGENT))
+    (d,) = await svc.check_agent_manager(stale, time.time() + 1)
+    assert d["action_taken"] == "warn" and d["why"] == "registry.repush_on_drift = false"
+    assert len(sim.history(AGENT)) == pushes and pending_pushes(ledger) == []
+    assert [a["kind"] for a in (await svc.status())["alerts"]] == ["agent_manager_drift"]
+    await svc.close()
+    assert read_pointer(models, AGENT) == v1["id"] != base["id"]
+
+
 def test_promote_directly_is_the_same_transaction(sim, ledger, models, tmp_path):
     from pr1d.registry.deploy import promote
 
