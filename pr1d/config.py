@@ -530,23 +530,40 @@ def _type_name(ann: Any) -> str:
     return getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
 
 
-def _model_markdown(model: type[BaseModel], prefix: str, out: list[str]) -> None:
-    rows, nested = [], []
+def _walk(model: type[BaseModel], prefix: str = ""):
+    """The config tree in file order: ("key", name, type, default, description) for each key of a section,
+    then ("section", dotted name, its doc or "") for each subsection, followed by its own items."""
+    nested = []
     for key, f in model.model_fields.items():
         ann = f.annotation
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             nested.append((key, ann))
             continue
         default = f.default if f.default_factory is None else f.default_factory()
-        rows.append(f"| `{key}` | `{_type_name(ann)}` | `{default!r}` | {f.description or ''} |")
-    if rows:
-        out += ["| key | type | default | meaning |", "|---|---|---|---|", *rows, ""]
+        yield "key", key, ann, default, f.description or ""
     for key, sub in nested:
         name = f"{prefix}.{key}" if prefix else key
-        out += [f"## `[{name}]`", ""]
-        if sub.__doc__ and sub.__doc__ != _Section.__doc__:
-            out += [" ".join(sub.__doc__.split()), ""]
-        _model_markdown(sub, name, out)
+        doc = " ".join(sub.__doc__.split()) if sub.__doc__ and sub.__doc__ != _Section.__doc__ else ""
+        yield "section", name, doc
+        yield from _walk(sub, name)
+
+
+def _model_markdown(model: type[BaseModel], out: list[str]) -> None:
+    rows: list[str] = []
+
+    def table() -> None:
+        if rows:
+            out.extend(["| key | type | default | meaning |", "|---|---|---|---|", *rows, ""])
+            rows.clear()
+
+    for item in _walk(model):
+        if item[0] == "key":
+            _, key, ann, default, desc = item
+            rows.append(f"| `{key}` | `{_type_name(ann)}` | `{default!r}` | {desc} |")
+        else:
+            table()
+            out.extend([f"## `[{item[1]}]`", ""] + ([item[2], ""] if item[2] else []))
+    table()
 
 
 def config_markdown() -> str:
@@ -562,7 +579,7 @@ def config_markdown() -> str:
         "start-up with the file and key. `SIGHUP` reloads; an invalid new config is refused and the old one stays.",
         "",
     ]
-    _model_markdown(Config, "", out)
+    _model_markdown(Config, out)
     return "\n".join(line for line in out) + "\n"
 
 
@@ -586,24 +603,13 @@ def _wrap_comment(text: str, width: int = 100) -> list[str]:
     return ["# " + line for line in textwrap.wrap(text, width - 2)] or ["#"]
 
 
-def _model_toml(model: type[BaseModel], prefix: str, out: list[str]) -> None:
-    nested = []
-    for key, f in model.model_fields.items():
-        ann = f.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            nested.append((key, ann))
-            continue
-        default = f.default if f.default_factory is None else f.default_factory()
-        out += _wrap_comment(f.description or "")
-        out.append(f"{key} = {_toml_value(default)}")
-        out.append("")
-    for key, sub in nested:
-        name = f"{prefix}.{key}" if prefix else key
-        out.append(f"[{name}]")
-        if sub.__doc__ and sub.__doc__ != _Section.__doc__:
-            out += _wrap_comment(" ".join(sub.__doc__.split()))
-        out.append("")
-        _model_toml(sub, name, out)
+def _model_toml(model: type[BaseModel], out: list[str]) -> None:
+    for item in _walk(model):
+        if item[0] == "key":
+            _, key, _ann, default, desc = item
+            out.extend([*_wrap_comment(desc), f"{key} = {_toml_value(default)}", ""])
+        else:
+            out.extend([f"[{item[1]}]", *(_wrap_comment(item[2]) if item[2] else []), ""])
 
 
 def config_toml() -> str:
@@ -615,7 +621,7 @@ def config_toml() -> str:
         "# refused at start-up. Environment: PR1_<SECTION>__<KEY>=value overrides any key.",
         "",
     ]
-    _model_toml(Config, "", out)
+    _model_toml(Config, out)
     return "\n".join(out).rstrip() + "\n"
 
 
