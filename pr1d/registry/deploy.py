@@ -456,7 +456,8 @@ def agent_manager_drift(ledger: Ledger, listing: list[dict], fetched_at: float,
     ``listing`` is the platform's agent list (``id``, ``model``, ``profile``) as fetched at ``fetched_at``.
     Only an agent's newest deployment counts, only once acknowledged before the listing was fetched (a
     push acknowledged since may not show in it yet), and never an ``initial`` one: pr1 did not put it
-    there. An agent manager that restarted without its state, or a hand edit, shows up here.
+    there. A model or profile the listing leaves empty is not judged. An agent manager that restarted
+    without its state, or a hand edit, shows up here.
     """
     cfg = cfg or RegistryConfig()
     seen = {a["id"]: a for a in listing if isinstance(a, dict) and a.get("id")}
@@ -480,7 +481,8 @@ def agent_manager_drift(ledger: Ledger, listing: list[dict], fetched_at: float,
                 body = profile_body(version, json_cell(meta), cfg)
             want = (body.get("model_version"), body.get("profile"))
             got = (have.get("model") or "", have.get("profile") or "")
-            if got != want:
+            # A field the platform leaves empty is unknown, not different: judge what it does report.
+            if any(g and g != w for g, w in zip(got, want, strict=True)):
                 out.append({"deployment": dep_id, "agent": agent, "version": version, "action": action,
                             "deployed": {"model": want[0], "profile": want[1]},
                             "reported": {"model": got[0], "profile": got[1]}})

@@ -433,6 +433,9 @@ async def test_agent_manager_drift_is_pushed_again_then_only_warned(sim, ledger,
     assert out["push"]["state"] == "in_sync"
     assert await svc.check_agent_manager(before, time.time() - 60) == []  # a listing older than the ack
     assert await svc.check_agent_manager(_listing(sim), time.time()) == []  # in agreement
+    # A platform that does not report the model or the profile: unknown, not drifted.
+    assert await svc.check_agent_manager([{"id": AGENT, "model": "", "profile": ""}], time.time()) == []
+    assert await svc.check_agent_manager([{"id": AGENT, "model": v1["id"], "profile": ""}], time.time()) == []
 
     # The agent manager goes back to the base model behind pr1's back.
     sim.post(f"/v1/agents/{AGENT}/profile", {"profile": "default", "model_version": BASE_MODEL, "policy": {}})
