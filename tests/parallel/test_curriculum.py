@@ -129,6 +129,7 @@ STOP_CFG = CurriculumConfig(plateau_windows=3, stop_min_improvement=0.01, reward
                             min_steps=10, max_steps=100, max_seconds=600)
 NOISY = [0.1, 0.9, 0.2, 0.8, 0.3]  # variance 0.1
 FLAT = [0.50, 0.52, 0.49, 0.51, 0.50]  # variance 0.0001
+RISING = [0.40, 0.42, 0.44, 0.46, 0.48]  # variance 0.0008, but +0.06 from the first half to the second
 STOP = [
     ("nothing yet", TrainingHistory(step=20, rewards=NOISY, eval_scores=[0.4, 0.5]), None),
     ("step budget", TrainingHistory(step=100, rewards=NOISY), "step_budget"),
@@ -140,6 +141,9 @@ STOP = [
     ("plateau needs 3 windows after a baseline", TrainingHistory(step=40, rewards=NOISY, eval_scores=[0.5] * 3), None),
     ("reward stable", TrainingHistory(step=40, rewards=NOISY + FLAT), "reward_stable"),
     ("reward noisy", TrainingHistory(step=40, rewards=FLAT + NOISY), None),
+    ("steady but still rising is not stable", TrainingHistory(step=40, rewards=NOISY + RISING), None),
+    ("steady and falling is stable (no longer rising)", TrainingHistory(step=40, rewards=RISING[::-1]),
+     "reward_stable"),
     ("too few rewards for the window", TrainingHistory(step=40, rewards=FLAT[:4]), None),
     ("a NaN reward in the window is not stability", TrainingHistory(step=40, rewards=FLAT[:4] + [float("nan")]), None),
     ("plateau before min_steps does not stop", TrainingHistory(step=9, rewards=FLAT, eval_scores=[0.5] * 4), None),
