@@ -416,7 +416,6 @@ class Daemon:
         async with self._poll_lock:
             t0, cpu0 = time.monotonic(), time.process_time()
             report: dict[str, Any] = {"started_at": time.time(), "ok": True}
-            listed_at = time.time()
             try:
                 agents = await self.poller.fetch_agents()
             except PollError as e:
@@ -427,7 +426,7 @@ class Daemon:
             await self.db("upsert_agents", agents)
             if self.registry is not None:
                 try:
-                    report["agent_manager_drift"] = len(await self.registry.check_agent_manager(agents, listed_at))
+                    report["agent_manager_drift"] = len(await self.registry.check_agent_manager(agents, report["started_at"]))
                 except Exception as e:  # the samples still go in: this check waits for the next cycle
                     log.exception("agent manager drift check failed")
                     report["agent_manager_drift_error"] = f"{type(e).__name__}: {e}"

@@ -448,7 +448,6 @@ def record_push_failure(ledger: Ledger, deployment_id: int, error: str) -> None:
         )
 
 
-
 def agent_manager_drift(ledger: Ledger, listing: list[dict], fetched_at: float,
                         cfg: RegistryConfig | None = None) -> list[dict]:
     """Agents the agent manager lists with another model or profile than the deployment it acknowledged.

@@ -111,12 +111,8 @@ class RegistryService:
     async def status(self) -> dict:
         st = await self._db(registry_status, self.ledger, self.approvals, self.registry)
         for d in self.drift.values():
-            st["alerts"].append({
-                "kind": "agent_manager_drift", "agent": d["agent"], "deployment": d["deployment"],
-                "message": f"agent manager runs {d['reported']['model']}/{d['reported']['profile']} for agent "
-                           f"{d['agent']}, not the deployed {d['deployed']['model']}/{d['deployed']['profile']} "
-                           f"({d['why']})",
-            })
+            st["alerts"].append({"kind": "agent_manager_drift", "agent": d["agent"], "deployment": d["deployment"],
+                                 "message": f"{d['message']}; not pushing it again ({d['why']})"})
         return st
 
     # -- pushes ---------------------------------------------------------------------------------------
@@ -141,7 +137,7 @@ class RegistryService:
                 log.warning("%s: pushing it again", what)
                 self._publish("alert", {"kind": "agent_manager_drift", "agent": d["agent"],
                                         "deployment": d["deployment"], "action": "repush", "message": what})
-                out.append(d | {"action_taken": "repush"})
+                out.append(d | {"action_taken": "repush", "message": what})
                 continue
             why = ("registry.repush_on_drift = false" if not self.registry.repush_on_drift else
                    f"pushed again {n} times in a row and it still lists something else: check what its "
@@ -151,25 +147,19 @@ class RegistryService:
                 log.warning("%s; not pushing it again (%s)", what, why)
                 self._publish("alert", {"kind": "agent_manager_drift", "agent": d["agent"],
                                         "deployment": d["deployment"], "action": "warn", "message": what})
-            out.append(d | {"action_taken": "warn", "why": why})
+            out.append(d | {"action_taken": "warn", "why": why, "message": what})
         self.drift = {d["agent"]: d for d in out if d["action_taken"] == "warn"}
         again = [d["agent"] for d in out if d["action_taken"] == "repush"]
         if again:
             # In the background, 16 at a time: a whole fleet drifted (an agent manager restarted empty)
             # must not hold up the poll cycle. A failed push stays pending for the retry job.
-            task = asyncio.create_task(self._push_agents(again))
+            task = asyncio.create_task(self._sync_agents(again))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return out
 
-    async def _push_agents(self, agents: list[str]) -> list[dict]:
-        outs = list(await asyncio.gather(*(self.sync.sync_agent(a) for a in agents)))
-        for o in outs:
-            self._publish("agent", {"agent": o["agent"], "kind": "profile_push", **o})
-        return outs
-
     async def settle(self) -> None:
-        """Wait for background pushes started by :meth:`check_agent_manager` (tests, shutdown)."""
+        """Wait for the background pushes started by :meth:`check_agent_manager` (tests)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
@@ -183,15 +173,23 @@ class RegistryService:
 
     async def retry_pushes(self, respect_backoff: bool = True) -> list[dict]:
         """The scheduled job: retry every pending push that is due (all of them at start)."""
-        if respect_backoff:
-            outs = await self.sync.sync_due()
-        else:
+        if not respect_backoff:
             pending = await self._db(_deploy.pending_pushes, self.ledger, self.registry)
-            outs = list(await asyncio.gather(*(self.sync.sync_agent(a) for a in sorted({p["agent"] for p in pending}))))
+            return await self._sync_agents(sorted({p["agent"] for p in pending}))
+        outs = await self.sync.sync_due()
+        self._publish_pushed(outs)
+        return outs
+
+    async def _sync_agents(self, agents: list[str]) -> list[dict]:
+        """Push each agent's pending deployment now (16 at a time, ProfileSync's limit)."""
+        outs = list(await asyncio.gather(*(self.sync.sync_agent(a) for a in agents)))
+        self._publish_pushed(outs)
+        return outs
+
+    def _publish_pushed(self, outs: list[dict]) -> None:
         for o in outs:
             if o["pushed"]:
                 self._publish("agent", {"agent": o["agent"], "kind": "profile_push", **o})
-        return outs
 
     # -- scheduled checks -----------------------------------------------------------------------------
     async def expire_approvals(self) -> list[int]:
