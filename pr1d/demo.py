@@ -214,7 +214,7 @@ def _evaluations_in_ledger(state: Path) -> int:
     return int(row[0] or 0)
 
 
-def _open_state(args: argparse.Namespace, con: Console) -> tuple[Path, dict]:
+def _open_state(args: argparse.Namespace) -> tuple[Path, dict]:
     """The state dir and the demo's own record of how it was started (demo.json): new, or the one resumed."""
     if args.resume:
         state = Path(args.resume).expanduser().resolve()
@@ -236,7 +236,7 @@ def _open_state(args: argparse.Namespace, con: Console) -> tuple[Path, dict]:
 def run(args: argparse.Namespace) -> int:
     con = Console(highlight=False)
     resuming = bool(getattr(args, "resume", None))
-    state, meta = _open_state(args, con)
+    state, meta = _open_state(args)
     quick, scenario = bool(meta["quick"]), str(meta["scenario"])
     logs = state / "demo-logs"
     logs.mkdir(exist_ok=True)
