@@ -130,6 +130,32 @@ def test_progress_callback_reports_phases_and_loop(tmp_path):
     assert record["steps"] == 6 and record["heldout_accuracy"] == {}
 
 
+def test_step_budget_alone_shapes_the_schedule_and_the_clock_only_cuts_short(tmp_path, monkeypatch):
+    """A busy machine must get the same model: with max_steps set, the learning rate at each step is the
+    step's alone, however slow the clock says the loop is; the backstop stops the loop and says so."""
+    import itertools
+
+    import pr1d.train.model as model_mod
+
+    def run(clock_step_s: float, minutes: float) -> tuple[dict, list[dict]]:
+        ticks = itertools.count()
+        monkeypatch.setattr(model_mod.time, "monotonic", lambda: next(ticks) * clock_step_s)
+        events: list[dict] = []
+        cfg = PretrainConfig(minutes=minutes, max_steps=8, corpus_size=300, log_every=1, seed=3, warmup_steps=2)
+        tok, examples = model_mod.build_corpus(cfg)
+        model = make_model(len(tok), "tiny", tok, cfg.seed)
+        loop = model_mod.pretrain(model, tok, examples, cfg, on_progress=events.append)
+        return loop, events
+
+    quiet, quiet_ev = run(0.001, 60.0)
+    busy, busy_ev = run(20.0, 60.0)  # every clock read 20 s later: the old rule ran the schedule ahead
+    assert quiet["steps"] == busy["steps"] == 8 and not quiet["cut_short"] and not busy["cut_short"]
+    assert [e["lr"] for e in quiet_ev] == [e["lr"] for e in busy_ev]
+    assert busy["final_loss"] == quiet["final_loss"]  # the same updates, so the same model
+    cut, _ = run(60.0, 1.0)  # the 1-minute backstop is reached after a couple of steps
+    assert cut["cut_short"] and cut["steps"] < 8
+
+
 def test_pretrain_config_refuses_no_budget():
     with pytest.raises(ValueError, match="needs a budget"):
         PretrainConfig(minutes=0, max_steps=None)
