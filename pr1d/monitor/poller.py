@@ -112,8 +112,13 @@ def parse_evaluation(item: Any, field_map: dict[str, str]) -> tuple[dict | None,
         return None, "invalid task_id"
     if tier is not None and not isinstance(tier, str):
         return None, "invalid tier"
+    # Optional: the model version the platform graded (map a platform's own name with scoring.field_map).
+    # Without it the sample is tagged with the model the agents listing gives at ingest.
+    version = item.get("model_version")
+    if version is not None and (not isinstance(version, str) or not version):
+        return None, "invalid model_version"
     return {"eval_id": str(eid), "ts": ts, "weighted_score": score, "status": status, "rubric": rubric,
-            "task_id": None if task_id is None else str(task_id), "tier": tier}, None
+            "task_id": None if task_id is None else str(task_id), "tier": tier, "model_version": version}, None
 
 
 class ScoringClient:

@@ -11,7 +11,8 @@ The entry-criteria table (docs/entry-criteria.md):
     drift          -> full (SFT→RL)  compliance  -> targeted-sft (SFT with guardrail prompts)
 
 Order of checks, most deliberate first: an operator's hold, then dedupe (a run already holds the
-agent), then the cooldown after the last run ended.
+agent), then the cooldown after the last run ended or the last change of model (promotion or rollback),
+whichever came later.
 """
 
 from __future__ import annotations
@@ -49,8 +50,10 @@ class RuleConfig(BaseModel):
         3600.0,
         ge=0.0,
         le=90 * 86400.0,
-        description="After an agent's run ends (promoted, rejected, failed or cancelled), no automatic run starts "
-        "for this long. A run may start again exactly `cooldown_s` after the end. 0 disables the cooldown.",
+        description="After an agent's run ends (rejected, failed or cancelled) or its model changes (promotion or "
+        "rollback), no automatic run starts for this long: a late approval cannot re-trigger a run before the new "
+        "version's windows fill. A run may start again exactly `cooldown_s` after the later of the two. 0 disables "
+        "the cooldown.",
     )
     precedence: list[JobKind] = Field(
         ["full", "targeted-sft", "sft", "rl"],
@@ -92,6 +95,13 @@ class AgentState:
     active_run: ActiveRun | None = None
     last_run_finished_at: float | None = None  # ledger `runs.finished_at` of the agent's latest ended run
     hold_reason: str | None = None
+    model_changed_at: float | None = None  # when the version in service was promoted or rolled back to
+
+    @property
+    def cooldown_from(self) -> float | None:
+        """The later of the last run's end and the last change of model: the cooldown counts from it."""
+        times = [t for t in (self.last_run_finished_at, self.model_changed_at) if t is not None]
+        return max(times) if times else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,14 +154,14 @@ def choose(
     return ranked[0], ranked[1:]
 
 
-def cooldown_remaining(last_run_finished_at: float | None, now: float, cooldown_s: float) -> float:
-    """Seconds of cooldown left (0.0 when none). Exactly ``cooldown_s`` after the end, none is left.
+def cooldown_remaining(since: float | None, now: float, cooldown_s: float) -> float:
+    """Seconds of cooldown left after ``since`` (0.0 when none). Exactly ``cooldown_s`` after it, none is left.
 
-    A finish time in the future (clock skew) keeps the agent cooling down rather than skipping it.
+    A time in the future (clock skew) keeps the agent cooling down rather than skipping it.
     """
-    if last_run_finished_at is None or cooldown_s <= 0:
+    if since is None or cooldown_s <= 0:
         return 0.0
-    return max(0.0, last_run_finished_at + cooldown_s - now)
+    return max(0.0, since + cooldown_s - now)
 
 
 def holds_agent(run: ActiveRun | None) -> bool:
@@ -179,7 +189,8 @@ def decide(agent: AgentState, results: Sequence[SignalResult], now: float, cfg: 
     guardrails = any(r.name == "compliance" for r in fired)
 
     suppressed: Suppression | None = None
-    remaining = cooldown_remaining(agent.last_run_finished_at, now, cfg.cooldown_s)
+    since = agent.cooldown_from
+    remaining = cooldown_remaining(since, now, cfg.cooldown_s)
     if agent.hold:
         suppressed = "hold"
         evidence["hold_reason"] = agent.hold_reason
@@ -193,9 +204,9 @@ def decide(agent: AgentState, results: Sequence[SignalResult], now: float, cfg: 
     evidence["cooldown"] = {
         "cooldown_s": cfg.cooldown_s,
         "last_run_finished_at": agent.last_run_finished_at,
+        "model_changed_at": agent.model_changed_at,
+        "from": since,
         "remaining_s": remaining,
-        "until": agent.last_run_finished_at + cfg.cooldown_s
-        if agent.last_run_finished_at is not None
-        else None,
+        "until": since + cfg.cooldown_s if since is not None else None,
     }
     return Decision(kind, primary.name, suppressed, guardrails, evidence)

@@ -3,7 +3,8 @@
 Four signals, one per row of the entry-criteria table (docs/entry-criteria.md):
 
 - ``weighted_score``  -- the weighted score stayed below target for N consecutive evaluations;
-- ``reliability``     -- the score's standard deviation, or the fail rate, over a window is too high;
+- ``reliability``     -- the score's standard deviation, or the fail rate, over a window is too high,
+  or a sequential test over every graded evaluation of the version says the fail rate is above the bar;
 - ``drift``           -- the recent mean dropped against a frozen baseline, or a Page--Hinkley
   detector saw a sharp drop;
 - ``compliance``      -- a compliance/safety rubric item failed in the window.
@@ -28,6 +29,9 @@ Conventions shared by all signals (argued in docs/entry-criteria.md):
   a minimum usable count gates firing.
 - Samples are ordered by ``(ts, eval_id)`` inside every function: the platform may deliver
   evaluations out of order, and the tie-break on ``eval_id`` makes the order total and repeatable.
+- Fresh eyes after a change of model: every sample carries the model version it was graded on, and
+  an :class:`Epoch` (one version since its promotion or rollback) selects what the signals judge
+  (:func:`in_epoch`). Samples of another version, or graded before the change, are ignored.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ class Sample:
     status: str  # "pass" | "fail" | "error" from the platform; anything else is treated like "error"
     rubric: Mapping[str, bool] | None = None
     eval_id: str = ""
+    version: str | None = None  # the model version it was graded on; None = unknown (recorded before v2)
 
     def __post_init__(self) -> None:
         # ts orders everything; a NaN would make sorting meaningless, so refuse it at the door.
@@ -101,26 +106,75 @@ def ordered(samples: Iterable[Sample]) -> list[Sample]:
 
 @dataclass(frozen=True, slots=True)
 class Baseline:
-    """The reference level drift is measured against; frozen until the next promotion."""
+    """The reference level drift is measured against: the platform's own first K scores of the version
+    in service, frozen until the next promotion or rollback (never the gate's expected score: that is
+    pr1's grading, the live scores are the platform's)."""
 
     mean: float
-    n: int  # how many evaluations it was computed from (0 for a gate's expected score)
-    source: Literal["first_k", "promotion"]
-    frozen_at: float  # ts of the last sample it used, or of the promotion; drift looks only after it
+    n: int  # how many evaluations it was computed from
+    source: Literal["first_k"]
+    frozen_at: float  # ts of the last sample it used; drift looks only after it
 
     def __post_init__(self) -> None:
         # A zero mean would make the relative drop undefined; a score baseline of 0 is meaningless anyway.
         if _valid(self.mean) is None or self.mean <= 0.0:
             raise ValueError(f"Baseline.mean must be in (0, 1], got {self.mean!r}")
-        if self.n < 0:
-            raise ValueError(f"Baseline.n must be >= 0, got {self.n!r}")
-        if self.source not in ("first_k", "promotion"):
-            raise ValueError(f"Baseline.source must be 'first_k' or 'promotion', got {self.source!r}")
+        if self.n < 1:
+            raise ValueError(f"Baseline.n must be >= 1, got {self.n!r}")
+        if self.source != "first_k":
+            raise ValueError(f"Baseline.source must be 'first_k', got {self.source!r}")
         if not math.isfinite(self.frozen_at):
             raise ValueError(f"Baseline.frozen_at must be finite, got {self.frozen_at!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"mean": self.mean, "n": self.n, "source": self.source, "frozen_at": self.frozen_at}
+
+
+@dataclass(frozen=True, slots=True)
+class Epoch:
+    """One model version in service since a change of model: which samples the signals judge.
+
+    The daemon builds it from the agent's newest promotion or rollback (``change``), or, for an agent
+    pr1 never deployed, from the model the platform lists for it (``change`` None).
+    """
+
+    key: str  # identity of the epoch ("deployment:12", "model:tiny-gsm-v1"): stored state of another is stale
+    version: str | None  # the platform's name of the version; None = unknown, every sample counts
+    since_ts: float | None = None  # platform clock: only samples graded strictly after it count
+    started_at: float | None = None  # daemon clock: when the promotion or rollback happened
+    change: Literal["promote", "rollback"] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            raise ValueError("Epoch.key must be a non-empty string")
+        if self.change not in (None, "promote", "rollback"):
+            raise ValueError(f"Epoch.change must be 'promote', 'rollback' or None, got {self.change!r}")
+        for name in ("since_ts", "started_at"):
+            v = getattr(self, name)
+            if v is not None and not math.isfinite(v):
+                raise ValueError(f"Epoch.{name} must be finite, got {v!r}")
+
+    def counts(self, s: Sample) -> bool:
+        """Whether ``s`` belongs to this epoch (see :func:`in_epoch`)."""
+        if self.since_ts is not None and s.ts <= self.since_ts:
+            return False
+        if self.version is None:
+            return True
+        # An untagged sample (recorded before samples carried versions) is the agent's only model when
+        # pr1 never changed it; after a promotion or rollback it can only be older than the change.
+        return s.version == self.version or (s.version is None and self.change is None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "version": self.version, "since_ts": self.since_ts,
+                "started_at": self.started_at, "change": self.change}
+
+
+def in_epoch(samples: Iterable[Sample], epoch: Epoch | None) -> list[Sample]:
+    """The samples the signals judge: graded on ``epoch.version``, strictly after ``epoch.since_ts``.
+
+    ``None`` judges every sample (tests and callers that already selected them).
+    """
+    return list(samples) if epoch is None else [s for s in samples if epoch.counts(s)]
 
 
 # -- configuration ------------------------------------------------------------------------------
@@ -172,6 +226,25 @@ class SignalConfig(BaseModel):
         "above this: the one-sided Wilson lower bound of fails / (passes + fails) in the window must pass it, "
         "not merely the window's share. Platform `error`s and poll errors are not fails.",
     )
+    fail_healthy_ratio: float = Field(
+        0.5,
+        gt=0.0,
+        lt=1.0,
+        description="The sequential fail-rate test (a Bernoulli CUSUM over every graded evaluation of the "
+        "version in service) weighs the evidence for a fail rate of `max_fail_rate` against a healthy rate of "
+        "this fraction of it (0.5: 4% against 8%). Lower = quicker on rates just above the bar, but agents "
+        "between the healthy rate and the bar fire sooner too.",
+    )
+    fail_cusum_h: float = Field(
+        5.0,
+        gt=0.0,
+        le=1000.0,
+        description="Alarm level of the sequential fail-rate test, in log-likelihood-ratio units: it fires "
+        "when the accumulated evidence is strictly above this, over a stretch of at least "
+        "`reliability_min_samples` graded evaluations. Higher = fewer false alarms, later detection "
+        "(benchmarks/false_triggers.py measures both). The statistic is capped at twice this, so an agent "
+        "that recovers stops firing within a bounded number of evaluations.",
+    )
     confidence: float = Field(
         0.99,
         ge=0.5,
@@ -208,8 +281,9 @@ class SignalConfig(BaseModel):
         30,
         ge=1,
         le=10_000,
-        description="Until the first promotion, the baseline is the mean of an agent's first this-many valid scores. "
-        "Drift reports insufficient_data until they exist.",
+        description="Drift's baseline is the mean of the first this-many valid platform scores of the version in "
+        "service (after a promotion or rollback: of the new version). Drift reports insufficient_data until they "
+        "exist.",
     )
     ph_delta: float = Field(
         0.05,
@@ -449,10 +523,125 @@ def weighted_score_signal(samples: Iterable[Sample], cfg: SignalConfig) -> Signa
 # -- reliability --------------------------------------------------------------------------------
 
 
-def reliability_signal(samples: Iterable[Sample], cfg: SignalConfig) -> SignalResult:
+@dataclass(frozen=True, slots=True)
+class FailSequence:
+    """State of the sequential fail-rate test (a Bernoulli CUSUM) after folding ``n`` graded evaluations.
+
+    ``s`` is Page's CUSUM of the log-likelihood ratio of a fail rate of ``max_fail_rate`` (p1) against
+    ``fail_healthy_ratio * max_fail_rate`` (p0): each fail adds ``ln(p1/p0)``, each pass adds
+    ``ln((1-p1)/(1-p0))`` (negative), and ``s`` never goes below 0 nor above ``2 * fail_cusum_h``.
+    ``run_n``/``run_fails`` count the stretch since ``s`` last stood at 0: the evaluations the current
+    evidence comes from. ``last_ts``/``last_eval_id`` are the fold's cursor: a sample at or before it
+    arrived after later ones were folded and is left out (counted in ``late``).
+    """
+
+    s: float = 0.0
+    n: int = 0
+    fails: int = 0
+    run_n: int = 0
+    run_fails: int = 0
+    s_max: float = 0.0
+    fired_at_n: int | None = None  # n at the first alarm, kept once set
+    last_ts: float | None = None
+    last_eval_id: str | None = None
+    late: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "s": self.s, "n": self.n, "fails": self.fails, "run_n": self.run_n, "run_fails": self.run_fails,
+            "s_max": self.s_max, "fired_at_n": self.fired_at_n, "last_ts": self.last_ts,
+            "last_eval_id": self.last_eval_id, "late": self.late,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FailSequence:
+        """The inverse of :meth:`to_dict` (a stored state from the ledger); unknown keys are an error."""
+        return cls(**d)
+
+
+def fail_llr(cfg: SignalConfig) -> tuple[float, float] | None:
+    """(added per fail, added per pass) of the sequential test, or None when ``max_fail_rate`` is 0
+    (then any confident fail is already above the bar and the window rule alone judges)."""
+    p1 = cfg.max_fail_rate
+    if p1 <= 0.0:
+        return None
+    p0 = cfg.fail_healthy_ratio * p1
+    return math.log(p1 / p0), math.log((1.0 - p1) / (1.0 - p0))
+
+
+def fail_sequence_update(state: FailSequence, samples: Iterable[Sample], cfg: SignalConfig) -> FailSequence:
+    """Fold ``samples`` (after the state's cursor, in ``(ts, eval_id)`` order) into the sequential test.
+
+    Pure and incremental: folding a sequence in one call or in several gives the same state, so the
+    daemon keeps the state in the ledger and folds each poll's new samples. Only pass and fail move the
+    statistic (an ``error`` has no verdict); the cursor moves past every sample folded.
+    """
+    llr = fail_llr(cfg)
+    cap = 2.0 * cfg.fail_cusum_h
+    st = state
+    s, n, fails, run_n, run_fails, s_max, fired = st.s, st.n, st.fails, st.run_n, st.run_fails, st.s_max, st.fired_at_n
+    last_ts, last_id, late = st.last_ts, st.last_eval_id, st.late
+    for x in ordered(samples):
+        if last_ts is not None and (x.ts, x.eval_id) <= (last_ts, last_id or ""):
+            late += 1
+            continue
+        last_ts, last_id = x.ts, x.eval_id
+        if not x.has_verdict or llr is None:
+            continue
+        failed = x.status == "fail"
+        n += 1
+        fails += failed
+        s = min(cap, s + (llr[0] if failed else llr[1]))
+        if s <= 0.0:
+            s, run_n, run_fails = 0.0, 0, 0
+        else:
+            run_n += 1
+            run_fails += failed
+        s_max = max(s_max, s)
+        if fired is None and _above(s, cfg.fail_cusum_h) and run_n >= cfg.reliability_min_samples:
+            fired = n
+    return FailSequence(s=s, n=n, fails=fails, run_n=run_n, run_fails=run_fails, s_max=s_max, fired_at_n=fired,
+                        last_ts=last_ts, last_eval_id=last_id, late=late)
+
+
+def fail_sequence_state(seq: FailSequence, cfg: SignalConfig) -> str:
+    """The sequential part's state: firing above ``fail_cusum_h`` over a long enough stretch, warn above
+    ``warn_ratio`` of it, insufficient_data before any graded evaluation."""
+    if fail_llr(cfg) is None:
+        return "ok"  # switched off (max_fail_rate 0): the window rule judges alone
+    if seq.n == 0:
+        return "insufficient_data"
+    if _above(seq.s, cfg.fail_cusum_h) and seq.run_n >= cfg.reliability_min_samples:
+        return "firing"
+    if seq.s > 0 and _above(seq.s, cfg.warn_ratio * cfg.fail_cusum_h):
+        return "warn"
+    return "ok"
+
+
+def _fail_sequence_evidence(seq: FailSequence, cfg: SignalConfig) -> dict[str, Any]:
+    llr = fail_llr(cfg)
+    return {
+        "statistic": seq.s,
+        "threshold": cfg.fail_cusum_h,
+        "cap": 2.0 * cfg.fail_cusum_h,
+        "min_run": cfg.reliability_min_samples,
+        "healthy_fail_rate": cfg.fail_healthy_ratio * cfg.max_fail_rate,
+        "alarm_fail_rate": cfg.max_fail_rate,
+        "llr_fail": llr[0] if llr else None,
+        "llr_pass": llr[1] if llr else None,
+        "enabled": llr is not None,
+        **{k: v for k, v in seq.to_dict().items() if k != "s"},
+        "run_fail_rate": seq.run_fails / seq.run_n if seq.run_n else None,
+    }
+
+
+def reliability_signal(
+    samples: Iterable[Sample], cfg: SignalConfig, fail_seq: FailSequence | None = None
+) -> SignalResult:
     """Fires when, over the last ``cfg.reliability_window`` samples, the std of valid scores is
     confidently above ``cfg.max_std`` or the fail rate confidently above ``cfg.max_fail_rate`` -- each
-    judged only once it has ``cfg.reliability_min_samples`` usable samples (the window need not be full).
+    judged only once it has ``cfg.reliability_min_samples`` usable samples (the window need not be full)
+    -- or when the sequential fail-rate test over every graded evaluation of the version fires.
 
     "Confidently": the statistic's one-sided lower bound at ``cfg.confidence`` passes the
     threshold (:func:`std_lower`, :func:`wilson_lower`). 2 fails in 20 is a 10% share but fully
@@ -460,6 +649,11 @@ def reliability_signal(samples: Iterable[Sample], cfg: SignalConfig) -> SignalRe
     Each part warns when its bare value is above ``warn_ratio`` of its threshold, so an operator sees
     the suspicion before the evidence is in. The fail rate is fails / (passes + fails): a platform
     "error" is no verdict and is excluded.
+
+    The window's bound alone never fires on a rate just above the bar (10% against 8% needs about 18%
+    in a window of 50), however long it lasts; the sequential test (:func:`fail_sequence_update`)
+    accumulates that evidence. ``fail_seq`` is its state after folding every sample of the version
+    (the daemon keeps it in the ledger); None folds ``samples`` themselves.
     """
     s = ordered(samples)
     window = s[-cfg.reliability_window :]
@@ -491,6 +685,9 @@ def reliability_signal(samples: Iterable[Sample], cfg: SignalConfig) -> SignalRe
     else:
         fail_state = "ok"
 
+    seq = fail_seq if fail_seq is not None else fail_sequence_update(FailSequence(), s, cfg)
+    seq_state = fail_sequence_state(seq, cfg)
+
     evidence = {
         "window": cfg.reliability_window,
         "window_full": len(window) >= cfg.reliability_window,
@@ -506,30 +703,27 @@ def reliability_signal(samples: Iterable[Sample], cfg: SignalConfig) -> SignalRe
         "confidence": cfg.confidence,
         "std_state": std_state,
         "fail_rate_state": fail_state,
+        "fail_sequential_state": seq_state,
+        "fail_sequential": _fail_sequence_evidence(seq, cfg),
         "valid_scores": len(scores),
         "graded": graded,
         "scores": scores,
         **counts,
         **_span(window),
     }
-    return _result("reliability", _worst(std_state, fail_state), evidence)
+    return _result("reliability", _worst(std_state, fail_state, seq_state), evidence)
 
 
 # -- drift --------------------------------------------------------------------------------------
 
 
-def compute_baseline(
-    samples: Iterable[Sample],
-    cfg: SignalConfig,
-    *,
-    source: Literal["first_k", "promotion"] = "first_k",
-    after: float | None = None,
-) -> Baseline | None:
+def compute_baseline(samples: Iterable[Sample], cfg: SignalConfig, *, after: float | None = None) -> Baseline | None:
     """The mean of the first ``cfg.baseline_k`` valid scores (those with ts > ``after`` if given), or None.
 
-    For ``first_k`` pass the agent's earliest samples; for a promotion pass the samples since it
-    (``after`` = promotion time). The daemon stores the result: a baseline is frozen, never recomputed
-    on a sliding window, or it would follow the drift it is meant to detect.
+    Pass the samples of the version in service (:func:`in_epoch`): after a promotion or rollback the
+    baseline is the platform's own first K scores of the new version. The daemon stores the result: a
+    baseline is frozen, never recomputed on a sliding window, or it would follow the drift it is meant
+    to detect.
     """
     picked: list[tuple[Sample, float]] = []
     for x in ordered(samples):
@@ -546,12 +740,7 @@ def compute_baseline(
     mean = _mean([v for _, v in picked])
     if mean <= 0.0:  # all-zero scores: no meaningful relative drop exists
         return None
-    return Baseline(mean=mean, n=len(picked), source=source, frozen_at=picked[-1][0].ts)
-
-
-def baseline_from_expectation(mean: float, ts: float) -> Baseline:
-    """A baseline frozen at a promotion from the gate's expected score (no samples yet)."""
-    return Baseline(mean=float(mean), n=0, source="promotion", frozen_at=float(ts))
+    return Baseline(mean=mean, n=len(picked), source="first_k", frozen_at=picked[-1][0].ts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -767,13 +956,22 @@ def compliance_signal(samples: Iterable[Sample], cfg: SignalConfig) -> SignalRes
 
 
 def evaluate_all(
-    samples: Iterable[Sample], baseline: Baseline | None, cfg: SignalConfig
+    samples: Iterable[Sample],
+    baseline: Baseline | None,
+    cfg: SignalConfig,
+    *,
+    epoch: Epoch | None = None,
+    fail_seq: FailSequence | None = None,
 ) -> list[SignalResult]:
-    """Every signal over the same samples, in ``SIGNAL_NAMES`` order."""
-    s = ordered(samples)  # once, so a one-shot iterator works and each signal re-sorts sorted data cheaply
+    """Every signal over the same samples, in ``SIGNAL_NAMES`` order.
+
+    With ``epoch``, only its samples are judged (:func:`in_epoch`): after a change of model every window
+    starts on the new version. ``fail_seq`` is the sequential fail-rate test's state over the epoch.
+    """
+    s = ordered(in_epoch(samples, epoch))  # once, so a one-shot iterator works and re-sorting is cheap
     return [
         weighted_score_signal(s, cfg),
-        reliability_signal(s, cfg),
+        reliability_signal(s, cfg, fail_seq),
         drift_signal(s, baseline, cfg),
         compliance_signal(s, cfg),
     ]

@@ -82,22 +82,26 @@ class ApprovalConfig(BaseModel):
 
 
 class WatchConfig(BaseModel):
-    """Post-promotion watch (`[watch]`): live grades of a new version against the gate's expectation."""
+    """Post-promotion watch (`[watch]`): a new version's platform grades against the previous version's."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     window: int = Field(
         100, ge=1, description="Graded evaluations after a promotion that the watch covers; then it ends."
     )
-    min_samples: int = Field(20, ge=1, description="Grades needed before the watch gives a verdict.")
+    min_samples: int = Field(
+        20, ge=1, description="Grades of the new version, and of the previous one, needed before the watch gives "
+        "a verdict."
+    )
     tolerance: float = Field(
         0.03, ge=0.0, le=1.0,
-        description="Score points the live mean may fall below the gate's expected score without an alert.",
+        description="Score points the new version's live mean may fall below the previous version's (its last "
+        "`window` platform grades before the promotion) without an alert.",
     )
     z: float = Field(
         1.645, ge=0.0, le=5.0,
-        description="One-sided confidence multiplier on the live mean's standard error (1.645 ~ 95%; "
-        "0 compares the plain mean).",
+        description="One-sided confidence multiplier on the standard error of the difference of the two means "
+        "(1.645 ~ 95%; 0 compares the plain means).",
     )
     auto_rollback: bool = Field(
         False, description="Roll the agent back automatically when the watch falls short (off: alert only)."

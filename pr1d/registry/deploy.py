@@ -1,7 +1,7 @@
 """Deployments: promote, rollback, the ``current`` pointer, profile-push bookkeeping and start-up repair.
 
 One deployment = one SQL transaction (``BEGIN IMMEDIATE``) that appends the ``deployments`` row,
-moves ``agents.current_version``, resets the drift baseline, moves the run (``awaiting_approval ->
+moves ``agents.current_version``, resets the monitor's baseline and state, moves the run (``awaiting_approval ->
 promoted``, or ``promoted -> rolled_back`` for the withdrawn version), writes the audit rows and, last,
 swaps the pointer symlink ``<models>/<agent>/current`` with ``os.replace``. If the transaction does not
 commit the pointer is put back; if the process dies between the swap and the commit,
@@ -25,7 +25,6 @@ from typing import Any
 
 from ..ledger.states import RunState, check_run_transition
 from ..ledger.store import Conflict, Ledger, NotFound
-from ..monitor.signals import baseline_from_expectation
 from .config import RegistryConfig
 from .tables import WriteTx
 from .versions import RegistryError, agent_dir, check_name, remove_tree, verify_version
@@ -178,14 +177,11 @@ def _deploy_in_tx(
     if action == "initial":
         tx.execute("UPDATE agents SET current_version = ?, updated_at = ? WHERE id = ?", (version_id, now, agent_id))
     else:
-        # Reset the drift baseline: the expectation of the version now in service, frozen at the last
-        # sample graded before it. Unknown expectation: cleared, and the monitor re-freezes one.
-        baseline = (
-            json.dumps(baseline_from_expectation(expected, since if since is not None else now).to_dict())
-            if expected is not None else None
-        )
-        tx.execute("UPDATE agents SET current_version = ?, baseline = ?, updated_at = ? WHERE id = ?",
-                   (version_id, baseline, now, agent_id))
+        # Reset the monitor: its baseline and sequential state belonged to the version withdrawn. The monitor
+        # re-freezes the baseline from the platform's first K scores of this version (never from the gate's
+        # expectation: that is pr1's grading) and starts every window on this version's samples.
+        tx.execute("UPDATE agents SET current_version = ?, baseline = NULL, monitor = NULL, updated_at = ? "
+                   "WHERE id = ?", (version_id, now, agent_id))
     details = {"agent": agent_id, "run": run_id, "profile": body, "expected_score": expected, "since_ts": since}
     tx.audit(actor, action, "deployment", dep_id, ts=now, src=previous, dst=version_id, reason=reason, details=details)
     tx.audit(actor, action, "agent", agent_id, ts=now, src=previous, dst=version_id, reason=reason,

@@ -2,7 +2,8 @@
 
 A per-agent rule that is right 99% of the time fires somewhere in a fleet every hour. These tests
 judge whole simulated fleets after every other evaluation, with fixed seeds: a healthy fleet must
-stay quiet, and each degraded scenario must still be caught about as fast as with bare thresholds.
+stay quiet, each degraded scenario must still be caught about as fast as with bare thresholds, and a
+fail rate just above the bar must be caught within a bounded number of evaluations.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from false_triggers import OLD_RULE, run  # noqa: E402
+from false_triggers import OLD_RULE, WINDOW_ONLY, delays, run  # noqa: E402
 
 from pr1d.monitor.signals import SignalConfig  # noqa: E402
 
@@ -44,3 +45,12 @@ def test_degradation_is_caught_as_fast_as_with_bare_thresholds(scenario, signal)
     bare = run(scenario, 60, 300, 2, BARE, seed=5)
     assert res["agents_fired"] == 60 and res["fired_by_signal"][signal] == 60, res
     assert res["median_first_firing"] <= bare["median_first_firing"] + 6, (res, bare)
+
+
+def test_a_fail_rate_just_above_the_bar_is_caught_within_a_bounded_delay():
+    # 10% against a bar of 8%: the window's confidence bound alone catches it late or never; the
+    # sequential test accumulates the evidence (docs/entry-criteria.md has the 300-agent figures).
+    shipped = delays(0.10, 30, 500, SHIPPED, seed=9)
+    window = delays(0.10, 30, 500, WINDOW_ONLY, seed=9)
+    assert shipped["caught"] == 30 and shipped["median"] <= 220 and shipped["p95"] <= 450, shipped
+    assert window["p95_of_all"] > shipped["p95_of_all"], (window, shipped)

@@ -97,6 +97,45 @@ def test_scenario_yields_its_job_kind(scenario, sim_factory, tmp_path):
     assert ev["primary"]["signal"] == first["signal"] and ev["precedence"] and ev["primary"]["evidence"]
 
 
+FAILING_10 = """\
+description = "steady agents, but failing 10% of their evaluations (bar: max_fail_rate 8%)"
+seed = 5
+
+[behaviours.failing]
+mean = 0.91
+sd = 0.03
+fail_rate = 0.10
+
+[fleet]
+count = 3
+mix = { failing = 1 }
+"""
+
+
+def test_a_sustained_fail_rate_just_above_the_bar_gets_rl(sim_factory, tmp_path):
+    # The window's confidence bound needs ~18% fails in 50 to fire; the sequential test accumulates the
+    # evidence of a steady 10% across poll cycles (its state lives in the ledger between daemon runs).
+    (tmp_path / "scenarios").mkdir()
+    (tmp_path / "scenarios" / "failing-10.toml").write_text(FAILING_10)
+    sim = sim_factory("failing-10", "--scenarios-dir", str(tmp_path / "scenarios"))
+    state = tmp_path / "state"
+    agents: set[str] = set()
+    for _cycle in range(15):  # 15 cycles x 40 evaluations = 600: twice the p95 delay at 10%
+        sim.tick(40)
+        burst(state, sim)
+        agents = {t["agent_id"] for t in triggers(state)}
+        if len(agents) == 3:
+            break
+    assert len(agents) == 3, triggers(state)
+    ts = triggers(state)
+    assert {t["job_kind"] for t in ts} == {"rl"} and {t["signal"] for t in ts} == {"reliability"}
+    assert any(t["evidence"]["primary"]["evidence"]["fail_sequential_state"] == "firing" for t in ts)
+    led = Ledger(state / "ledger.sqlite")
+    with led.engine.connect() as conn:  # every sample is tagged with the model the agents listing gave
+        assert conn.exec_driver_sql("SELECT DISTINCT model_version FROM score_samples").all() == [("tiny-gsm-v1",)]
+    led.close()
+
+
 def test_steady_yields_nothing_over_a_long_run(sim_factory, tmp_path):
     sim = sim_factory("steady")
     state = tmp_path / "state"

@@ -27,6 +27,9 @@ GOOD = {"id": "e1", "ts": "2026-01-01T00:00:00Z", "weighted_score": 0.9, "status
         ({"rubric": {"compliance": "yes"}}, "rubric is not an object of booleans"),
         ({"rubric": [1]}, "rubric is not an object of booleans"),
         ({"tier": 3}, "invalid tier"),
+        ({"model_version": "tiny-gsm-v2"}, None),
+        ({"model_version": ""}, "invalid model_version"),
+        ({"model_version": 2}, "invalid model_version"),
     ],
 )
 def test_item_validation(patch, reason):
@@ -45,6 +48,12 @@ def test_field_map_adapts_platform_names():
     smp, why = parse_evaluation(item, {"id": "evaluation_id", "ts": "timestamp", "weighted_score": "score"})
     assert why is None
     assert (smp["eval_id"], smp["ts"], smp["weighted_score"], smp["status"]) == ("7", 1700000000.0, 0.5, "fail")
+
+
+def test_model_version_is_optional_and_mappable():
+    assert parse_evaluation(GOOD, {})[0]["model_version"] is None  # tagged from the agents listing at ingest
+    smp, why = parse_evaluation({**GOOD, "model": "v7"}, {"model_version": "model"})
+    assert why is None and smp["model_version"] == "v7"
 
 
 def test_not_an_object():

@@ -144,6 +144,15 @@ def test_unknown_signal_is_a_wiring_bug():
         pytest.param(AgentState(last_run_finished_at=NOW - 3601), None, id="cooldown-over"),
         pytest.param(AgentState(last_run_finished_at=NOW), "cooldown", id="just-finished"),
         pytest.param(AgentState(last_run_finished_at=NOW + 60), "cooldown", id="finish-in-future-clock-skew"),
+        # a change of model restarts the cooldown: an approval given 3 h after awaiting_approval (the run's
+        # finished_at) must not let the next poll start a run for the version just promoted
+        pytest.param(AgentState(last_run_finished_at=NOW - 3 * 3600, model_changed_at=NOW - 60), "cooldown",
+                     id="late-approval-promoted-a-minute-ago"),
+        pytest.param(AgentState(last_run_finished_at=NOW - 3 * 3600, model_changed_at=NOW - 3600), None,
+                     id="promoted-exactly-cooldown-ago"),
+        pytest.param(AgentState(model_changed_at=NOW - 600), "cooldown", id="rolled-back-ten-minutes-ago"),
+        pytest.param(AgentState(last_run_finished_at=NOW - 600, model_changed_at=NOW - 7200), "cooldown",
+                     id="run-ended-after-the-change"),
         # an operator's hold outranks everything; a live run outranks the cooldown
         pytest.param(AgentState(hold=True, active_run=ActiveRun(7, "running"), last_run_finished_at=NOW), "hold",
                      id="hold-first"),
@@ -168,6 +177,8 @@ def test_suppression_evidence():
     assert d.evidence["cooldown"] == {
         "cooldown_s": 3600.0,
         "last_run_finished_at": NOW - 600,
+        "model_changed_at": None,
+        "from": NOW - 600,
         "remaining_s": 3000.0,
         "until": NOW + 3000,
     }

@@ -13,16 +13,17 @@ from pydantic import ValidationError
 from pr1d.monitor.signals import (
     SIGNAL_NAMES,
     Baseline,
+    Epoch,
     PHState,
     Sample,
     SignalConfig,
     SignalResult,
-    baseline_from_expectation,
     compliance_signal,
     compute_baseline,
     drift_signal,
     effective_signal_config,
     evaluate_all,
+    in_epoch,
     ordered,
     page_hinkley,
     ph_update,
@@ -207,7 +208,8 @@ def alternating(n, mean, dev):
         # window not yet full: below the minimum nothing may fire, at the minimum it may.
         pytest.param(alternating(29, 0.5, 0.3), None, "insufficient_data", "insufficient_data",
                      "insufficient_data", id="29-samples-below-min"),
-        pytest.param([0.9] * 29, ["fail"] * 29, "insufficient_data", "insufficient_data",
+        # ... the window rule cannot judge 29, but the sequential test warns: 29 straight fails is news.
+        pytest.param([0.9] * 29, ["fail"] * 29, "warn", "insufficient_data",
                      "insufficient_data", id="29-fails-below-min"),
         pytest.param(alternating(30, 0.5, 0.3), None, "firing", "firing", "ok", id="30-samples-reach-min"),
         pytest.param([], None, "insufficient_data", "insufficient_data", "insufficient_data", id="empty"),
@@ -256,8 +258,9 @@ def test_reliability_invalid_scores_are_not_data(bad, std_state):
         pytest.param(["fail"] * 9 + ["pass"] * 41, "firing", 0.18, 50, 0, id="platform-fail-counts"),
         pytest.param(["error"] * 9 + ["pass"] * 41, "ok", 0.0, 41, 9, id="platform-error-is-not-a-fail"),
         pytest.param(["fail"] * 8 + ["error"] * 20 + ["pass"] * 22, "firing", 8 / 30, 30, 20, id="errors-excluded-from-rate"),
-        # Errors are no evidence either way: with 29 graded left, the signal may not fire at all.
-        pytest.param(["fail"] * 8 + ["error"] * 21 + ["pass"] * 21, "insufficient_data", 8 / 29, 29, 21,
+        # Errors are no evidence either way: with 29 graded left, the signal may not fire at all (the
+        # sequential test's 8 fails then 21 passes only warn).
+        pytest.param(["fail"] * 8 + ["error"] * 21 + ["pass"] * 21, "warn", 8 / 29, 29, 21,
                      id="errors-shrink-the-evidence"),
     ],
 )  # fmt: skip
@@ -369,21 +372,22 @@ def test_compute_baseline(scores, k, expect_mean, expect_frozen_at):
         assert (b.mean, b.frozen_at) == (pytest.approx(expect_mean), expect_frozen_at)
 
 
-def test_compute_baseline_after_promotion():
+def test_compute_baseline_after_a_time():
     xs = series([0.5] * 10 + [0.9] * 5)
-    b = compute_baseline(xs, SignalConfig(baseline_k=3), source="promotion", after=9.0)
-    assert b is not None and (b.n, b.source, b.frozen_at) == (3, "promotion", 12.0)
+    b = compute_baseline(xs, SignalConfig(baseline_k=3), after=9.0)
+    assert b is not None and (b.n, b.source, b.frozen_at) == (3, "first_k", 12.0)
     assert b.mean == pytest.approx(0.9)
 
 
-@pytest.mark.parametrize("mean", [0.0, -0.1, 1.1, NAN, None])
-def test_baseline_refuses_meaningless_mean(mean):
+@pytest.mark.parametrize(
+    ("mean", "n", "source"),
+    [(0.0, 30, "first_k"), (-0.1, 30, "first_k"), (1.1, 30, "first_k"), (NAN, 30, "first_k"), (None, 30, "first_k"),
+     # a gate's expectation (n = 0, source "promotion") is not a baseline any more: pr1's grading, not the platform's
+     (0.9, 0, "first_k"), (0.9, 30, "promotion")],
+)
+def test_baseline_refuses_meaningless_values(mean, n, source):
     with pytest.raises((ValueError, TypeError)):
-        baseline_from_expectation(mean, 100.0)
-
-
-def test_baseline_from_expectation():
-    assert baseline_from_expectation(0.88, 100.0) == Baseline(0.88, 0, "promotion", 100.0)
+        Baseline(mean, n, source, 100.0)
 
 
 # -- Page-Hinkley -----------------------------------------------------------------------------------
@@ -504,13 +508,17 @@ def test_drift_end_to_end_with_computed_baseline():
     assert r.fired and r.evidence["page_hinkley"]["fired_at_eval_id"] == "e00033"
 
 
-def test_drift_after_promotion_expectation():
-    b = baseline_from_expectation(0.9, 100.0)
-    xs = series([0.5] * 10, start=90.0) + series([0.9] * 5, start=101.0)
-    r = drift_signal(xs, b, DRIFT_CFG)
-    # Only the 5 samples after the promotion count: the old model's 0.5s are not drift.
-    assert r.evidence["samples_since_baseline"] == 5 and r.evidence["ph_state"] == "ok"
-    assert r.evidence["mean_state"] == "insufficient_data" and r.state == "insufficient_data"
+def test_drift_after_promotion_judges_the_new_versions_own_scores():
+    # The old model drifted to 0.5; the new one scores 0.9 on the platform. Its baseline is its own first K.
+    old = [Sample(ts=float(i), score=0.5, status="pass", eval_id=f"o{i:03d}", version="v1") for i in range(60)]
+    new = [Sample(ts=100.0 + i, score=0.9, status="pass", eval_id=f"n{i:03d}", version="v2") for i in range(40)]
+    epoch = Epoch(key="deployment:7", version="v2", since_ts=59.0, started_at=1000.0, change="promote")
+    b = compute_baseline(in_epoch(old + new, epoch), CFG)
+    assert b is not None and b.mean == pytest.approx(0.9) and b.frozen_at == 129.0
+    r = drift_signal(in_epoch(old + new, epoch), b, DRIFT_CFG)
+    # Only the 10 samples after the new baseline count: the old model's 0.5s are not drift.
+    assert r.evidence["samples_since_baseline"] == 10 and r.evidence["ph_state"] == "ok"
+    assert r.evidence["mean_state"] == "ok" and r.state == "ok" and r.evidence["baseline"]["source"] == "first_k"
 
 
 # -- compliance -------------------------------------------------------------------------------------

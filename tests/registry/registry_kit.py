@@ -128,16 +128,18 @@ def ingest(ledger: Ledger, sim: Sim, agents: list[str] | None = None) -> int:
     cursors = store.agent_cursors(ledger)
     wanted = {a: cursors[a] for a in (agents or list(cursors))}
 
-    async def go() -> list:
+    async def go() -> tuple[list, list]:
         poller = Poller(ScoringConfig(base_url=sim.url, backoff_base_s=0.01), None)
         try:
-            return await poller.poll_agents(wanted)
+            return await poller.fetch_agents(), await poller.poll_agents(wanted)
         finally:
             await poller.close()
 
-    polls = asyncio.run(go())
+    listed, polls = asyncio.run(go())
     assert not [p.error for p in polls if p.error]
+    models = {a["id"]: a["model"] for a in listed}  # samples are tagged with the model the platform lists
     return store.ingest_polls(ledger, [{"agent_id": p.agent_id, "cursor": p.cursor, "samples": p.samples,
+                                        "model_version": models.get(p.agent_id),
                                         "health": agent_health(wanted[p.agent_id]["health"], p)} for p in polls])
 
 

@@ -129,9 +129,9 @@ def test_promote_then_rollback_restores_bytes_pushes_older_profile_and_grades_re
     assert read_pointer(models, AGENT) == v1["id"]
     agent = ledger.get_agent(AGENT)
     assert agent["current_version"] == v1["id"]
-    # drift baseline reset to the gate's expectation, frozen at the last sample graded before the promotion
-    since = res.deployment["since_ts"]
-    assert agent["baseline"] == {"mean": 0.92, "n": 0, "source": "promotion", "frozen_at": since}
+    # the monitor's baseline and state are reset: it re-freezes them from the new version's platform scores
+    # (never from the gate's expectation), samples after the last one graded before the promotion
+    assert agent["baseline"] is None and agent["monitor"] is None
     pushed = sim.history(AGENT)[-1]
     assert pushed["model_version"] == v1["id"] and pushed["profile"] == "parallel_reasoner"
     assert pushed["policy"] == ParallelExecutionPolicy(branch_count=4, temperature=0.7, max_new_tokens=512).to_dict()
