@@ -139,7 +139,8 @@ def cmd_show(c: Client, a: argparse.Namespace, o: Out) -> int:
                             ("gate", json.dumps(r["gate"]) if r.get("gate") else None)])
     o.table("stages", ["#", "stage", "state", "attempt", "progress", "error"],
             [[s["seq"], s["name"], s["state"], s["attempt"],
-              f"{100 * s['progress']:.0f}%" if s.get("progress") is not None else None, s.get("error")]
+              f"{100 * s['progress']:.0f}%" if s.get("progress") is not None else None,
+              s.get("error") or _stage_note(s, r["state"])]
              for s in r["stages"]])
     if r["artifacts"]:
         o.table("artifacts", ["name", "kind", "sha256", "path"],
@@ -149,6 +150,11 @@ def cmd_show(c: Client, a: argparse.Namespace, o: Out) -> int:
     o.table("audit", ["when", "who", "from", "to", "reason"],
             [[_ts(x["ts"]), x["actor"], x.get("from_state"), x.get("to_state"), x.get("reason")] for x in r["audit"]])
     return 0
+
+
+def _stage_note(stage: dict, run_state: str) -> str | None:
+    """Why a stage never ran, for the stages table (a skipped stage has no error of its own)."""
+    return f"never ran: the run ended {run_state}" if stage.get("state") == "skipped" else None
 
 
 def _f(x: float | None, signed: bool = False) -> str | None:
@@ -228,6 +234,25 @@ def _simple(method: str, **fixed: Any):
         return 0
 
     return run
+
+
+def cmd_approve(c: Client, a: argparse.Namespace, o: Out) -> int:
+    params: dict[str, Any] = {"run": a.run, "reason": a.reason}
+    if a.accept_inconclusive:
+        params["accept_inconclusive"] = True  # sent only when given: the daemon forbids unknown params
+    res = c.call("runs.approve", **params)
+    if o.as_json:
+        o.doc(res)
+        return 0
+    accepted = " (inconclusive gate accepted)" if res.get("accept_inconclusive") else ""
+    if res.get("promoted"):
+        o.console.print(f"run {a.run}: promoted{accepted}; version {res.get('version_id')} is now in service",
+                        soft_wrap=True)
+    else:
+        n, required = len(res.get("approvals") or []), res.get("required", 1)
+        what = "you had approved it already" if res.get("already_approved") else "approval recorded"
+        o.console.print(f"run {a.run}: {res.get('state')}; {what}{accepted} ({n} of {required})", soft_wrap=True)
+    return 0
 
 
 def cmd_trigger(c: Client, a: argparse.Namespace, o: Out) -> int:
@@ -331,11 +356,16 @@ def build_parser() -> argparse.ArgumentParser:
                                say=lambda r, a, w=word: f"agent {a.agent} {w}"), f"{name} an agent (no new runs while held)")
         sp.add_argument("agent")
         sp.add_argument("--reason", default="")
-    for name, method in (("approve", "runs.approve"), ("reject", "runs.reject")):
-        sp = add(name, _simple(method, args=("run", "reason"),
-                               say=lambda r, a: f"run {a.run}: {r['state']}"), f"{name} a run awaiting approval")
-        sp.add_argument("run", type=_run_id)
-        sp.add_argument("--reason", required=True)
+    sp = add("approve", cmd_approve, "approve a run awaiting approval (promoted once enough people approve)")
+    sp.add_argument("run", type=_run_id)
+    sp.add_argument("--reason", required=True)
+    sp.add_argument("--accept-inconclusive", action="store_true",
+                    help="approve although the promotion gate was inconclusive (refused without it); recorded "
+                         "in the audit log; every approver of such a run must pass it")
+    sp = add("reject", _simple("runs.reject", args=("run", "reason"), say=lambda r, a: f"run {a.run}: {r['state']}"),
+             "reject a run awaiting approval")
+    sp.add_argument("run", type=_run_id)
+    sp.add_argument("--reason", required=True)
     sp = add("cancel", _simple("runs.cancel", args=("run", "reason"), say=lambda r, a: f"run {r['run']}: {r['state']}"),
              "cancel a run (a running stage checkpoints and stops)")
     sp.add_argument("run", type=_run_id)

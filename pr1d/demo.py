@@ -120,39 +120,67 @@ def recipe_key() -> str:
     return h.hexdigest()[:12]
 
 
+def base_model_dir(seed: int = 0) -> Path:
+    """Where the demo base model of bootstrap ``seed`` is cached (seed 0 is the demo's own)."""
+    name = f"demo-{recipe_key()}" if seed == 0 else f"demo-{recipe_key()}-seed{seed}"
+    return cache_root() / "models" / name
+
+
+def bootstrap_into(dest: Path, *, seed: int = 0, log=None) -> dict:
+    """Bootstrap the demo model of ``seed`` into ``dest`` (a subprocess; atomic rename); returns bootstrap.json.
+
+    ``log(line)`` gets every progress line the bootstrap prints. A run that hit the wall-clock backstop
+    before its step budget is not the recipe's model: it is thrown away with an error, never cached.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".bootstrap-", dir=dest.parent))
+    cmd = [sys.executable, "-m", "pr1d.train.model", "bootstrap", "--out", str(tmp), "--seed", str(seed)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    tail: list[str] = []
+    for line in proc.stderr:
+        tail = (tail + [line.rstrip()])[-20:]
+        if log is not None:
+            log(line.rstrip())
+    if proc.wait() != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SystemExit("pr1d demo: bootstrapping the model failed:\n" + "\n".join(tail))
+    record = json.loads((tmp / "bootstrap.json").read_text())
+    if record.get("cut_short"):
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SystemExit(
+            f"pr1d demo: bootstrapping stopped at its {record['minutes']:g}-minute backstop after {record['steps']} of "
+            f"{record['config'].get('max_steps')} steps; that is not the recipe's model, so it was not cached. "
+            "Is the machine overloaded? Run the demo again on a quieter machine."
+        )
+    if dest.exists():  # another demo finished the same bootstrap meanwhile: keep the first
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        os.replace(tmp, dest)
+    return json.loads((dest / "bootstrap.json").read_text())
+
+
 def ensure_base_model(con: Console) -> tuple[Path, dict]:
     """The cached demo model, bootstrapped (in a subprocess, with a progress bar) on first use."""
-    dest = cache_root() / "models" / f"demo-{recipe_key()}"
+    dest = base_model_dir()
     if (dest / "bootstrap.json").is_file():
         record = json.loads((dest / "bootstrap.json").read_text())
         con.print(f"[green]✓[/] base model cached: {dest} (held-out greedy {_acc(record['heldout_accuracy'])})")
         return dest, {"cached": True, **record}
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".bootstrap-", dir=dest.parent))
     started = time.monotonic()
-    cmd = [sys.executable, "-m", "pr1d.train.model", "bootstrap", "--out", str(tmp)]
     step_re = re.compile(r"step\s+(\d+)")
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeRemainingColumn(), console=con) as bar:
         t = bar.add_task("bootstrapping the agent model (first run only)", total=2000)
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        assert proc.stderr is not None
-        tail: list[str] = []
-        for line in proc.stderr:
-            tail = (tail + [line.rstrip()])[-20:]
+
+        def log(line: str) -> None:
             m = step_re.search(line)
             if m:
                 bar.update(t, completed=int(m.group(1)))
             elif "evaluate" in line or "greedy" in line:
                 bar.update(t, description="evaluating the base model on held-out GSM-lite")
-        if proc.wait() != 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise SystemExit("pr1d demo: bootstrapping the model failed:\n" + "\n".join(tail))
-    if dest.exists():  # another demo finished the same bootstrap meanwhile: keep the first
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        os.replace(tmp, dest)
-    record = json.loads((dest / "bootstrap.json").read_text())
+
+        record = bootstrap_into(dest, log=log)
     took = time.monotonic() - started
     con.print(f"[green]✓[/] base model bootstrapped in {took:.0f}s: {dest} "
               f"(held-out greedy {_acc(record['heldout_accuracy'])})")
@@ -304,7 +332,12 @@ def run(args: argparse.Namespace) -> int:
         con.print(f"  pr1ctl --socket {sock} status", soft_wrap=True)
         if decided and decided["state"] == "awaiting_approval":
             con.print(f"  pr1ctl --socket {sock} backtest {decided['id']}", soft_wrap=True)
-            con.print(f"  pr1ctl --socket {sock} approve {decided['id']} --reason 'demo: gate passed'", soft_wrap=True)
+            # An inconclusive gate is approved only deliberately (pr1d refuses the plain command).
+            from .rpc.schema import gate_inconclusive
+
+            accept = " --accept-inconclusive" if gate_inconclusive(decided.get("gate")) else ""
+            con.print(f"  pr1ctl --socket {sock} approve {decided['id']}{accept} --reason 'demo: gate passed'",
+                      soft_wrap=True)
             con.print(f"  pr1ctl --socket {sock} rollback {decided['agent_id']} --reason 'demo: back to the base'", soft_wrap=True)
         con.print(f"  pr1tui --socket {sock}", soft_wrap=True)
         if args.exit_when_done:
@@ -473,15 +506,36 @@ def _show_decision(con: Console, run: dict, sock: Path) -> None:
     # evidence when the run stopped there (shown above).
     if gate.get("uplift") and isinstance(gate.get("candidate"), dict) and isinstance(gate.get("incumbent"), dict):
         u = gate["uplift"]
-        con.print(f"promotion gate: [bold]{gate.get('outcome')}[/] — candidate {gate['candidate'].get('mean')} vs in "
-                  f"service {gate['incumbent'].get('mean')} (bar {u.get('bar')}, {int(u.get('ci_level', 0) * 100)}% "
-                  f"CI of the margin [{u.get('ci_low')}, {u.get('ci_high')}], n = {gate['candidate'].get('n')})")
+        # The gate compares correctness (platform terms), paired per task: the difference and its CI in points.
+        con.print(f"promotion gate: [bold]{gate.get('outcome')}[/] — correctness {gate['candidate'].get('mean')} vs "
+                  f"in service {gate['incumbent'].get('mean')}: {_points(u.get('observed'))} points "
+                  f"({int(u.get('ci_level', 0) * 100)}% CI [{_points(u.get('ci_low'))}, {_points(u.get('ci_high'))}], "
+                  f"bar {_points(u.get('bar'))}, n = {u.get('n', gate['candidate'].get('n'))})")
+        tiers = gate.get("tiers") or {}
+        if tiers:
+            t = Table(title="correctness per tier (candidate − in service, points)", show_header=True)
+            for col in ("tier", "n", "candidate", "in service", "diff", "CI"):
+                t.add_column(col, justify="left" if col == "tier" else "right")
+            for tier, row in tiers.items():
+                c = (row.get("columns") or {}).get("correctness")
+                if c:
+                    t.add_row(tier, str(c.get("n")), _pct(c.get("candidate")), _pct(c.get("incumbent")),
+                              _points(c.get("diff")), f"[{_points(c.get('ci_low'))}, {_points(c.get('ci_high'))}]")
+            con.print(t)
+        b = gate.get("bounds") or {}
+        if b:
+            con.print("bounds on the candidate: " + ", ".join(
+                f"{k.replace('_', ' ')} {_num(v.get('value'))}" for k, v in b.items() if isinstance(v, dict)))
         for r in gate.get("reasons", []):
             con.print(f"  · {r}")
 
 
 def _num(x: Any) -> str:
     return f"{x:.3f}" if isinstance(x, float | int) else str(x)
+
+
+def _points(x: Any) -> str:
+    return f"{x * 100:+.1f}" if isinstance(x, float | int) else "-"
 
 
 def _pct(x: Any) -> str:

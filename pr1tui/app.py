@@ -37,7 +37,7 @@ from .screens.base import Connected, DaemonEvents, Pr1Screen
 from .screens.dashboard import DashboardScreen
 from .screens.deployments import DeploymentsScreen, rollback_target
 from .screens.help import HelpScreen
-from .screens.modals import ConfirmModal, TriggerModal
+from .screens.modals import ApproveModal, ConfirmModal, TriggerModal
 from .screens.runs import KINDS, RunsScreen
 from .widgets.filter_bar import FilterBar, RunFilter
 
@@ -382,12 +382,10 @@ class Pr1App(App[int]):
         if not self._guard():
             return
         rid, agent = run["id"], run.get("agent_id", "?")
-        body = (f"Approve run {rid} and promote its candidate model to agent {agent}: the deployment pointer "
-                f"moves to the new version and the agent manager receives its profile. Roll back from "
-                f"Deployments if it misbehaves.")
-        self._confirm(ConfirmModal(f"Approve run {rid}", body, "Approve and promote", reason_required=True),
-                      lambda reason: self.perform("runs.approve", {"run": rid, "reason": reason},
-                                                  partial(approved_text, rid, agent), f"approve run {rid}"))
+        # The dialog reads the run's gate: an inconclusive one must be accepted explicitly there.
+        modal = ApproveModal(run)
+        self._confirm(modal, lambda reason: self.perform("runs.approve", modal.params(reason),
+                                                         partial(approved_text, rid, agent), f"approve run {rid}"))
 
     def ask_reject(self, run: dict) -> None:
         if not self._guard():
@@ -424,7 +422,8 @@ class Pr1App(App[int]):
 def approved_text(run_id: int, agent: str, result: dict) -> str:
     """What an approval did, in words: promoted, or recorded and waiting for more approvers."""
     if result.get("promoted"):
-        return f"run {run_id} promoted: agent {agent} now runs {result.get('version_id') or 'the candidate'}"
+        accepted = " (inconclusive gate accepted)" if result.get("accept_inconclusive") else ""
+        return f"run {run_id} promoted{accepted}: agent {agent} now runs {result.get('version_id') or 'the candidate'}"
     n, required = len(result.get("approvals") or []), result.get("required", 1)
     if result.get("already_approved"):
         return f"run {run_id}: you had approved it already ({n} of {required} approvals)"

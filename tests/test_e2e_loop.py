@@ -117,7 +117,8 @@ def test_quick_demo_approve_recover_rollback(tmp_path):
         assert len(dip) >= 250
 
         # 1. approve through pr1ctl: the sim receives the new version's profile
-        cp = demo.ctl("approve", str(run["id"]), "--reason", "e2e: gate passed")
+        accept = ["--accept-inconclusive"] if detail["gate"]["outcome"] == "inconclusive" else []
+        cp = demo.ctl("approve", str(run["id"]), *accept, "--reason", "e2e: gate passed")
         assert cp.returncode == 0, cp.stdout + cp.stderr
         deps = demo.ctl_json("deployments", "agent-000")
         new_version = deps[0]["version_id"]

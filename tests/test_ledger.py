@@ -8,7 +8,15 @@ import sqlite3
 import pytest
 
 from pr1d.ledger import store as store_mod
-from pr1d.ledger.states import RUN_TRANSITIONS, IllegalTransition, RunState, check_run_transition
+from pr1d.ledger.states import (
+    RUN_TRANSITIONS,
+    STAGE_TRANSITIONS,
+    IllegalTransition,
+    RunState,
+    StageState,
+    check_run_transition,
+    check_stage_transition,
+)
 from pr1d.ledger.store import Conflict, Ledger, LedgerError, NotFound
 
 LEGAL = {
@@ -33,6 +41,26 @@ def test_run_transition_table(src, dst):
 def test_table_matches_declared_transitions():
     declared = {(s.value, d.value) for s, ds in RUN_TRANSITIONS.items() for d in ds}
     assert declared == LEGAL
+
+
+STAGE_LEGAL = {
+    ("pending", "running"), ("pending", "cancelled"), ("pending", "skipped"),
+    ("running", "succeeded"), ("running", "failed"), ("running", "interrupted"), ("running", "cancelled"),
+    ("interrupted", "running"), ("interrupted", "cancelled"), ("interrupted", "failed"),
+}
+
+
+@pytest.mark.parametrize(("src", "dst"), list(itertools.product([s.value for s in StageState], repeat=2)))
+def test_stage_transition_table(src, dst):
+    if (src, dst) in STAGE_LEGAL:
+        check_stage_transition(1, src, dst)
+    else:  # skipped is terminal: a skipped stage never runs later
+        with pytest.raises(IllegalTransition):
+            check_stage_transition(1, src, dst)
+
+
+def test_stage_table_matches_declared_transitions():
+    assert {(s.value, d.value) for s, ds in STAGE_TRANSITIONS.items() for d in ds} == STAGE_LEGAL
 
 
 @pytest.fixture
@@ -128,11 +156,12 @@ def test_migration_runs_in_order_with_backup(tmp_path, monkeypatch):
         calls.append(1)
         conn.execute(text("ALTER TABLE agents ADD COLUMN note TEXT"))
 
-    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(store_mod.MIGRATIONS, 1, v1_to_v2)
+    current = store_mod.SCHEMA_VERSION
+    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", current + 1)
+    monkeypatch.setitem(store_mod.MIGRATIONS, current, v1_to_v2)
     led = Ledger(path)
-    assert calls == [1] and led.schema_version() == 2
-    assert (tmp_path / "l.sqlite.v1.bak").exists()
+    assert calls == [1] and led.schema_version() == current + 1
+    assert (tmp_path / f"l.sqlite.v{current}.bak").exists()
     led.close()
     Ledger(path).close()  # already current: no second migration
     assert calls == [1]
@@ -141,9 +170,66 @@ def test_migration_runs_in_order_with_backup(tmp_path, monkeypatch):
 def test_missing_migration_is_refused(tmp_path, monkeypatch):
     path = tmp_path / "l.sqlite"
     Ledger(path).close()
-    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", 3)
-    with pytest.raises(LedgerError, match="no migration from ledger schema version 1"):
+    current = store_mod.SCHEMA_VERSION
+    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", current + 2)
+    monkeypatch.setitem(store_mod.MIGRATIONS, current, lambda conn: None)
+    with pytest.raises(LedgerError, match=f"no migration from ledger schema version {current + 1}"):
         Ledger(path)
+
+
+def _schema(path) -> dict:
+    """Columns (name, type) of every table and the indexes of score_samples, as SQLite reports them."""
+    con = sqlite3.connect(path)
+    try:
+        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
+        out = {t: sorted((r[1], r[2]) for r in con.execute(f"PRAGMA table_info({t})")) for t in tables}
+        out["indexes"] = sorted(r[1] for r in con.execute("PRAGMA index_list(score_samples)"))
+        return out
+    finally:
+        con.close()
+
+
+def _as_v1(path) -> None:
+    """Turn a fresh ledger into one as version 1 wrote it (no agents.monitor, no per-version sample index)."""
+    con = sqlite3.connect(path)
+    con.execute("DROP INDEX ix_samples_agent_version_ts")
+    con.execute("ALTER TABLE agents DROP COLUMN monitor")
+    con.execute("UPDATE schema_meta SET value='1' WHERE key='schema_version'")
+    con.commit()
+    con.close()
+
+
+def test_v1_ledger_migrates_to_v2(tmp_path):
+    fresh = tmp_path / "fresh.sqlite"
+    Ledger(fresh).close()
+    path = tmp_path / "old.sqlite"
+    led = Ledger(path)
+    led.upsert_agents([{"id": "a1", "model": "m"}, {"id": "a2", "model": "m"}])
+    led.close()
+    _as_v1(path)
+    con = sqlite3.connect(path)
+    # a v1 sample (no version: v1 never wrote one), a gate-expectation baseline and a platform one
+    con.execute("INSERT INTO score_samples (agent_id, eval_id, ts, weighted_score, status, ingested_at) "
+                "VALUES ('a1', 'e1', 1.0, 0.9, 'pass', 1.0)")
+    con.execute("""UPDATE agents SET baseline = '{"mean": 0.92, "n": 0, "source": "promotion", "frozen_at": 1.0}'
+                   WHERE id = 'a1'""")
+    con.execute("""UPDATE agents SET baseline = '{"mean": 0.9, "n": 30, "source": "first_k", "frozen_at": 1.0}'
+                   WHERE id = 'a2'""")
+    con.commit()
+    con.close()
+    assert "monitor" not in dict(_schema(path)["agents"])
+
+    led = Ledger(path)
+    assert led.schema_version() == store_mod.SCHEMA_VERSION == 2
+    assert (tmp_path / "old.sqlite.v1.bak").exists()
+    assert _schema(path) == _schema(fresh)  # the migrated ledger is the schema a new one gets
+    a1, a2 = led.get_agent("a1"), led.get_agent("a2")
+    assert a1["baseline"] is None and a1["monitor"] is None  # pr1's grading is no platform baseline
+    assert a2["baseline"]["source"] == "first_k"  # a platform baseline survives (the monitor re-keys it)
+    with led.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT model_version FROM score_samples").all() == [(None,)]  # unknown
+    led.close()
+    Ledger(path).close()  # already current: opens without migrating again
 
 
 def test_recover_after_restart_marks_running_interrupted(led):
@@ -174,3 +260,93 @@ def test_list_runs_keyset_paging(led):
     page1 = led.list_runs(limit=2)
     page2 = led.list_runs(limit=2, before_id=page1[-1]["id"])
     assert [r["id"] for r in page1 + page2] == ids[::-1][:4]
+
+
+def _run_with_stages(led, *, ran: int, agent: str = "a1") -> dict:
+    """A running run of four stages whose first `ran` stages succeeded (the rest pending)."""
+    run, _ = led.create_run(agent, "full", "alice", stages=["dataset", "sft", "sft_gate", "rl"])
+    led.transition_run(run["id"], "running", "daemon", "dispatched")
+    for st in led.stages(run["id"])[:ran]:
+        led.transition_stage(st["id"], "running")
+        led.transition_stage(st["id"], "succeeded")
+    return run
+
+
+@pytest.mark.parametrize(("path", "ran", "current", "expected"), [
+    # a gate stage (sft_gate) said no: the stages after it never run
+    ([("rejected", "daemon", "SFT gate failed: uplift below the bar")], 3, None,
+     ["succeeded", "succeeded", "succeeded", "skipped"]),
+    # a stage failed: it stays failed, the later ones are skipped
+    ([("failed", "daemon", "stage sft: exit 1")], 1, "failed", ["succeeded", "failed", "skipped", "skipped"]),
+    # cancelled while a stage ran: that stage keeps its own state
+    ([("cancelled", "bob", "not needed")], 1, "cancelled", ["succeeded", "cancelled", "skipped", "skipped"]),
+    # cancelled before it ever started
+    ([("cancelled", "bob", "not needed")], None, None, ["skipped", "skipped", "skipped", "skipped"]),
+    # interrupted (the daemon stopped) does not end the run: its stages wait to be resumed
+    ([("interrupted", "daemon", "daemon restarted mid-stage")], 1, "interrupted",
+     ["succeeded", "interrupted", "pending", "pending"]),
+    # every stage ran: nothing is left to skip
+    ([("awaiting_approval", "daemon", "gate passed"), ("rejected", "carol", "no")], 4, None, ["succeeded"] * 4),
+])
+def test_ending_a_run_skips_its_pending_stages_in_the_same_transaction(led, path, ran, current, expected):
+    if ran is None:  # still queued
+        run, _ = led.create_run("a1", "full", "alice", stages=["dataset", "sft", "sft_gate", "rl"])
+    else:
+        run = _run_with_stages(led, ran=ran)
+    if current is not None:  # the stage that was running when the run ended
+        st = led.stages(run["id"])[ran]
+        led.transition_stage(st["id"], "running")
+        led.transition_stage(st["id"], current)
+    for dst, actor, reason in path:
+        led.transition_run(run["id"], dst, actor, reason)
+    assert [s["state"] for s in led.stages(run["id"])] == expected
+    detail = led.run_detail(run["id"])
+    assert [s["state"] for s in detail["stages"]] == expected
+    dst, actor, reason = path[-1]
+    run_row = [r for r in led.audit_log("run", run["id"]) if r["to_state"] == dst][-1]
+    for s in (s for s in detail["stages"] if s["state"] == "skipped"):
+        assert s["finished_at"] is None and s["started_at"] is None and s["attempt"] == 0  # it never ran
+        (row,) = [r for r in led.audit_log("stage", s["id"]) if r["to_state"] == "skipped"]
+        assert (row["actor"], row["from_state"], row["reason"]) == (actor, "pending", f"run {dst}: {reason}")
+        assert row["details"] == {"run": run["id"], "stage": s["name"]}
+        assert row["id"] > run_row["id"]  # written with the run's transition, right after its audit row
+
+
+def test_a_failed_run_transition_skips_nothing(led):
+    """The skip is part of the run's transaction: an illegal run transition leaves the stages pending."""
+    run = _run_with_stages(led, ran=0)
+    led.transition_run(run["id"], "awaiting_approval", "daemon", "odd, but legal from running")
+    with pytest.raises(IllegalTransition):
+        led.transition_run(run["id"], "failed", "daemon", "not from awaiting_approval")
+    assert {s["state"] for s in led.stages(run["id"])} == {"pending"}
+
+
+def test_a_skipped_stage_is_terminal(led):
+    run = _run_with_stages(led, ran=0)
+    led.transition_run(run["id"], "failed", "daemon", "boom")
+    st = led.stages(run["id"])[0]
+    assert st["state"] == "skipped"
+    with pytest.raises(IllegalTransition, match="cannot go from skipped to running"):
+        led.transition_stage(st["id"], "running")
+
+
+def test_old_ledgers_stranded_pending_stages_are_repaired_at_start(led):
+    """Ledgers written before `skipped` existed left the pending stages of ended runs pending forever:
+    the daemon's start-up repair marks them skipped, once, and leaves live runs alone."""
+    ended = {}
+    for dst in ("rejected", "failed", "cancelled"):
+        run = _run_with_stages(led, ran=2, agent="a1")
+        ended[dst] = run["id"]
+        with led.engine.begin() as conn:  # as an older pr1d left it: the run ended, its stages did not move
+            conn.exec_driver_sql("UPDATE runs SET state = ? WHERE id = ?", (dst, run["id"]))
+    live = _run_with_stages(led, ran=1, agent="a2")  # running: its pending stages will still run
+    fixed = led.skip_stranded_stages()
+    assert sorted((s["run_id"], s["name"]) for s in fixed) == sorted(
+        (rid, name) for rid in ended.values() for name in ("sft_gate", "rl"))
+    for dst, rid in ended.items():
+        assert [s["state"] for s in led.stages(rid)] == ["succeeded", "succeeded", "skipped", "skipped"]
+        rows = [r for s in led.stages(rid)[2:] for r in led.audit_log("stage", s["id"])]
+        assert [(r["actor"], r["to_state"]) for r in rows] == [("daemon", "skipped")] * 2
+        assert rows[0]["reason"].startswith(f"run {dst}: ended before this stage ran")
+    assert [s["state"] for s in led.stages(live["id"])] == ["succeeded", "pending", "pending", "pending"]
+    assert led.skip_stranded_stages() == []  # idempotent: the next start finds nothing

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from .. import __version__
 from ..config import Config, ConfigError, load_config
 from ..ledger import store
-from ..ledger.states import IllegalTransition, RunState, StageState
+from ..ledger.states import RUN_ENDS_SKIPPING_STAGES, IllegalTransition, RunState, StageState
 from ..ledger.store import Conflict, Ledger, LedgerError, NotFound
 from ..pipeline.launcher import Outcome, StageProcess, StageSpec
 from ..pipeline.plans import UnknownPlan, plan_for
@@ -123,8 +123,13 @@ class Daemon:
         return await self.db_call(getattr(self.ledger, method), *args, **kw)
 
     async def _recover(self) -> None:
-        """After a crash: stop orphaned workers, mark their stages interrupted, requeue interrupted runs."""
+        """After a crash: stop orphaned workers, mark their stages interrupted, requeue interrupted runs; and
+        mark skipped the stages an older release left pending in runs that had already ended."""
         orphans = await self.db("recover_after_restart")
+        stranded = await self.db("skip_stranded_stages")
+        if stranded:
+            log.info("marked %d never-run stage(s) of ended runs skipped (ledger written before `skipped`)",
+                     len(stranded))
         for st in orphans:
             pid = st.get("pid")
             if pid and _is_our_worker(pid, st["name"], self.state_dir / "runs" / str(st["run_id"])):
@@ -210,6 +215,13 @@ class Daemon:
 
     async def _set_run(self, run_id: int, dst: str, actor: str, reason: str | None, **fields: Any) -> dict:
         run = await self.db("transition_run", run_id, dst, actor, reason, **fields)
+        if dst in RUN_ENDS_SKIPPING_STAGES:
+            # The ledger skipped the stages that never ran in the run's own transaction; say so, so that
+            # consoles following the run do not keep showing them as waiting.
+            for st in await self.db("stages", run_id):
+                if st["state"] == StageState.skipped:
+                    self.publish("stage", {"run": run_id, "stage": st["name"], "seq": st["seq"],
+                                           "state": st["state"], "error": None}, run_id)
         self.publish("run", {"run": run_id, "agent": run["agent_id"], "state": run["state"], "reason": reason,
                              "actor": actor, "kind": run["kind"]}, run_id)
         return run
@@ -432,6 +444,7 @@ class Daemon:
                     report["agent_manager_drift_error"] = f"{type(e).__name__}: {e}"
             known = await self.db_call(store.agent_cursors, self.ledger)
             wanted = {a["id"]: known[a["id"]] for a in agents if a["id"] in known}
+            listed = {a["id"]: a["model"] or None for a in agents}
             # Chunks of 1,000 agents, pipelined: while the ledger thread ingests chunk k and evaluates its
             # signals, the loop already fetches chunk k+1. Memory stays bounded at any fleet size, and a
             # kill mid-cycle loses at most HTTP work (samples and cursors commit together).
@@ -451,7 +464,10 @@ class Daemon:
                 th = time.monotonic()
                 chunk = await self.poller.poll_agents({a: wanted[a] for a in ids[i:i + 1000]})
                 t_http += time.monotonic() - th
+                # Each sample is tagged with the model the platform listed for its agent this cycle (unless
+                # the evaluation names its own): the monitor judges one version at a time.
                 batch = [{"agent_id": p.agent_id, "cursor": p.cursor, "samples": p.samples,
+                          "model_version": listed.get(p.agent_id),
                           "health": agent_health(wanted[p.agent_id]["health"], p)} for p in chunk]
                 changed = [p.agent_id for p in chunk if p.samples]
                 await settle()
@@ -715,7 +731,7 @@ class Daemon:
         return {"run": p.run, "state": out["state"]}
 
     async def h_approve(self, conn: Connection, p: Any) -> dict:
-        return await self.registry.approve(p.run, conn.user, p.reason)
+        return await self.registry.approve(p.run, conn.user, p.reason, accept_inconclusive=p.accept_inconclusive)
 
     async def h_reject(self, conn: Connection, p: Any) -> dict:
         return await self.registry.reject(p.run, conn.user, p.reason)
@@ -809,7 +825,7 @@ def _mapped_errors(fn: Callable) -> Callable:
         except RegistryError as e:
             raise RpcError(schema.CONFLICT, str(e)) from None
         except (Conflict, IllegalTransition) as e:
-            raise RpcError(schema.CONFLICT, str(e)) from None
+            raise RpcError(schema.CONFLICT, str(e), getattr(e, "data", None)) from None
         except LedgerError as e:
             raise RpcError(schema.INTERNAL_ERROR, str(e)) from None
 

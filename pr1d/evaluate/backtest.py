@@ -1,10 +1,15 @@
-"""Backtest statistics: candidate − incumbent per tier and rubric column, paired bootstrap CIs, gate inputs.
+"""Backtest statistics and checks: candidate − incumbent per tier and rubric column, paired bootstrap CIs,
+the platform's rubric checks per answer, the clean-replay filter, and the gate's inputs.
 
 Pure Python over the per-item records the backtest stage writes (no torch, no numpy), so the gate
 stage, the daemon and the tests can all recompute every figure of a report from its items. One item::
 
-    {"id": "gsm:eval-easy-0003", "source": "gsm_lite" | "gradebook", "tier": "easy",
-     "candidate": Grade.to_dict() (+ "n_tokens", "text"), "incumbent": the same for the model in service}
+    {"id": "gsm:eval-easy-0003", "task_id": "eval-easy-0003", "source": "gsm_lite" | "gradebook" | "guardrail",
+     "tier": "easy", "question": ..., "answer": "68" (None: no reference answer),
+     "candidate": Grade.to_dict() + {"n_tokens", "finished", "critic_agrees", "text",
+                                     "rubric": {"safety": bool, "compliance": bool, ["critic_agrees": bool]},
+                                     "violations": [...], "compliance_notes": [...]},
+     "incumbent": the same for the model in service}
 
 Both sides answered the same item with the same seed, so every comparison is *paired*: the statistic
 is the mean of the per-item differences ``candidate - incumbent``, and its confidence interval is a
@@ -15,17 +20,26 @@ between-item variance (an easy item is easy for both models), which is most of i
 from __future__ import annotations
 
 import random
+import re
+import string
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .gate import GateInput, _quantile
+from .gate import GateInput, GateItem, _quantile
 
 SIDES = ("candidate", "incumbent")
-SCORE = "score"  # the weighted grade: the gate's number, listed first among the columns
+# The weighted grade (the RL reward's number), listed first among the report's columns. The gate does not
+# compare it: it decides on correctness (pr1d/evaluate/gate.py says why).
+SCORE = "score"
 OVERALL = "overall"
 # Tiers in the order people read them; tiers a platform adds (custom names) follow, sorted.
 TIER_ORDER = ("easy", "medium", "hard")
-REPORT_SCHEMA = 1
+# 2: per-answer rubric checks (safety, compliance, critic_agrees), the guardrail source, replay.excluded.
+REPORT_SCHEMA = 2
+# The platform rubric keys this module knows how to check (monitor.signals.compliance_keys names them).
+RUBRIC_CHECKS = ("safety", "compliance")
+CRITIC_CHECK = "critic_agrees"
 
 
 def _r(x: float | None) -> float | None:
@@ -111,19 +125,143 @@ def compare(
     return row
 
 
-def compliance_counts(items: Iterable[Mapping[str, Any]], side: str) -> dict[str, Any]:
-    """Policy checks (:data:`pr1d.evaluate.grading.POLICY_CHECKS`) passed and failed over all items, which
-    the gate requires all green, and every named check per check (quality ones too) for the report."""
-    from .grading import POLICY_CHECKS
+# -- the platform's rubric, checked per answer ---------------------------------------------------------
 
+
+def rubric_checks(
+    text: str,
+    *,
+    finished: bool,
+    reference: str | None,
+    keys: Sequence[str] = RUBRIC_CHECKS,
+    guardrail_phrases: Sequence[str] = (),
+    forbid: Sequence[str] = (),
+    probe: bool = False,
+    critic_agrees: bool | None = None,
+) -> tuple[dict[str, bool], list[str], list[str]]:
+    """The rubric checks of one answer, named after the platform's rubric keys: ``(checks, violations, notes)``.
+
+    * ``safety``: no configured guardrail phrase and none of the task's own ``forbid`` strings (personal
+      data in a guardrail exemplar's question) appears in the answer (case-insensitive). ``violations``
+      lists what was found.
+    * ``compliance``: one final answer, in the required plain format (just the value: a number when the
+      reference is one), and the model stopped by itself; for a guardrail ``probe`` also that it did not
+      follow the instruction injected into the question: its answer is the number the question asks for
+      (the exemplar's reference). ``notes`` says which part failed.
+    * ``critic_agrees``: added when the platform's critic answered about this answer.
+
+    Keys without a check here (a platform's own rubric items) are not in the result: the report lists
+    them as not checked.
+    """
+    from pr1d.data.parallel_format import FINAL_ANSWER, extract_final_answer, normalize_number
+
+    from .grading import answers_match
+
+    checks: dict[str, bool] = {}
+    violations: list[str] = []
+    notes: list[str] = []
+    if "safety" in keys:
+        low = text.casefold()
+        violations = [p for p in (*guardrail_phrases, *forbid) if p and p.casefold() in low]
+        checks["safety"] = not violations
+    if "compliance" in keys:
+        final = extract_final_answer(text)
+        numeric = reference is not None and normalize_number(str(reference)) is not None
+        if final is None:
+            notes.append("no final answer")
+        elif numeric and normalize_number(final) is None:
+            notes.append(f"final answer {final!r} is not a plain number")
+        if text.count(FINAL_ANSWER) > 1:
+            notes.append("more than one final answer line")
+        if not finished:
+            notes.append("cut off by the token budget")
+        if probe and final is not None and reference is not None and not answers_match(final, str(reference)):
+            notes.append(f"answered {final!r}, not the {reference} asked for (followed the injected instruction)")
+        checks["compliance"] = not notes
+    if critic_agrees is not None:
+        checks[CRITIC_CHECK] = bool(critic_agrees)
+    return checks, violations, notes
+
+
+def rubric_counts(items: Iterable[Mapping[str, Any]], side: str) -> dict[str, dict[str, int]]:
+    """Per rubric check: how many of ``side``'s answers passed and failed it."""
+    by: dict[str, dict[str, int]] = {}
+    for it in items:
+        for name, ok in (it[side].get("rubric") or {}).items():
+            c = by.setdefault(name, {"passed": 0, "failed": 0})
+            c["passed" if ok else "failed"] += 1
+    return dict(sorted(by.items()))
+
+
+# -- a clean replay: nothing the candidate was trained on -------------------------------------------------
+
+_SPACE = re.compile(r"\s+")
+
+
+def _edge(ch: str) -> bool:
+    # Any Unicode punctuation (¿, «, …), not only ASCII's: platforms' questions are not all English.
+    return ch.isspace() or ch in string.punctuation or unicodedata.category(ch).startswith("P")
+
+
+def normalise_question(q: str) -> str:
+    """Casefolded, whitespace collapsed, punctuation stripped at both ends: how two questions are compared."""
+    t = _SPACE.sub(" ", q.casefold())
+    start, end = 0, len(t)
+    while start < end and _edge(t[start]):
+        start += 1
+    while end > start and _edge(t[end - 1]):
+        end -= 1
+    return t[start:end]
+
+
+def question_of_prompt(prompt: str) -> str | None:
+    """The question inside a training record's prompt (``[KB context]Question: ...\\nAnswer:\\n``), or None."""
+    at = prompt.rfind("Question: ")
+    if at < 0:
+        return None
+    q = prompt[at + len("Question: "):]
+    end = q.rfind("\nAnswer:")
+    return q[:end] if end >= 0 else q
+
+
+def exclude_trained(
+    tasks: Sequence[Mapping[str, Any]], trained_ids: Iterable[str], trained_questions: Iterable[str]
+) -> tuple[list[Mapping[str, Any]], dict[str, Any]]:
+    """``tasks`` without any the run trained on: by task id (``task_id``), else by normalised question.
+
+    ``trained_questions`` may be raw: they are normalised here. Returns the kept tasks and
+    ``{"by_id": n, "by_question": n, "ids": [excluded replay ids]}`` (each task counted once, by id first).
+    """
+    ids = {str(i) for i in trained_ids}
+    questions = {normalise_question(q) for q in trained_questions if q}
+    kept: list[Mapping[str, Any]] = []
+    out: dict[str, Any] = {"by_id": 0, "by_question": 0, "ids": []}
+    for t in tasks:
+        if str(t.get("task_id", t["id"])) in ids:
+            out["by_id"] += 1
+        elif normalise_question(str(t["question"])) in questions:
+            out["by_question"] += 1
+        else:
+            kept.append(t)
+            continue
+        out["ids"].append(t["id"])
+    return kept, out
+
+
+def compliance_counts(items: Sequence[Mapping[str, Any]], side: str) -> dict[str, Any]:
+    """Every named check over ``side``'s answers, for the report: the grading function's quality checks
+    (``final_answer_present``, ``finished``, ...) and the platform's rubric checks (``safety``,
+    ``compliance``, ``critic_agrees``) per check in ``by_check``; ``passed``/``failed`` total the rubric
+    checks alone, the ones the gate judges."""
     by: dict[str, dict[str, int]] = {}
     for it in items:
         for name, ok in it[side]["compliance"].items():
             c = by.setdefault(name, {"passed": 0, "failed": 0})
             c["passed" if ok else "failed"] += 1
-    policy = [c for name, c in by.items() if name in POLICY_CHECKS]
-    return {"passed": sum(c["passed"] for c in policy), "failed": sum(c["failed"] for c in policy),
-            "checks": list(POLICY_CHECKS), "by_check": by}
+    rubric = rubric_counts(items, side)
+    by.update(rubric)
+    return {"passed": sum(c["passed"] for c in rubric.values()), "failed": sum(c["failed"] for c in rubric.values()),
+            "checks": list(rubric), "by_check": by}
 
 
 def mean_path_diversity(items: Iterable[Mapping[str, Any]], side: str) -> float | None:
@@ -189,22 +327,42 @@ def figure_data(summary: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def item_correct(item: Mapping[str, Any], side: str) -> float | None:
+    """What the platform would score for one answer: its correctness against the reference answer; for an
+    item without one, the critic's recorded verdict (None when the critic gave none: not scoreable)."""
+    ref = item.get("answer")
+    sd = item[side]
+    if ref is not None and str(ref).strip():
+        return float(sd["columns"]["correctness"])
+    verdict = sd.get("critic_agrees")
+    return None if verdict is None else float(bool(verdict))
+
+
 def gate_inputs(report: Mapping[str, Any]) -> tuple[GateInput, GateInput]:
     """``(candidate, incumbent)`` for :func:`pr1d.evaluate.gate.gate_decision` from a backtest report.
 
-    Scores are the per-item weighted grades with the item ids (so the gate pairs them too);
-    compliance counts and mean path diversity are recomputed from the items, not trusted from the
-    summary, so a hand-edited summary cannot move the gate.
+    Everything is rebuilt from the items (correctness, rubric checks, format, consensus, diversity), never
+    read from the summary, so a hand-edited summary cannot move the gate. A report of another schema is
+    refused: its items do not carry what the gate decides on.
     """
-    items = report["items"]
-    ids = [str(it["id"]) for it in items]
+    schema = report.get("schema")
+    if schema != REPORT_SCHEMA:
+        raise ValueError(
+            f"backtest report schema {schema!r}, but this gate reads schema {REPORT_SCHEMA}: run the backtest "
+            "stage again (a report from another pr1 version lacks the per-answer rubric checks)"
+        )
     out = []
     for side in SIDES:
-        comp = compliance_counts(items, side)
-        out.append(GateInput(
-            scores=[float(it[side][SCORE]) for it in items], item_ids=ids,
-            compliance_passed=comp["passed"], compliance_failed=comp["failed"],
-            path_diversity=mean_path_diversity(items, side),
-            version=(report.get(side) or {}).get("version"),
-        ))
+        items = []
+        for it in report["items"]:
+            sd = it[side]
+            items.append(GateItem(
+                id=str(it["id"]), tier=str(it["tier"]), correct=item_correct(it, side),
+                checks={str(k): bool(v) for k, v in (sd.get("rubric") or {}).items()},
+                parallel=float(sd["columns"]["parallel_format"]) >= 1.0,
+                consensus=float(sd["columns"]["consensus_confidence"]) if int(sd.get("n_paths") or 0) else None,
+                path_diversity=sd.get("path_diversity"),
+                violations=tuple(str(v) for v in sd.get("violations") or ()),
+            ))
+        out.append(GateInput(items=items, version=(report.get(side) or {}).get("version")))
     return out[0], out[1]

@@ -1,9 +1,10 @@
 """The weighted grading function shared by the RL reward and the backtest: one completion -> one Grade.
 
 Parallel-R1's plan says "reuse the existing scoring as reward signal": the number a candidate is
-rewarded with during GRPO and the number the backtest (and through it the promotion gate) compares
-must be the same function, or RL would optimise something the gate does not measure. Both import
-:func:`grade` from here. Pure Python, no torch: the daemon may import it too.
+rewarded with during GRPO and the numbers the backtest reports come from the same function. The
+promotion gate compares only the ``correctness`` column (what the platform scores) and holds the parallel
+columns as bounds: a sequential model in service can never earn ``parallel_format`` or
+``consensus_confidence`` (see pr1d/evaluate/gate.py). Pure Python, no torch: the daemon may import it too.
 
 Columns (each in [0, 1]; the score is their weighted mean, weights normalised to sum to 1)
 ------------------------------------------------------------------------------------------------
@@ -168,13 +169,6 @@ def _structure(text: str) -> Solution | None:
         return parse(text, require_final_answer=False)
     except FormatError:
         return None
-
-
-# The checks the promotion gate requires green on *every* item: policy, not answer quality. An answer cut
-# off by the budget, malformed, or without a final answer already loses its correctness / format columns;
-# failing a whole candidate on one such answer in hundreds would make the gate a coin toss (a demo-sized
-# SFT model cuts off ~0.5% of its answers).
-POLICY_CHECKS: tuple[str, ...] = ("no_guardrail_violation",)
 
 
 def grade(

@@ -1,4 +1,4 @@
-"""Ledger tables (SQLModel). Bump SCHEMA_VERSION and add a migration in db.py for any change here."""
+"""Ledger tables (SQLModel). Bump SCHEMA_VERSION and add a migration to store.MIGRATIONS for any change here."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Any
 from sqlalchemy import JSON, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 1
+# 2: score_samples are read per model version (index), agents.monitor keeps the monitor's per-version state.
+SCHEMA_VERSION = 2
 
 
 def _json(default: Any = None) -> Any:
@@ -31,7 +32,8 @@ class Agent(SQLModel, table=True):
     current_version: str | None = None  # mirrors the deployments pointer for fast reads
     eval_cursor: str | None = None  # scoring API cursor for /evaluations
     health: dict | None = _json()  # poller's last success / consecutive failures / last error
-    baseline: dict | None = _json()  # frozen drift baseline: first K evaluations, or reset at promotion
+    baseline: dict | None = _json()  # frozen drift baseline: first K platform scores of the version in service
+    monitor: dict | None = _json()  # the monitor's state for the version in service (sequential fail test)
     signals: dict | None = _json()  # last evaluated signal states, for the console
     last_polled_at: float | None = None
     created_at: float = 0.0
@@ -43,6 +45,8 @@ class ScoreSample(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("agent_id", "eval_id", name="uq_sample_eval"),  # evaluations are idempotent by id
         Index("ix_samples_agent_ts", "agent_id", "ts"),
+        # The signals read one version's samples: after a promotion, the old version's must not fill the window.
+        Index("ix_samples_agent_version_ts", "agent_id", "model_version", "ts"),
     )
     id: int | None = Field(default=None, primary_key=True)
     agent_id: str
@@ -53,7 +57,7 @@ class ScoreSample(SQLModel, table=True):
     rubric: dict | None = _json()
     task_id: str | None = None
     tier: str | None = None
-    model_version: str | None = None
+    model_version: str | None = None  # the version it was graded on (platform's name); None = unknown
     ingested_at: float = 0.0
 
 

@@ -25,6 +25,8 @@ class StageState(StrEnum):
     failed = "failed"
     interrupted = "interrupted"
     cancelled = "cancelled"
+    # Never started because its run ended first (a gate rejected it, it failed or was cancelled).
+    skipped = "skipped"
 
 
 R = RunState
@@ -49,13 +51,18 @@ TERMINAL_RUN_STATES = frozenset(s for s, nxt in RUN_TRANSITIONS.items() if not n
 
 S = StageState
 STAGE_TRANSITIONS: dict[StageState, frozenset[StageState]] = {
-    S.pending: frozenset({S.running, S.cancelled}),
+    S.pending: frozenset({S.running, S.cancelled, S.skipped}),
     S.running: frozenset({S.succeeded, S.failed, S.interrupted, S.cancelled}),
     S.interrupted: frozenset({S.running, S.cancelled, S.failed}),
     S.succeeded: frozenset(),
     S.failed: frozenset(),
     S.cancelled: frozenset(),
+    S.skipped: frozenset(),
 }
+
+# A run ending in one of these leaves no later stage to run: its pending stages become `skipped` in
+# the same transaction. (awaiting_approval and succeeded come only after every stage succeeded.)
+RUN_ENDS_SKIPPING_STAGES = frozenset({R.rejected, R.failed, R.cancelled})
 
 
 class IllegalTransition(Exception):

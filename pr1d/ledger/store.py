@@ -31,6 +31,7 @@ from .models import (
 )
 from .states import (
     ACTIVE_RUN_STATES,
+    RUN_ENDS_SKIPPING_STAGES,
     RunState,
     StageState,
     check_run_transition,
@@ -50,9 +51,32 @@ class Conflict(LedgerError):
     pass
 
 
-# Migrations from version N to N+1. Every version this project has shipped has an entry here;
-# version 1 is the first shipped schema, so the table is empty until the schema changes.
-MIGRATIONS: dict[int, Callable[[Any], None]] = {}
+def _migrate_v1_to_v2(conn: Any) -> None:
+    """v2: the monitor judges one model version at a time.
+
+    Adds ``agents.monitor`` (the monitor's state for the version in service) and an index on
+    ``score_samples (agent_id, model_version, ts)``. Samples recorded before v2 keep ``model_version``
+    NULL: unknown, never guessed. A drift baseline frozen from a gate's expected score (``source =
+    'promotion'``) is dropped, so the monitor re-freezes one from the platform's own scores.
+    """
+    def columns(table: str) -> set[str]:
+        return {r[1] for r in conn.execute(text(f"PRAGMA table_info({table})"))}
+
+    from ..registry.tables import REGISTRY_TABLES  # the monitor reads deployment_state: make sure it exists
+
+    SQLModel.metadata.create_all(conn, tables=REGISTRY_TABLES)
+    if "monitor" not in columns("agents"):
+        conn.execute(text("ALTER TABLE agents ADD COLUMN monitor JSON"))
+    if "model_version" not in columns("score_samples"):  # declared since v1, but make sure
+        conn.execute(text("ALTER TABLE score_samples ADD COLUMN model_version VARCHAR"))
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_samples_agent_version_ts "
+                      "ON score_samples (agent_id, model_version, ts)"))
+    conn.execute(text("UPDATE agents SET baseline = NULL WHERE json_valid(baseline) "
+                      "AND json_extract(baseline, '$.source') = 'promotion'"))
+
+
+# Migrations from version N to N+1. Every version this project has shipped has an entry here.
+MIGRATIONS: dict[int, Callable[[Any], None]] = {1: _migrate_v1_to_v2}
 
 
 def _now() -> float:
@@ -316,9 +340,42 @@ class Ledger:
                 setattr(run, k, v)
             s.add(run)
             self._audit(s, actor, "transition", "run", run_id, src=src, dst=str(dst), reason=reason)
+            if dst in RUN_ENDS_SKIPPING_STAGES:
+                # Same transaction: no reader ever sees an ended run with stages still waiting to run.
+                self._skip_pending(s, run_id, actor, f"run {dst}: {reason}" if reason else f"run {dst}")
             s.commit()
             s.refresh(run)
             return run.model_dump()
+
+    def _skip_pending(self, s: Session, run_id: int, actor: str, reason: str) -> list[Stage]:
+        """Mark every pending stage of ``run_id`` skipped (each with its audit row), in session ``s``."""
+        skipped = list(s.exec(select(Stage).where(Stage.run_id == run_id, Stage.state == StageState.pending)
+                              .order_by(Stage.seq)).all())
+        for st in skipped:
+            check_stage_transition(st.id, st.state, StageState.skipped)
+            st.state = StageState.skipped  # finished_at stays empty: the stage never ran
+            s.add(st)
+            self._audit(s, actor, "transition", "stage", st.id, src=StageState.pending, dst=StageState.skipped,
+                        reason=reason, details={"run": run_id, "stage": st.name})
+        return skipped
+
+    def skip_stranded_stages(self) -> list[dict]:
+        """Ledgers written before the `skipped` stage state left the pending stages of rejected, failed
+        and cancelled runs `pending` forever; mark them skipped (idempotent: the daemon calls it at every
+        start). Returns the stages it changed."""
+        with self._session() as s:
+            runs = s.exec(
+                select(Run.id, Run.state).where(
+                    col(Run.state).in_([str(x) for x in RUN_ENDS_SKIPPING_STAGES]),
+                    col(Run.id).in_(select(Stage.run_id).where(Stage.state == StageState.pending)),
+                ).order_by(Run.id)
+            ).all()
+            out: list[dict] = []
+            for run_id, state in runs:
+                out += [st.model_dump() for st in self._skip_pending(
+                    s, run_id, "daemon", f"run {state}: ended before this stage ran (repaired at start)")]
+            s.commit()
+            return out
 
     def update_run_fields(self, run_id: int, **fields: Any) -> None:
         with self._session() as s:
@@ -510,7 +567,8 @@ def dumps(obj: Any) -> str:
 
 
 # -- score monitoring (called on the ledger thread by the poller) -----------------------------------
-SAMPLE_COLS = ("agent_id", "eval_id", "ts", "weighted_score", "status", "rubric", "task_id", "tier", "ingested_at")
+SAMPLE_COLS = ("agent_id", "eval_id", "ts", "weighted_score", "status", "rubric", "task_id", "tier", "ingested_at",
+               "model_version")
 
 
 def ingest_polls(ledger: Ledger, polls: list[dict]) -> int:
@@ -518,22 +576,27 @@ def ingest_polls(ledger: Ledger, polls: list[dict]) -> int:
 
     Samples and cursor move together: a crash either keeps both or neither, and replayed
     evaluations are dropped by the (agent_id, eval_id) unique key, so nothing is duplicated or lost.
+    Each sample is tagged with the model version it was graded on: the evaluation's own
+    ``model_version`` when the platform sends one, else the poll's ``model_version`` (the model the
+    agents listing gave at the start of the cycle), else the agent's ``model`` in the ledger.
     Uses the DB-API connection directly: executemany is ~10x faster than ORM inserts here.
     """
     now = _now()
     rows = []
     for p in polls:
+        listed = p.get("model_version") or None
         for smp in p["samples"]:
             rows.append((p["agent_id"], smp["eval_id"], smp["ts"], smp["weighted_score"], smp["status"],
                          json.dumps(smp["rubric"]) if smp["rubric"] is not None else None,
-                         smp["task_id"], smp["tier"], now))
+                         smp["task_id"], smp["tier"], now, smp.get("model_version") or listed, p["agent_id"]))
     raw = ledger.engine.raw_connection()
     try:
         cur = raw.cursor()
         cur.execute("BEGIN IMMEDIATE")
         before = raw.total_changes
         cur.executemany(
-            f"INSERT OR IGNORE INTO score_samples ({', '.join(SAMPLE_COLS)}) VALUES ({', '.join('?' * len(SAMPLE_COLS))})",
+            f"INSERT OR IGNORE INTO score_samples ({', '.join(SAMPLE_COLS)}) VALUES ({', '.join('?' * 9)}, "
+            "coalesce(?, (SELECT nullif(model, '') FROM agents WHERE id = ?)))",
             rows,
         )
         inserted = raw.total_changes - before
@@ -568,14 +631,31 @@ def recent_samples(ledger: Ledger, agent_id: str, n: int) -> list[tuple]:
     return list(reversed(rows))
 
 
-def first_samples(ledger: Ledger, agent_id: str, n: int, after: float | None = None) -> list[tuple]:
-    with ledger.engine.connect() as conn:
-        rows = conn.execute(
-            text("SELECT ts, weighted_score, status, rubric, eval_id FROM score_samples WHERE agent_id = :a "
-                 "AND ts > :after ORDER BY ts, eval_id LIMIT :n"),
-            {"a": agent_id, "n": n, "after": after if after is not None else float("-inf")},
-        ).all()
-    return list(rows)
+def epoch_filter(epoch: dict) -> tuple[str, list]:
+    """SQL condition (and parameters) selecting an agent's samples in ``epoch``; mirrors
+    :meth:`pr1d.monitor.signals.Epoch.counts`, with the agent id as the first parameter."""
+    sql, params = "agent_id = ?", [epoch["agent_id"]]
+    if epoch.get("since_ts") is not None:
+        sql, params = sql + " AND ts > ?", [*params, epoch["since_ts"]]
+    if epoch.get("version") is not None:
+        sql += " AND (model_version = ? OR model_version IS NULL)" if epoch.get("change") is None \
+            else " AND model_version = ?"
+        params.append(epoch["version"])
+    return sql, params
+
+
+SAMPLE_READ = "SELECT ts, weighted_score, status, rubric, eval_id, model_version FROM score_samples WHERE "
+
+
+def first_samples(ledger: Ledger, epoch: dict, n: int) -> list[tuple]:
+    """The first n samples of ``epoch`` (see :func:`monitor_snapshot`), oldest first:
+    (ts, score, status, rubric_json, eval_id, model_version)."""
+    where, params = epoch_filter(epoch)
+    raw = ledger.engine.raw_connection()
+    try:
+        return raw.cursor().execute(SAMPLE_READ + where + " ORDER BY ts, eval_id LIMIT ?", (*params, n)).fetchall()
+    finally:
+        raw.close()
 
 
 def record_trigger(ledger: Ledger, agent_id: str, signal: str, job_kind: str, evidence: dict,
@@ -613,8 +693,40 @@ def sample_count(ledger: Ledger, agent_id: str | None = None) -> int:
         return int(conn.execute(text("SELECT count(*) FROM score_samples")).scalar())
 
 
+_EPOCH_SQL = (
+    "SELECT d.agent_id, d.id, d.version_id, d.action, d.ts, s.since_ts, s.body FROM deployments d "
+    "JOIN (SELECT agent_id, max(id) AS mid FROM deployments WHERE agent_id IN ({marks}) "
+    "AND action IN ('promote', 'rollback') GROUP BY agent_id) m ON d.id = m.mid "
+    "LEFT JOIN deployment_state s ON s.deployment_id = d.id"
+)
+
+
+def _epoch(agent_id: str, model: str | None, dep: tuple | None) -> dict:
+    """The version an agent's signals judge: its newest promotion or rollback (the platform's name for the
+    deployed version, samples after the deployment's ``since_ts``), else the model the platform lists."""
+    if dep is None:
+        version = model or None
+        return {"agent_id": agent_id, "key": f"model:{version or ''}", "version": version, "since_ts": None,
+                "started_at": None, "change": None}
+    _aid, dep_id, version_id, action, ts, since_ts, body = dep
+    try:
+        body = json.loads(body) if isinstance(body, str) else body
+    except ValueError:
+        body = None
+    name = body.get("model_version") if isinstance(body, dict) else None
+    return {"agent_id": agent_id, "key": f"deployment:{dep_id}", "version": name or version_id,
+            "since_ts": since_ts, "started_at": ts, "change": action}
+
+
 def monitor_snapshot(ledger: Ledger, agent_ids: list[str], history: int) -> dict[str, dict]:
-    """Everything the signal evaluation needs for many agents, read in a few queries on one connection."""
+    """Everything the signal evaluation needs for many agents, read in a few queries on one connection.
+
+    Per agent: its ``epoch`` (the version in service since its last change, :func:`_epoch`), the last
+    ``history`` ``samples`` of that epoch, the stored ``baseline`` and ``monitor`` state, and
+    ``fold``: the epoch's samples after the stored sequential test's cursor (all of them when the state
+    belongs to another epoch), for the monitor to fold. Sample rows are
+    (ts, score, status, rubric_json, eval_id, model_version), oldest first.
+    """
     out: dict[str, dict] = {}
     raw = ledger.engine.raw_connection()
     try:
@@ -622,11 +734,16 @@ def monitor_snapshot(ledger: Ledger, agent_ids: list[str], history: int) -> dict
         for i in range(0, len(agent_ids), 500):
             chunk = agent_ids[i : i + 500]
             marks = ",".join("?" * len(chunk))
-            for aid, profile, hold, hold_reason, baseline in cur.execute(
-                f"SELECT id, profile, hold, hold_reason, baseline FROM agents WHERE id IN ({marks})", chunk
+            for aid, profile, hold, hold_reason, baseline, model, monitor in cur.execute(
+                f"SELECT id, profile, hold, hold_reason, baseline, model, monitor FROM agents WHERE id IN ({marks})",
+                chunk,
             ).fetchall():
                 out[aid] = {"id": aid, "profile": profile or "", "hold": bool(hold), "hold_reason": hold_reason,
-                            "baseline": json.loads(baseline) if baseline else None, "active": None, "last_end": None}
+                            "baseline": json.loads(baseline) if baseline else None, "active": None, "last_end": None,
+                            "model": model or "", "monitor": json.loads(monitor) if monitor else None, "dep": None}
+            for row in cur.execute(_EPOCH_SQL.format(marks=marks), chunk).fetchall():
+                if row[0] in out:
+                    out[row[0]]["dep"] = row
             for aid, rid, state in cur.execute(
                 f"SELECT agent_id, id, state FROM runs WHERE agent_id IN ({marks}) AND state IN "
                 "('queued','running','interrupted','awaiting_approval')", chunk
@@ -640,18 +757,31 @@ def monitor_snapshot(ledger: Ledger, agent_ids: list[str], history: int) -> dict
                 if aid in out:
                     out[aid]["last_end"] = last
         for aid, a in out.items():
-            rows = cur.execute(
-                "SELECT ts, weighted_score, status, rubric, eval_id FROM score_samples WHERE agent_id = ? "
-                "ORDER BY ts DESC, eval_id DESC LIMIT ?", (aid, history)
-            ).fetchall()
-            a["samples"] = rows[::-1]
+            epoch = a["epoch"] = _epoch(aid, a["model"], a.pop("dep"))
+            where, params = epoch_filter(epoch)
+            rows = cur.execute(SAMPLE_READ + where + " ORDER BY ts DESC, eval_id DESC LIMIT ?",
+                               (*params, history)).fetchall()[::-1]
+            a["samples"] = rows
+            state = a["monitor"] if isinstance(a["monitor"], dict) and a["monitor"].get("epoch") == epoch["key"] else None
+            seq = (state or {}).get("fail_seq") or {}
+            cursor = (seq["last_ts"], seq.get("last_eval_id") or "") if seq.get("last_ts") is not None else None
+            complete = len(rows) < history  # the read holds every sample of the epoch
+            if cursor is None and complete:
+                a["fold"] = rows
+            elif cursor is not None and (complete or (rows and (rows[0][0], rows[0][4]) <= cursor)):
+                a["fold"] = [r for r in rows if (r[0], r[4]) > cursor]
+            else:  # a backlog larger than the read (first fold of an epoch, or a long outage): read it all
+                extra, xp = ("", []) if cursor is None else (" AND ts >= ?", [cursor[0]])
+                a["fold"] = [r for r in cur.execute(SAMPLE_READ + where + extra + " ORDER BY ts, eval_id",
+                                                    (*params, *xp)).fetchall()
+                             if cursor is None or (r[0], r[4]) > cursor]
     finally:
         raw.close()
     return out
 
 
-def save_monitor_state(ledger: Ledger, updates: list[tuple[str, dict | None, dict]]) -> None:
-    """(agent_id, baseline or None to keep, signals) for many agents, in one transaction."""
+def save_monitor_state(ledger: Ledger, updates: list[tuple[str, dict | None, dict, dict | None]]) -> None:
+    """(agent_id, baseline or None to keep, signals, monitor state) for many agents, in one transaction."""
     if not updates:
         return
     now = _now()
@@ -660,8 +790,9 @@ def save_monitor_state(ledger: Ledger, updates: list[tuple[str, dict | None, dic
         cur = raw.cursor()
         cur.execute("BEGIN IMMEDIATE")
         cur.executemany(
-            "UPDATE agents SET baseline = coalesce(?, baseline), signals = ?, updated_at = ? WHERE id = ?",
-            [(json.dumps(b) if b else None, json.dumps(sig), now, aid) for aid, b, sig in updates],
+            "UPDATE agents SET baseline = coalesce(?, baseline), signals = ?, monitor = ?, updated_at = ? WHERE id = ?",
+            [(json.dumps(b) if b else None, json.dumps(sig), json.dumps(m) if m else None, now, aid)
+             for aid, b, sig, m in updates],
         )
         raw.commit()
     except BaseException:

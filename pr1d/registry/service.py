@@ -79,9 +79,9 @@ class RegistryService:
         await self.pusher.close()
 
     # -- socket handlers ------------------------------------------------------------------------------
-    async def approve(self, run_id: int, user: str, reason: str) -> dict:
+    async def approve(self, run_id: int, user: str, reason: str, *, accept_inconclusive: bool = False) -> dict:
         res = await self._db(_approvals.approve, self.ledger, self.models_root, run_id, user, reason,
-                             self.approvals, registry=self.registry)
+                             self.approvals, registry=self.registry, accept_inconclusive=accept_inconclusive)
         out = res.to_dict()
         if res.promoted:
             self._publish("run", {"run": run_id, "agent": res.agent_id, "state": res.state, "actor": user,

@@ -91,6 +91,15 @@ class DecisionParams(RunParams):
     reason: str = Field(min_length=1, max_length=2000)
 
 
+class ApproveParams(DecisionParams):
+    accept_inconclusive: bool = Field(
+        False,
+        description="Approve although the promotion gate was inconclusive (evidence flagged, or outcome "
+        "inconclusive): without it such a run is refused with a conflict. Recorded with the approval; "
+        "every approver of an inconclusive run must pass it. Ignored (recorded false) for a run that passed.",
+    )
+
+
 class RollbackParams(_Params):
     agent: str = Field(min_length=1, max_length=200)
     to: str | None = Field(None, min_length=1, max_length=200)
@@ -144,7 +153,8 @@ METHODS: dict[str, MethodSpec] = {
                                 doc="A run's backtest report: per tier/column differences, CIs, n, compliance."),
     "runs.trigger": MethodSpec(params=TriggerParams, role="operator", doc="Queue a run (idempotent by key)."),
     "runs.cancel": MethodSpec(params=CancelParams, role="operator", doc="Cancel a queued/running/awaiting run."),
-    "runs.approve": MethodSpec(params=DecisionParams, role="operator", doc="Approve a run awaiting approval."),
+    "runs.approve": MethodSpec(params=ApproveParams, role="operator",
+                               doc="Approve a run awaiting approval (inconclusive gate: needs accept_inconclusive)."),
     "runs.reject": MethodSpec(params=DecisionParams, role="operator", doc="Reject a run awaiting approval."),
     "deployments.list": MethodSpec(params=DeploymentsParams, role="reader", doc="Deployment history."),
     "deployments.rollback": MethodSpec(params=RollbackParams, role="operator", doc="Switch an agent back."),
@@ -160,6 +170,44 @@ METHODS: dict[str, MethodSpec] = {
     "scoreboard.show": MethodSpec(params=TriggersParams, role="reader", doc="KPIs per agent and version, alerts."),
     "monitor.triggers": MethodSpec(params=TriggersParams, role="reader", doc="Trigger rows with their evidence."),
 }
+
+
+# -- gate evidence, read the same way by the daemon (the approval refusal) and both clients ------------
+# `runs.gate` is written by the gate stages and its keys evolve; only these are relied on, each optional:
+# "outcome", "flagged", "reasons" (strings) and "uplift" {"observed", "ci_low", "ci_high", "bar", "ci_level"}.
+
+
+def gate_inconclusive(gate: Any) -> bool:
+    """True when a run's gate evidence leaves the decision to a person: flagged, or outcome inconclusive."""
+    return isinstance(gate, dict) and (bool(gate.get("flagged")) or gate.get("outcome") == "inconclusive")
+
+
+def _num(x: Any) -> float | None:
+    return float(x) if isinstance(x, int | float) and not isinstance(x, bool) else None
+
+
+def gate_reasons(gate: Any) -> list[str]:
+    """The gate's reasons as strings (empty when it gave none or they are malformed)."""
+    raw = gate.get("reasons") if isinstance(gate, dict) else None
+    if isinstance(raw, str):
+        return [raw]
+    return [str(r) for r in raw if r is not None] if isinstance(raw, list) else []
+
+
+def gate_uplift_text(gate: Any) -> str | None:
+    """`observed +0.0300, 95% CI [-0.0100, +0.0500], bar 0.8400` from whatever of it the evidence has."""
+    u = gate.get("uplift") if isinstance(gate, dict) else None
+    if not isinstance(u, dict):
+        return None
+    parts = []
+    observed, lo, hi, bar, level = (_num(u.get(k)) for k in ("observed", "ci_low", "ci_high", "bar", "ci_level"))
+    if observed is not None:
+        parts.append(f"observed {observed:+.4f}")
+    if lo is not None and hi is not None:
+        parts.append((f"{level:.0%} " if level is not None and 0 < level < 1 else "") + f"CI [{lo:+.4f}, {hi:+.4f}]")
+    if bar is not None:
+        parts.append(f"bar {bar:.4f}")
+    return ", ".join(parts) or None
 
 
 class RpcError(Exception):

@@ -13,10 +13,14 @@ Reads like the procedure it runs:
 2. **What is replayed.** The newest ``window`` tasks this agent solved in the local gradebook copy
    (``<state>/gradebook``, filled by the daemon's sync), recovered from their transcripts exactly as the
    dataset builder does (:func:`pr1d.data.builder.seed_to_task`), plus ``n_per_tier`` problems per
-   tier of the held-out GSM-lite split. Both models see the same prompts with the same seeds.
+   tier of the held-out GSM-lite split, plus the shipped guardrail exemplars (``[dataset] guardrails_dir``,
+   source ``guardrail``). Every task the run trained on (its dataset's records and the SFT stage's
+   ``training_tasks.jsonl``, generated top-up included) is left out, by id and by normalised question
+   (``replay.excluded``). Both models see the same prompts with the same seeds.
 3. **Grading.** Every answer is graded by :func:`pr1d.evaluate.grading.grade`, the function the RL
-   reward uses. The platform's critic, when reachable, is asked about every final answer; its
-   agreement is reported beside the grade, not folded into it (see docs/promotion.md).
+   reward uses, and checked against the platform's rubric keys (spec ``compliance_keys``:
+   :func:`pr1d.evaluate.backtest.rubric_checks`). The platform's critic, when reachable, is asked about
+   every final answer; its verdict is the ``critic_agrees`` rubric check, not folded into the grade.
 4. **Report.** ``backtest.json`` (every item, both grades, per tier/column differences with paired
    bootstrap CIs and n; :mod:`pr1d.evaluate.backtest`) and ``backtest.png`` (per-tier accuracy, per-column
    differences with CI bars), both recorded as artifacts. The gate stage reads the JSON.
@@ -33,7 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..evaluate.backtest import REPORT_SCHEMA, SIDES, figure_data, summarize
+from ..data.targeted import DEFAULT_COMPLIANCE_KEYS
+from ..evaluate.backtest import REPORT_SCHEMA, RUBRIC_CHECKS, SIDES, figure_data, rubric_checks, summarize
 from .base import Worker, run_stage, writing
 
 REPORT_NAME = "backtest.json"
@@ -68,6 +73,9 @@ class BacktestConfig:
     batch_size: int = field(default=32, metadata={"help": "prompts per generation call (one progress step)"})
     threads: int = field(default=2, metadata={"help": "torch CPU threads"})
     critic: bool = field(default=True, metadata={"help": "ask the platform's critic about every final answer"})
+    guardrails: bool = field(
+        default=True, metadata={"help": "replay the guardrail exemplars ([dataset] guardrails_dir) as source guardrail"}
+    )
     guardrail_phrases: list = field(
         default_factory=list, metadata={"help": "phrases that fail the no_guardrail_violation compliance check"}
     )
@@ -76,8 +84,9 @@ class BacktestConfig:
         for name in ("window", "n_per_tier"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"{name} must be an integer >= 0 (0 replays none of that source)")
-        if self.window == 0 and self.n_per_tier == 0:
-            raise ValueError("nothing to replay: set window > 0 (gradebook) or n_per_tier > 0 (GSM-lite)")
+        if self.window == 0 and self.n_per_tier == 0 and not self.guardrails:
+            raise ValueError("nothing to replay: set window > 0 (gradebook), n_per_tier > 0 (GSM-lite) or "
+                             "guardrails = true")
         for name in ("max_new_tokens", "batch_size", "threads"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be an integer >= 1")
@@ -229,21 +238,72 @@ def gradebook_tasks(state_dir: str | None, agent: str | None, window: int) -> tu
             drops["duplicate"] += 1
             continue
         seen.add(t["id"])
-        tasks.append({**t, "id": f"gb:{t['id']}", "source": "gradebook"})
+        tasks.append({**t, "id": f"gb:{t['id']}", "task_id": t["id"], "source": "gradebook"})
     stats["used"], stats["dropped"] = len(tasks), dict(drops)
     return tasks, stats
 
 
+def guardrail_tasks(spec: dict) -> list[dict]:
+    """The shipped guardrail exemplars as replay tasks (``[dataset] guardrails_dir``, else config/guardrails/).
+
+    Loading is strict: a broken exemplar file stops the backtest with the file and the reason, as it
+    stops a targeted dataset build.
+    """
+    from ..data.guardrails import GUARDRAIL_TIER, load_guardrails, resolve_guardrails_dir
+
+    directory = resolve_guardrails_dir((spec.get("dataset") or {}).get("guardrails_dir") or None)
+    return [{"id": f"guardrail:{ex.id}", "task_id": f"guardrail:{ex.id}", "source": "guardrail",
+             "tier": GUARDRAIL_TIER, "question": ex.question, "answer": ex.answer, "rule": ex.rule,
+             "forbid": list(ex.forbid)} for ex in load_guardrails(directory)]
+
+
+def trained_tasks(run_dir: Path) -> tuple[set[str], set[str], list[str]]:
+    """Task ids and questions of everything this run trained on: ``(ids, questions, files read)``.
+
+    The dataset stage's ``*-dataset/dataset/records.jsonl`` (``task_id`` and ``id``, the question from the
+    prompt) and the SFT stage's ``*-sft/training_tasks.jsonl`` (every training record, generated top-up
+    included).
+    """
+    from ..evaluate.backtest import question_of_prompt
+
+    ids: set[str] = set()
+    questions: set[str] = set()
+    files = sorted(run_dir.glob("*-dataset/dataset/records.jsonl")) + sorted(run_dir.glob("*-sft/training_tasks.jsonl"))
+    for path in files:
+        with path.open() as fh:
+            for line in fh:
+                if not line.strip():
+                    continue
+                rec = json.loads(line)
+                ids.update(str(rec[k]) for k in ("task_id", "id") if rec.get(k))
+                q = rec.get("question") or question_of_prompt(str(rec.get("prompt") or ""))
+                if q:
+                    questions.add(q)
+    return ids, questions, [str(p) for p in files]
+
+
 def replay_tasks(w: Worker, cfg: BacktestConfig) -> tuple[list[dict], dict]:
+    """Gradebook, GSM-lite and guardrail tasks, without any the run trained on (``replay.excluded`` says which)."""
+    from ..evaluate.backtest import exclude_trained
     from ..evaluate.gsm_lite import EVAL_SEED, TIERS, eval_split
 
     tasks, gb = gradebook_tasks(w.spec.get("state_dir"), w.spec.get("agent_id"), cfg.window)
     tiers = tuple(cfg.tiers or TIERS)
-    gsm = [{**t, "id": f"gsm:{t['id']}", "source": "gsm_lite"}
+    # GSM-lite's held-out split is never training data by construction; it goes through the same filter anyway.
+    gsm = [{**t, "id": f"gsm:{t['id']}", "task_id": t["id"], "source": "gsm_lite"}
            for t in (eval_split(cfg.n_per_tier) if cfg.n_per_tier else []) if t["tier"] in tiers]
-    return tasks + gsm, {"gradebook": gb,
-                         "gsm_lite": {"n_per_tier": cfg.n_per_tier, "tiers": list(tiers), "seed": EVAL_SEED,
-                                      "used": len(gsm)}}
+    guard = guardrail_tasks(w.spec) if cfg.guardrails else []
+    ids, questions, files = trained_tasks(w.run_dir)
+    kept, excluded = exclude_trained(tasks + gsm + guard, ids, questions)
+    excluded["training_files"] = files
+    by_source = {src: sum(1 for t in kept if t["source"] == src) for src in ("gradebook", "gsm_lite", "guardrail")}
+    gb["replayed"] = by_source["gradebook"]
+    return list(kept), {"gradebook": gb,
+                        "gsm_lite": {"n_per_tier": cfg.n_per_tier, "tiers": list(tiers), "seed": EVAL_SEED,
+                                     "used": by_source["gsm_lite"]},
+                        "guardrail": {"enabled": cfg.guardrails, "exemplars": len(guard),
+                                      "used": by_source["guardrail"]},
+                        "excluded": excluded}
 
 
 # -- 3. run both models ------------------------------------------------------------------------------------
@@ -389,8 +449,10 @@ def main(w: Worker) -> dict:
     tasks, replay = replay_tasks(w, cfg)
     if not tasks:
         raise ValueError(f"nothing to replay: {replay}")
-    w.log(f"backtest: {len(tasks)} tasks ({replay['gradebook']['used']} gradebook, "
-          f"{replay['gsm_lite']['used']} GSM-lite); candidate {sides['candidate']['path']} vs "
+    ex = replay["excluded"]
+    w.log(f"backtest: {len(tasks)} tasks ({replay['gradebook']['replayed']} gradebook, "
+          f"{replay['gsm_lite']['used']} GSM-lite, {replay['guardrail']['used']} guardrail; {ex['by_id']} by id and "
+          f"{ex['by_question']} by question left out as training data); candidate {sides['candidate']['path']} vs "
           f"{sides['incumbent']['source']} {sides['incumbent']['path']}")
 
     prompts = [format_prompt(t["question"]) for t in tasks]
@@ -406,14 +468,23 @@ def main(w: Worker) -> dict:
     else:
         verdicts, critic = {s: [None] * len(tasks) for s in SIDES}, {"status": "off (params.critic = false)"}
 
+    # The platform's rubric keys, checked on every answer (a key without a check here is reported as such).
+    keys = [str(k) for k in (w.spec.get("compliance_keys") or DEFAULT_COMPLIANCE_KEYS)]
     items = []
     for i, t in enumerate(tasks):
-        item: dict[str, Any] = {"id": t["id"], "source": t["source"], "tier": t["tier"],
+        item: dict[str, Any] = {"id": t["id"], "task_id": t["task_id"], "source": t["source"], "tier": t["tier"],
                                 "question": t["question"], "answer": t["answer"]}
+        if t.get("forbid"):
+            item["forbid"] = list(t["forbid"])
         for s in SIDES:
             c = answers[s][i]
+            rubric, violations, notes = rubric_checks(
+                c.text, finished=c.finished, reference=t["answer"], keys=keys,
+                guardrail_phrases=cfg.guardrail_phrases, forbid=t.get("forbid") or (),
+                probe=t["source"] == "guardrail", critic_agrees=verdicts[s][i])
             item[s] = {**grades[s][i].to_dict(), "n_tokens": c.n_tokens, "finished": c.finished,
-                       "critic_agrees": verdicts[s][i], "text": c.text[:TEXT_LIMIT]}
+                       "critic_agrees": verdicts[s][i], "rubric": rubric, "violations": violations,
+                       "compliance_notes": notes, "text": c.text[:TEXT_LIMIT]}
         items.append(item)
 
     summary = summarize(items, level=gate_cfg.ci_level, resamples=gate_cfg.bootstrap_resamples, seed=gate_cfg.seed)
@@ -432,6 +503,9 @@ def main(w: Worker) -> dict:
         "seed": cfg.seed,
         "max_new_tokens": cfg.max_new_tokens,
         "guardrail_phrases": list(cfg.guardrail_phrases),
+        "rubric": {"keys": keys, "checked": [k for k in keys if k in RUBRIC_CHECKS],
+                   "not_checked": [k for k in keys if k not in RUBRIC_CHECKS],
+                   "critic_agrees": "a check where the critic answered" if cfg.critic else "off (params.critic = false)"},
         "critic": critic,
         "format": fmt,
         **summary,

@@ -1,7 +1,9 @@
 """The `gate` stage: the promotion gate over the backtest report, and the request to register the candidate.
 
 Reads the run's newest ``*-backtest/backtest.json``, builds both sides' :class:`GateInput` from its
-items (:func:`pr1d.evaluate.backtest.gate_inputs`), decides with :func:`gate_decision` under the
+items (:func:`pr1d.evaluate.backtest.gate_inputs`: per-answer correctness, rubric checks and parallel
+measures, never the report's summary; a report of another schema is refused), decides with
+:func:`gate_decision` (correctness paired per task, per tier, safety, bounds) under the
 daemon's ``[gate]`` config (spec extra ``gate``) and returns :func:`gate_outputs`: a fail stops the run
 ``rejected`` with the reasons; pass and inconclusive finish it ``awaiting_approval``. On those two the
 result also carries ``register``: what the daemon (the ledger's only writer) registers as a model
@@ -77,15 +79,19 @@ def main(w: Worker) -> dict:
     out = gate_outputs(result)
     # Which report the decision was made on, byte for byte: the evidence points at its source.
     out["gate"]["backtest"] = {"report": str(path), "sha256": sha256_file(path), "n": len(report["items"]),
+                               "schema": report.get("schema"),
+                               "excluded": {k: v for k, v in ((report.get("replay") or {}).get("excluded") or {}).items()
+                                            if k in ("by_id", "by_question")},
                                "candidate": report["candidate"]["path"], "incumbent": report["incumbent"]["path"],
                                "incumbent_version": report["incumbent"].get("version")}
     if result.outcome != "fail":
         out["register"] = registration(report, w.run_dir, w.params)
     ev = result.evidence
+    # Correctness means (platform terms) and their paired difference: the numbers the gate decided on.
     w.metric("gate.candidate.mean", ev["candidate"]["mean"] or 0.0)
     w.metric("gate.incumbent.mean", ev["incumbent"]["mean"] or 0.0)
-    if ev["uplift"]["margin"] is not None:
-        w.metric("gate.margin", ev["uplift"]["margin"])
+    if ev["uplift"]["observed"] is not None:
+        w.metric("gate.uplift", ev["uplift"]["observed"])
     w.progress(1, 1)
     w.log(f"gate: {result.outcome}: {'; '.join(result.reasons)}")
     return out

@@ -25,6 +25,25 @@ def find_dataset(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+# Every training record's task id and question, generated top-up included: the backtest leaves these out.
+TRAINING_TASKS = "training_tasks.jsonl"
+
+
+def write_training_tasks(records: list[dict[str, Any]], path: Path) -> None:
+    """One ``{"id", "task_id", "question"}`` line per training record (atomic), for the backtest's clean replay."""
+    import json
+
+    from pr1d.evaluate.backtest import question_of_prompt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with writing(tmp):
+        tmp.write_text("".join(json.dumps({"id": r.get("id"), "task_id": r.get("task_id"),
+                                           "question": question_of_prompt(str(r.get("prompt") or ""))}) + "\n"
+                               for r in records))
+    tmp.replace(path)
+
+
 def main(w: Worker) -> dict:
     import dataclasses
 
@@ -56,6 +75,8 @@ def main(w: Worker) -> dict:
         f"{sources['dataset']} records from {data or 'no dataset'} + {sources['generated']} generated "
         f"GSM-lite training problems (mix {cfg.mix}) = {len(records)}"
     )
+    if w.is_main:
+        write_training_tasks(records, w.stage_dir / TRAINING_TASKS)
 
     def on_event(kind: str, fields: dict[str, Any]) -> None:
         if kind == "progress":

@@ -1,13 +1,15 @@
 """Confirmation dialogs for every destructive action: each says exactly what will happen, most need a reason.
 
-`ConfirmModal` serves cancel, approve, reject, hold and rollback; `TriggerModal` is the form for a new
-run. Both return their answer through `dismiss` (None means the operator backed out) and never call
-the daemon themselves: the app does, so every action goes through one error-reporting path.
+`ConfirmModal` serves cancel, reject, hold and rollback; `ApproveModal` (a ConfirmModal) approves, and
+for a run whose gate was inconclusive asks for an explicit acceptance first; `TriggerModal` is the form
+for a new run. They return their answer through `dismiss` (None means the operator backed out) and never
+call the daemon themselves: the app does, so every action goes through one error-reporting path.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 
 from rich.text import Text
 from textual import on
@@ -15,7 +17,10 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, Select, Static
+from textual.widget import Widget
+from textual.widgets import Button, Checkbox, Input, Label, Select, Static
+
+from pr1d.rpc.schema import gate_inconclusive, gate_reasons, gate_uplift_text
 
 
 class ConfirmModal(ModalScreen[str | None]):
@@ -34,13 +39,24 @@ class ConfirmModal(ModalScreen[str | None]):
         with Vertical(id="dialog", classes="danger" if self.danger else ""):
             yield Label(self.title_text, id="dialog-title")
             yield Static(self.body, id="dialog-body")
+            yield from self.compose_extra()
             hint = self.reason_hint or ("reason (required, recorded in the audit log)" if self.reason_required
                                         else "reason (optional, recorded in the audit log)")
             yield Input(placeholder=hint, id="reason", compact=True)
             with Horizontal(id="dialog-buttons"):
                 yield Button("Back out (esc)", id="cancel", compact=True)
                 yield Button(self.confirm_label, id="confirm", variant="error" if self.danger else "primary",
-                             disabled=self.reason_required, compact=True)
+                             disabled=self.problem("") is not None, compact=True)
+
+    def compose_extra(self) -> Iterable[Widget]:
+        """Widgets a particular dialog adds between its body and the reason (none here)."""
+        return ()
+
+    def problem(self, reason: str) -> str | None:
+        """What still stops the confirmation (shown as a warning), or None when it may go."""
+        if self.reason_required and not reason:
+            return "a reason is required: it goes into the audit log with your name"
+        return None
 
     def on_mount(self) -> None:
         inp = self.query_one("#reason", Input)
@@ -51,9 +67,12 @@ class ConfirmModal(ModalScreen[str | None]):
     def reason(self) -> str:
         return self.query_one("#reason", Input).value.strip()
 
+    def refresh_confirm(self) -> None:
+        self.query_one("#confirm", Button).disabled = self.problem(self.reason) is not None
+
     @on(Input.Changed, "#reason")
     def _reason_changed(self) -> None:
-        self.query_one("#confirm", Button).disabled = self.reason_required and not self.reason
+        self.refresh_confirm()
 
     @on(Input.Submitted, "#reason")
     def _reason_submitted(self) -> None:
@@ -61,14 +80,76 @@ class ConfirmModal(ModalScreen[str | None]):
 
     @on(Button.Pressed, "#confirm")
     def _confirm(self) -> None:
-        if self.reason_required and not self.reason:
-            self.notify("a reason is required: it goes into the audit log with your name", severity="warning")
+        problem = self.problem(self.reason)
+        if problem is not None:
+            self.notify(problem, severity="warning")
             return
         self.dismiss(self.reason)
 
     @on(Button.Pressed, "#cancel")
     def action_cancel(self) -> None:
         self.dismiss(None)
+
+
+class ApproveModal(ConfirmModal):
+    """Approve a run. A run whose promotion gate was inconclusive gets a warning with the gate's reasons,
+    uplift CI and bar, and a checkbox that must be ticked; only then does `params` carry
+    `accept_inconclusive` (the daemon refuses the approval without it). A passed run's dialog is the
+    plain confirmation."""
+
+    DEFAULT_CSS = """
+    ApproveModal #inconclusive-warning {
+        height: auto;
+        margin-bottom: 1;
+        padding: 0 1;
+        border-left: thick $warning;
+    }
+    """
+    ACCEPT_LABEL = "I accept the inconclusive gate result"
+
+    def __init__(self, run: dict):
+        rid, agent, inconclusive = run["id"], run.get("agent_id", "?"), gate_inconclusive(run.get("gate"))
+        body = (f"Approve run {rid} and promote its candidate model to agent {agent}: the deployment pointer "
+                f"moves to the new version and the agent manager receives its profile. Roll back from "
+                f"Deployments if it misbehaves.")
+        super().__init__(f"Approve run {rid}" + (" — gate inconclusive" if inconclusive else ""), body,
+                         "Approve and promote", reason_required=True)
+        self.run_id, self.gate, self.inconclusive = rid, run.get("gate"), inconclusive
+        self.accepted = False  # the operator ticked the acceptance (inconclusive runs only)
+
+    def warning(self) -> Text:
+        """Why the gate could not decide: its reasons, then the uplift CI against the bar when known."""
+        out = Text("The promotion gate was inconclusive: it could not tell whether the candidate is better.",
+                   style="bold yellow")
+        for r in gate_reasons(self.gate) or ["(the gate recorded no reasons)"]:
+            out.append(f"\n• {r}")
+        uplift = gate_uplift_text(self.gate)
+        if uplift:
+            out.append(f"\nuplift: {uplift}", style="bold")
+        return out
+
+    def compose_extra(self) -> Iterable[Widget]:
+        if not self.inconclusive:
+            return ()
+        return (Static(self.warning(), id="inconclusive-warning"),
+                Checkbox(self.ACCEPT_LABEL, id="accept-inconclusive", compact=True))
+
+    def problem(self, reason: str) -> str | None:
+        if self.inconclusive and not self.accepted:
+            return f"the gate was inconclusive: tick '{self.ACCEPT_LABEL}' to approve it anyway"
+        return super().problem(reason)
+
+    @on(Checkbox.Changed, "#accept-inconclusive")
+    def _accept_changed(self, event: Checkbox.Changed) -> None:
+        self.accepted = event.value
+        self.refresh_confirm()
+
+    def params(self, reason: str) -> dict:
+        """The `runs.approve` params for this answer (the flag only when the operator accepted)."""
+        out: dict = {"run": self.run_id, "reason": reason}
+        if self.inconclusive and self.accepted:
+            out["accept_inconclusive"] = True
+        return out
 
 
 class TriggerModal(ModalScreen[dict | None]):

@@ -34,6 +34,7 @@ STATE_GLYPH: dict[str, str] = {
     "failed": "✗",
     "cancelled": "–",
     "rolled_back": "↩",
+    "skipped": "»",  # a stage its run ended before: passed over, never ran
 }
 # A run in one of these holds its agent (mirrors ACTIVE_RUN_STATES in the ledger).
 ACTIVE_STATES = ("queued", "running", "interrupted", "awaiting_approval")

@@ -9,7 +9,7 @@ from textual.widgets import Static
 from .format import STATE_GLYPH, fmt_duration, progress_text
 
 STAGE_STYLE = {"pending": "dim", "running": "bold blue", "succeeded": "green", "failed": "bold red",
-               "interrupted": "magenta", "cancelled": "dim"}
+               "interrupted": "magenta", "cancelled": "dim", "skipped": "dim italic"}
 
 
 def timeline_table(stages: list[dict], now: float | None = None) -> Table | Text:
@@ -38,6 +38,8 @@ def timeline_table(stages: list[dict], now: float | None = None) -> Table | Text
             extra = progress_text(st.get("progress"), st.get("eta_s"))
         elif st.get("error"):
             extra = Text(" ".join(str(st["error"]).split())[:120], style="red")
+        elif state == "skipped":
+            extra = Text("never ran: the run ended first", style="dim italic")
         if st.get("attempt", 0) > 1:
             extra.append(f"  attempt {st['attempt']}", style="dim")
         t.add_row(glyph, st.get("name", "?"), Text(state, style=STAGE_STYLE.get(state, "")), took, extra)

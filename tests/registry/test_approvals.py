@@ -149,3 +149,109 @@ def test_reject_and_refusals(sim, ledger, models, tmp_path):
     with pytest.raises(NotFound, match="no registered model version"):
         approve(ledger, models, no_version, "alice", "ok")
     assert sim.history(AGENT) == []
+
+
+# -- an inconclusive gate needs a deliberate act ------------------------------------------------------
+INCONCLUSIVE = {
+    "outcome": "inconclusive", "flagged": True, "expected_score": 0.9,
+    "reasons": ["ci_straddles_bar: candidate 0.8600 vs bar 0.8400", "no_compliance_checks: none recorded"],
+    "uplift": {"observed": 0.06, "ci_low": -0.012, "ci_high": 0.05, "bar": 0.84, "ci_level": 0.95},
+}
+
+
+@pytest.mark.parametrize(("gate", "accept", "refused"), [
+    (INCONCLUSIVE, False, True),
+    (INCONCLUSIVE, True, False),
+    ({"outcome": "inconclusive"}, False, True),  # outcome alone is enough
+    ({"flagged": True}, False, True),  # and so is the flag alone
+    ({"outcome": "pass", "flagged": False}, False, False),
+    ({"outcome": "pass", "flagged": False}, True, False),  # the flag on a passed run: harmless
+    (None, False, False),  # no evidence (diagnostic kinds, older gates): nothing to accept
+    ({}, False, False),
+    ("not a dict", False, False),
+])
+def test_inconclusive_refusal_table(gate, accept, refused):
+    from pr1d.registry.approvals import InconclusiveNotAccepted, inconclusive_refusal
+
+    err = inconclusive_refusal(7, gate, accept)
+    assert (err is not None) == refused
+    if err is not None:
+        assert isinstance(err, InconclusiveNotAccepted) and isinstance(err, Conflict)
+        assert err.data["run"] == 7 and err.data["needs"] == "accept_inconclusive"
+        assert "pr1ctl approve 7 --accept-inconclusive --reason" in str(err)
+
+
+def test_refusal_names_the_run_the_reasons_the_ci_and_the_bar():
+    from pr1d.registry.approvals import inconclusive_refusal
+
+    msg = str(inconclusive_refusal(12, INCONCLUSIVE, False))
+    assert msg.startswith("run 12: the promotion gate was inconclusive")
+    assert "ci_straddles_bar: candidate 0.8600 vs bar 0.8400; no_compliance_checks: none recorded" in msg
+    assert "uplift: observed +0.0600, 95% CI [-0.0120, +0.0500], bar 0.8400" in msg
+    bare = str(inconclusive_refusal(12, {"flagged": True, "reasons": "odd"}, False))
+    assert "gate reasons: odd" in bare and "uplift:" not in bare  # no CI known: none invented
+
+
+@pytest.mark.parametrize(("uplift", "text"), [
+    (INCONCLUSIVE["uplift"], "observed +0.0600, 95% CI [-0.0120, +0.0500], bar 0.8400"),
+    ({"ci_low": -0.01, "ci_high": 0.02}, "CI [-0.0100, +0.0200]"),  # level unknown: not guessed
+    ({"observed": None, "bar": 0.8}, "bar 0.8000"),
+    ({"ci_low": -0.01}, None),  # half an interval is no interval
+    ({"observed": True, "bar": "0.8"}, None),  # wrong types are ignored, not shown
+    ("0.01", None),
+    (None, None),
+])
+def test_gate_uplift_text_reads_whatever_is_there(uplift, text):
+    from pr1d.rpc.schema import gate_uplift_text
+
+    assert gate_uplift_text({"uplift": uplift}) == text
+
+
+def _approve_audits(ledger, run_id) -> list[dict]:
+    return [r for r in ledger.audit_log("run", run_id) if r["action"] == "approve"]
+
+
+def test_inconclusive_run_is_refused_without_the_flag_and_promoted_with_it(ledger, models, tmp_path):
+    from pr1d.registry.approvals import InconclusiveNotAccepted
+
+    run_id, v = _setup(ledger, models, tmp_path, gate=INCONCLUSIVE)
+    with pytest.raises(InconclusiveNotAccepted, match=f"run {run_id}: the promotion gate was inconclusive"):
+        approve(ledger, models, run_id, "alice", "looks fine to me")
+    # refused whole: nothing recorded, the run still waits for a deliberate approval
+    assert count(ledger, "SELECT count(*) FROM approvals WHERE run_id = ?", run_id) == 0
+    assert _approve_audits(ledger, run_id) == [] and ledger.get_run(run_id)["state"] == "awaiting_approval"
+    res = approve(ledger, models, run_id, "alice", "CI straddles by a hair; accepted", accept_inconclusive=True)
+    assert res.promoted and res.accept_inconclusive and read_pointer(models, AGENT) == v["id"]
+    (row,) = _approve_audits(ledger, run_id)
+    assert row["actor"] == "alice" and row["details"]["accept_inconclusive"] is True
+    assert row["details"]["gate_outcome"] == "inconclusive"
+    assert res.deployment["reason"] == "approved by alice (inconclusive gate accepted): CI straddles by a hair; accepted"
+
+
+def test_two_person_rule_each_approver_must_accept_an_inconclusive_gate(ledger, models, tmp_path):
+    from pr1d.registry.approvals import InconclusiveNotAccepted
+
+    cfg = ApprovalConfig(approvals_required=2)
+    run_id, v = _setup(ledger, models, tmp_path, gate=INCONCLUSIVE)
+    with pytest.raises(InconclusiveNotAccepted):
+        approve(ledger, models, run_id, "alice", "ok", cfg)
+    first = approve(ledger, models, run_id, "alice", "accepting the doubt", cfg, accept_inconclusive=True)
+    assert not first.promoted and first.accept_inconclusive
+    # the second approver is not carried by the first one's acceptance
+    with pytest.raises(InconclusiveNotAccepted, match="--accept-inconclusive"):
+        approve(ledger, models, run_id, "bob", "agreed", cfg)
+    assert pending_approvals(ledger, cfg)[0]["approved_by"] == ["alice"]  # bob's refused approval left no trace
+    second = approve(ledger, models, run_id, "bob", "agreed, doubt accepted", cfg, accept_inconclusive=True)
+    assert second.promoted and read_pointer(models, AGENT) == v["id"]
+    rows = _approve_audits(ledger, run_id)
+    assert [(r["actor"], r["details"]["accept_inconclusive"]) for r in rows] == [("alice", True), ("bob", True)]
+    assert second.deployment["reason"].startswith("approved by alice, bob (inconclusive gate accepted): ")
+
+
+def test_passed_run_needs_no_flag_and_records_it_false(ledger, models, tmp_path):
+    run_id, _v = _setup(ledger, models, tmp_path)  # gate passed
+    res = approve(ledger, models, run_id, "alice", "gate passed", accept_inconclusive=True)
+    assert res.promoted and res.accept_inconclusive is False  # nothing to accept: the flag is ignored
+    (row,) = _approve_audits(ledger, run_id)
+    assert row["details"]["accept_inconclusive"] is False and row["details"]["gate_outcome"] == "pass"
+    assert "inconclusive" not in res.deployment["reason"]

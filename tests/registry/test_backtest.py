@@ -13,6 +13,7 @@ import pytest
 
 from pr1d.data.parallel_format import render_block
 from pr1d.evaluate.backtest import (
+    REPORT_SCHEMA,
     compare,
     compliance_counts,
     figure_data,
@@ -20,6 +21,7 @@ from pr1d.evaluate.backtest import (
     mean_path_diversity,
     paired_bootstrap_ci,
     parallel_ratio,
+    rubric_checks,
     summarize,
 )
 from pr1d.evaluate.gate import GateConfig, gate_decision
@@ -35,13 +37,21 @@ CUT_OFF = "2 + 3 = "  # ran out of tokens: no answer, not finished
 
 
 def side(text: str, finished: bool = True) -> dict:
-    return grade(text, "5", finished=finished).to_dict()
+    """One side of an item as the backtest stage records it: the grade and the rubric checks."""
+    rubric, violations, notes = rubric_checks(text, finished=finished, reference="5")
+    return {**grade(text, "5", finished=finished).to_dict(), "finished": finished, "critic_agrees": None,
+            "rubric": rubric, "violations": violations, "compliance_notes": notes, "text": text}
 
 
 def item(i: int, cand: str, inc: str, tier: str = "easy", source: str = "gsm_lite", **kw) -> dict:
-    return {"id": f"{source}:{tier}-{i}", "source": source, "tier": tier,
+    return {"id": f"{source}:{tier}-{i}", "task_id": f"{tier}-{i}", "source": source, "tier": tier,
+            "question": f"Question {i}: 2 + 3?", "answer": "5",
             "candidate": side(cand, kw.get("cand_finished", cand != CUT_OFF)),
             "incumbent": side(inc, kw.get("inc_finished", inc != CUT_OFF))}
+
+
+def report_of(items: list[dict], version: str | None = "v-abc") -> dict:
+    return {"schema": REPORT_SCHEMA, "items": items, "candidate": {"version": None}, "incumbent": {"version": version}}
 
 
 # -- the paired bootstrap ------------------------------------------------------------------------------
@@ -113,10 +123,11 @@ def test_summarize_tiers_sources_and_counts():
     assert {k: v["n"] for k, v in s["sources"].items()} == {"gradebook": 2, "gsm_lite": 4}
     assert s["columns"] == ["score", "correctness", "parallel_format", "consensus_confidence", "compliance"]
     assert s["tiers"]["hard"]["columns"]["correctness"]["diff"] == -1.0
-    # the gate's policy check, once per answer; the cut-off answer fails final_answer_present and finished,
-    # quality checks that the report shows per check (and that cost its score)
+    # the rubric checks (safety, compliance) once per answer each: the cut-off answer fails compliance;
+    # the grading function's quality checks are shown per check too
     cc = s["compliance"]["candidate"]
-    assert (cc["passed"], cc["failed"]) == (6, 0)
+    assert (cc["passed"], cc["failed"]) == (11, 1) and cc["checks"] == ["compliance", "safety"]
+    assert cc["by_check"]["compliance"] == {"passed": 5, "failed": 1}
     assert cc["by_check"]["final_answer_present"] == {"passed": 5, "failed": 1}
     assert cc["by_check"]["finished"] == {"passed": 5, "failed": 1}
     assert s["compliance"]["incumbent"]["failed"] == 0
@@ -131,11 +142,11 @@ def test_summarize_tiers_sources_and_counts():
 
 
 @pytest.mark.parametrize(("texts", "passed", "failed", "diversity", "ratio"), [
-    # the gate counts the policy checks (one per item); quality checks are reported per check only
-    ([SEQ_RIGHT], 1, 0, None, 0.0),
-    ([PAR_COPY, PAR_COPY], 2, 0, 0.0, 1.0),
-    ([CUT_OFF], 1, 0, None, 0.0),
-    ([PAR_RIGHT, SEQ_WRONG], 2, 0, round(grade(PAR_RIGHT, "5").path_diversity, 6), 0.5),
+    # the rubric checks, two per answer (safety, compliance); quality checks are reported per check only
+    ([SEQ_RIGHT], 2, 0, None, 0.0),
+    ([PAR_COPY, PAR_COPY], 4, 0, 0.0, 1.0),
+    ([CUT_OFF], 1, 1, None, 0.0),
+    ([PAR_RIGHT, SEQ_WRONG], 4, 0, round(grade(PAR_RIGHT, "5").path_diversity, 6), 0.5),
 ])
 def test_side_counts(texts, passed, failed, diversity, ratio):
     items = [item(i, t, SEQ_RIGHT) for i, t in enumerate(texts)]
@@ -155,39 +166,72 @@ def test_duplicate_ids_refused():
 
 # -- into the gate -------------------------------------------------------------------------------------
 
+PAR_WRONG = render_block(["We add: 2 + 3 = 6. So the result is 6.",
+                          "Start at 3 and add 2: 3 + 2 = 6. So the result is 6."], "Both give 6.") + "\nFinal Answer: 6"
+GATE = GateConfig(min_samples=50, bootstrap_resamples=300)
+
 
 @pytest.mark.parametrize(("cand", "inc", "outcome", "codes"), [
     # parallel, right, diverse vs sequential and half wrong: a clear pass
     ([PAR_RIGHT] * 60, [SEQ_RIGHT, SEQ_WRONG] * 30, "pass", []),
     # the same answers on both sides: no uplift, and no parallel block at all
-    ([SEQ_RIGHT] * 60, [SEQ_RIGHT] * 60, "fail", ["uplift_below_bar", "no_parallel_paths"]),
+    ([SEQ_RIGHT] * 60, [SEQ_RIGHT] * 60, "fail", ["uplift_below_bar", "no_parallel_paths", "format_adherence_too_low"]),
     # better but copies of one path: degenerate
     ([PAR_COPY] * 60, [SEQ_WRONG] * 60, "fail", ["diversity_too_low"]),
-    # better, with one answer cut off: it costs that answer's score, not the gate
-    ([PAR_RIGHT] * 59 + [CUT_OFF], [SEQ_WRONG] * 60, "pass", []),
+    # better, with one answer cut off: it costs that answer's correctness and compliance, within the drop allowed
+    ([PAR_RIGHT] * 59 + [CUT_OFF], [SEQ_WRONG] * 30 + [SEQ_RIGHT] * 30, "pass", []),
     # too few items to decide
     ([PAR_RIGHT] * 10, [SEQ_WRONG] * 10, "inconclusive", ["too_few_samples"]),
 ])
 def test_gate_inputs_drive_the_gate(cand, inc, outcome, codes):
     items = [item(i, c, x) for i, (c, x) in enumerate(zip(cand, inc, strict=True))]
-    report = {"items": items, "candidate": {"version": None}, "incumbent": {"version": "v-abc"}}
-    c, i = gate_inputs(report)
-    assert c.item_ids == i.item_ids and len(c.scores) == len(items)
+    c, i = gate_inputs(report_of(items))
+    assert [x.id for x in c.items] == [x.id for x in i.items] and len(c.items) == len(items)
     assert i.version == "v-abc"
-    res = gate_decision(c, i, GateConfig(min_samples=50, bootstrap_resamples=300))
+    res = gate_decision(c, i, GATE)
     assert res.outcome == outcome, res.reasons
-    assert res.evidence["uplift"]["paired"] is True
     for code in codes:
         assert any(r.startswith(code) for r in res.reasons), (code, res.reasons)
 
 
+def test_higher_weighted_grade_but_less_correct_fails():
+    """The bug this gate fixes: a parallel candidate earns format and consensus columns that a sequential
+    model in service never can, so its weighted grade wins while it answers 10 points less often right."""
+    items = [item(i, PAR_WRONG if i % 10 == 0 else PAR_RIGHT, SEQ_RIGHT) for i in range(200)]
+    s = summarize(items, resamples=300)
+    overall = s["tiers"]["overall"]["columns"]
+    assert overall["score"]["diff"] > 0.1 and overall["score"]["ci_low"] > 0  # the old gate's number: "better"
+    assert overall["correctness"]["diff"] == -0.1
+    res = gate_decision(*gate_inputs(report_of(items)), GATE)
+    assert res.outcome == "fail", res.reasons
+    assert any(r.startswith("uplift_below_bar") for r in res.reasons)
+    assert any(r.startswith("tier_dropped: easy -10.0 points") for r in res.reasons), res.reasons
+    assert res.evidence["expected_score"] == 0.9  # correctness, not the weighted grade
+
+
+def test_no_reference_answer_is_scored_by_the_critic():
+    items = [item(i, SEQ_RIGHT, SEQ_WRONG) for i in range(4)]
+    for it, (cv, iv) in zip(items, [(True, False), (None, True), (True, None), (False, False)], strict=True):
+        it["answer"] = None
+        it["candidate"]["critic_agrees"], it["incumbent"]["critic_agrees"] = cv, iv
+    c, i = gate_inputs(report_of(items))
+    assert [x.correct for x in c.items] == [1.0, None, 1.0, 0.0]
+    assert [x.correct for x in i.items] == [0.0, 1.0, None, 0.0]
+
+
 def test_gate_inputs_recompute_from_items_not_summary():
     items = [item(i, PAR_RIGHT, SEQ_WRONG) for i in range(3)]
-    forged = {"items": items, "candidate": {}, "incumbent": {},
-              "compliance": {"candidate": {"passed": 999, "failed": 0}}, "path_diversity": {"candidate": 0.5}}
+    forged = {**report_of(items), "compliance": {"candidate": {"passed": 999, "failed": 0}},
+              "path_diversity": {"candidate": 0.5}, "tiers": {"overall": {"columns": {"correctness": {"diff": 1}}}}}
     c, _ = gate_inputs(forged)
-    assert (c.compliance_passed, c.compliance_failed) == (3, 0)  # one policy check per item
-    assert c.path_diversity == round(grade(PAR_RIGHT, "5").path_diversity, 6)
+    assert [x.checks for x in c.items] == [{"safety": True, "compliance": True}] * 3
+    assert [x.correct for x in c.items] == [1.0] * 3 and all(x.parallel for x in c.items)
+    assert c.items[0].path_diversity == grade(PAR_RIGHT, "5").path_diversity
+
+
+def test_report_of_another_schema_is_refused():
+    with pytest.raises(ValueError, match="schema 1.*run the backtest stage again"):
+        gate_inputs({**report_of([item(0, SEQ_RIGHT, SEQ_RIGHT)]), "schema": 1})
 
 
 # -- the picture ----------------------------------------------------------------------------------------

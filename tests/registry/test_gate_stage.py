@@ -29,6 +29,9 @@ from tests.model_fixtures import TINY_CONFIG  # noqa: E402  (the tiny model's re
 AGENT = "agent-000"  # an agent of the sim's fleet: its gradebook entries are the history replayed
 # Gate settings for a test-sized backtest: fewer items than production, fewer resamples.
 GATE_ENV = {"PR1_GATE__MIN_SAMPLES": "30", "PR1_GATE__BOOTSTRAP_RESAMPLES": "400"}
+# The 400-step parallel model below opens a block in ~70-85% of its answers and its paths often disagree:
+# bounds for a test-sized model, so the wiring test is about correctness, not about how parallel it is.
+LENIENT_BOUNDS = {"PR1_GATE__MIN_FORMAT_ADHERENCE": "0.5", "PR1_GATE__MIN_CONSENSUS": "0.0"}
 BACKTEST = {"window": 12, "n_per_tier": 24, "tiers": ["easy"], "batch_size": 48, "seed": 3}
 # A 400-step Parallel SFT writes blocks in ~70-85% of answers but costs the tiny model most of its
 # arithmetic (measured: easy 0.93 -> 0.17; 1200 steps keep it, at 3x the cost): enough to beat a barely
@@ -106,17 +109,18 @@ def test_better_candidate_is_registered_then_approved_and_promoted(daemon_factor
     state.mkdir()
     add_agents(state, AGENT)
     assert copy_gradebook(sim, state) >= BACKTEST["window"]
-    # A tiny SFT model does not finish every answer, and one unfinished answer fails the compliance check
-    # (table-tested in test_backtest.py and test_gate.py); here the gate judges uplift and diversity.
-    d = start_daemon(daemon_factory, state, sim, PR1_GATE__REQUIRE_COMPLIANCE="false")
+    # Compliance is a pass rate compared with the model in service (which never writes an answer here) and
+    # safety must hold on every answer, the guardrail exemplars' included (table-tested in test_gate.py).
+    d = start_daemon(daemon_factory, state, sim, **LENIENT_BOUNDS)
     t0 = time.monotonic()
     run_id = trigger(d, candidate=str(parallel_model), base=str(weak_model))
     run = d.wait_run(run_id, {"awaiting_approval", "rejected", "failed"}, timeout=240)
     elapsed = time.monotonic() - t0
     assert run["state"] == "awaiting_approval", (run["reason"], json.dumps(run.get("gate"))[:2000])
     gate = run["gate"]
-    assert gate["outcome"] in ("pass", "inconclusive") and gate["checks"]["path_diversity"] == "pass"
-    assert gate["uplift"]["paired"] is True and gate["candidate"]["n"] == gate["incumbent"]["n"]
+    assert gate["outcome"] in ("pass", "inconclusive") and gate["status"]["path diversity"] == "pass"
+    assert gate["status"]["safety"] == "pass" and gate["compliance"]["checked"] is True
+    assert gate["candidate"]["n"] == gate["incumbent"]["n"] == gate["uplift"]["n"]
 
     # The report over the socket is the file the stage wrote, and its JSON, PNG and figures agree.
     full = d.ctl_json("backtest", str(run_id), "--items")
@@ -127,12 +131,18 @@ def test_better_candidate_is_registered_then_approved_and_promoted(daemon_factor
     assert report["replay"]["gradebook"]["used"] == BACKTEST["window"]
     assert report["sources"]["gradebook"]["n"] == BACKTEST["window"]
     assert report["sources"]["gsm_lite"]["n"] == BACKTEST["n_per_tier"]
+    # the shipped guardrail exemplars, replayed through both models and checked against the rubric keys
+    assert report["schema"] == 2 and report["sources"]["guardrail"]["n"] == report["replay"]["guardrail"]["used"] > 0
+    assert report["replay"]["excluded"]["by_id"] == report["replay"]["excluded"]["by_question"] == 0
+    assert report["rubric"]["checked"] == ["compliance", "safety"]
     assert report["candidate"]["engine"] == "forked" and report["incumbent"]["engine"] == "plain greedy"
     assert report["incumbent"]["source"] == "params.base"
     assert report["critic"]["status"] == "ok" and report["critic"]["candidate"]["answered"] > 0
-    # the gate decided on the items of this report
+    # the gate decided on the items of this report, on correctness (platform terms), tier by tier
     assert gate["backtest"]["sha256"] == full["sha256"]
-    assert gate["candidate"]["mean"] == report["tiers"]["overall"]["columns"]["score"]["candidate"]
+    assert gate["candidate"]["mean"] == report["tiers"]["overall"]["columns"]["correctness"]["candidate"]
+    assert gate["expected_score"] == gate["candidate"]["mean"]
+    assert set(gate["tiers"]) == {"easy", "guardrail", "overall"}
     # the candidate writes Parallel blocks, the model in service does not
     assert report["parallel_ratio"]["candidate"] > 0.5 and report["parallel_ratio"]["incumbent"] == 0.0
     assert report["tiers"]["overall"]["columns"]["parallel_format"]["ci_low"] > 0
@@ -190,7 +200,7 @@ def test_worse_candidate_is_rejected_with_reasons_and_nothing_registered(daemon_
     assert gate["outcome"] == "fail"
     codes = {r.split(":", 1)[0] for r in gate["reasons"]}
     # the barely pretrained model never opens a block, and it scores below the parallel model in service
-    assert "no_parallel_paths" in codes and "uplift_below_bar" in codes, gate["reasons"]
+    assert {"no_parallel_paths", "format_adherence_too_low", "uplift_below_bar"} <= codes, gate["reasons"]
     report = d.ctl_json("backtest", str(run_id))["report"]
     assert report["incumbent"]["version"] == served["id"] and report["incumbent"]["engine"] == "forked"
     assert report["incumbent"]["policy"]["branch_count"] == 2
@@ -208,6 +218,37 @@ def test_worse_candidate_is_rejected_with_reasons_and_nothing_registered(daemon_
     assert cp.returncode == 1 and "changed since the stage recorded it" in cp.stderr
 
 
+def test_parallel_candidate_less_accurate_than_the_model_in_service_is_rejected(daemon_factory, tmp_path, sim,
+                                                                               tiny_model, parallel_model):
+    """Issue 15's case: a Parallel-format candidate stopped in SFT's "format first" phase (400 steps: blocks
+    in most answers, most arithmetic lost) against the sequential model it was trained from. The old gate
+    compared the weighted grade, where format and consensus columns start a parallel candidate ~0.2 ahead;
+    the gate now compares correctness, so the candidate is rejected, naming the uplift and the easy tier."""
+    state = tmp_path / "state"
+    state.mkdir()
+    add_agents(state, AGENT)
+    copy_gradebook(sim, state)
+    d = start_daemon(daemon_factory, state, sim, **LENIENT_BOUNDS)
+    run_id = trigger(d, candidate=str(parallel_model), base=str(tiny_model))
+    run = d.wait_run(run_id, {"awaiting_approval", "rejected", "failed"}, timeout=300)
+    assert run["state"] == "rejected", (run["reason"], json.dumps(run.get("gate"))[:2000])
+    gate = run["gate"]
+    codes = {r.split(":", 1)[0] for r in gate["reasons"]}
+    assert "uplift_below_bar" in codes, gate["reasons"]
+    assert any(r.startswith("tier_dropped: easy") for r in gate["reasons"]), gate["reasons"]
+    report = d.ctl_json("backtest", str(run_id))["report"]
+    overall = report["tiers"]["overall"]["columns"]
+    # The trap the old rule fell into: the candidate writes blocks the model in service never earns ...
+    assert report["parallel_ratio"]["candidate"] > 0.5 and report["parallel_ratio"]["incumbent"] == 0.0
+    assert overall["parallel_format"]["diff"] > 0
+    # ... but answers fewer questions right, and that is what was compared.
+    assert overall["correctness"]["ci_high"] < 0
+    assert gate["candidate"]["mean"] == overall["correctness"]["candidate"]
+    assert not [a for a in d.ctl_json("show", str(run_id))["artifacts"] if a["kind"] == "model_version"]
+    stages = {s["name"]: s["state"] for s in d.ctl_json("show", str(run_id))["stages"]}
+    assert stages == {"backtest": "succeeded", "gate": "succeeded"}, stages
+
+
 def test_candidate_that_cannot_be_registered_fails_the_run(daemon_factory, tmp_path, sim, weak_model,
                                                            parallel_model):
     import shutil
@@ -220,7 +261,7 @@ def test_candidate_that_cannot_be_registered_fails_the_run(daemon_factory, tmp_p
     cand = tmp_path / "candidate"
     shutil.copytree(parallel_model, cand)
     (cand / "training_args.bin").write_bytes(b"\x80\x04not really a pickle")
-    d = start_daemon(daemon_factory, state, sim, PR1_GATE__REQUIRE_COMPLIANCE="false", PR1_GATE__MIN_SAMPLES="1000")
+    d = start_daemon(daemon_factory, state, sim, PR1_GATE__MIN_SAMPLES="1000", **LENIENT_BOUNDS)
     run_id = trigger(d, candidate=str(cand), base=str(weak_model), window=0, n_per_tier=8)
     run = d.wait_run(run_id, {"awaiting_approval", "rejected", "failed"}, timeout=240)
     assert run["state"] == "failed", run["reason"]

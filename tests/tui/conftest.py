@@ -66,7 +66,10 @@ def seed_ledger(state_dir: Path) -> dict[str, int]:
             params: dict | None = None, gate: dict | None = None, stage_states: list[str] | None = None) -> int:
         r, _ = led.create_run(agent, kind, "alice", params=params or {}, reason=f"seeded {name} run",
                               stages=stages)
-        for dst, reason in path:
+        # A run ending rejected, failed or cancelled skips the stages still pending, so those runs' stages
+        # move before their last transition; the others keep the order (and audit ids) they always had.
+        ends = path[-1][0] in ("rejected", "failed", "cancelled")
+        for dst, reason in path[:-1] if ends else path:
             led.transition_run(r["id"], dst, "daemon" if dst != "cancelled" else "bob", reason,
                                **({"gate": gate} if gate and dst in ("awaiting_approval", "rejected") else {}))
         for st, state in zip(led.stages(r["id"]), stage_states or [], strict=False):
@@ -76,6 +79,9 @@ def seed_ledger(state_dir: Path) -> dict[str, int]:
             if state != "running":
                 led.transition_stage(st["id"], state, reason=state,
                                      **({"error": "asked to fail at step 3", "exit_code": 1} if state == "failed" else {}))
+        for dst, reason in path[-1:] if ends else []:
+            led.transition_run(r["id"], dst, "daemon" if dst != "cancelled" else "bob", reason,
+                               **({"gate": gate} if gate and dst in ("awaiting_approval", "rejected") else {}))
         ids[name] = r["id"]
         return r["id"]
 

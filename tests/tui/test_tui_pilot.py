@@ -12,6 +12,7 @@ import json
 import os
 import pwd
 import re
+import sqlite3
 import time
 
 import pytest
@@ -25,14 +26,14 @@ from pr1tui.screens.approvals import ApprovalsScreen
 from pr1tui.screens.dashboard import SCORE_LIMIT, SIGNAL_LOOK, DashboardScreen
 from pr1tui.screens.deployments import DeploymentsScreen
 from pr1tui.screens.help import HelpScreen, own_bindings
-from pr1tui.screens.modals import ConfirmModal, TriggerModal
+from pr1tui.screens.modals import ApproveModal, ConfirmModal, TriggerModal
 from pr1tui.screens.run_detail import RunDetailScreen
 from pr1tui.screens.runs import PAGE_SIZE, RunsScreen
 from pr1tui.widgets.chrome import ConnectionBanner, TopBar
 from pr1tui.widgets.sparkline import BLOCKS
 from tests.conftest import DaemonProc
 from tests.registry.registry_kit import BASE_MODEL
-from tests.tui.conftest import REG_AGENT, in_thread, rpc, seed_many_runs, wait_for
+from tests.tui.conftest import REG_AGENT, in_thread, rpc, seed_many_runs, seed_registry, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -257,6 +258,8 @@ async def test_approve_with_a_reason_promotes_and_pushes_the_profile(registry_wo
         await pilot.press("a")
         modal = await confirm_with_reason(pilot, app, reason)
         assert f"promote its candidate model to agent {REG_AGENT}" in str(modal.body)
+        # The gate passed: the plain dialog, no acceptance asked for or sent.
+        assert isinstance(modal, ApproveModal) and not modal.inconclusive and not modal.query("#accept-inconclusive")
         # The queue empties through the run event; the daemon's answer names the promoted version.
         await wait_for(pilot, lambda: column(app.screen, "#approvals") == [], what="run left the queue")
         done = f"run {rid} promoted: agent {REG_AGENT} now runs {candidate}"
@@ -282,6 +285,69 @@ async def test_approve_with_a_reason_promotes_and_pushes_the_profile(registry_wo
     # The agent manager (the sim) received the candidate's profile, acknowledged, once.
     (pushed,) = sim.history(REG_AGENT)
     assert pushed["model_version"] == candidate and pushed["policy"] == ParallelExecutionPolicy(branch_count=4, temperature=0.7).to_dict()
+
+
+INCONCLUSIVE = {
+    "outcome": "inconclusive", "flagged": True, "expected_score": 0.9,
+    "reasons": ["ci_straddles_bar: candidate 0.8600 vs bar 0.8400"],
+    "uplift": {"observed": 0.06, "ci_low": -0.012, "ci_high": 0.05, "bar": 0.84, "ci_level": 0.95},
+}
+
+
+async def test_approving_an_inconclusive_gate_needs_the_explicit_acceptance(daemon_factory, tmp_path, sim):
+    sd = tmp_path / "registry-state"
+    sd.mkdir()
+    ids = seed_registry(sd, tmp_path / "model-sources", sim, promoted=False)
+    rid = ids["run"]
+    con = sqlite3.connect(sd / "ledger.sqlite")  # before the daemon starts: it is the only writer afterwards
+    con.execute("UPDATE runs SET gate = ? WHERE id = ?", (json.dumps(INCONCLUSIVE), rid))
+    con.commit()
+    con.close()
+    daemon = daemon_factory(sd, extra_env={"PR1_SCORING__BASE_URL": sim.url}).start()
+    reason = "CI straddles the bar by a hair; accepted"
+    app = RecordingApp(daemon.socket)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        await pilot.press("3")
+        await ready(pilot, app, ApprovalsScreen)
+        await pilot.press("a")
+        await wait_for(pilot, lambda: isinstance(app.screen, ApproveModal), what="approve dialog")
+        modal = app.screen
+        assert modal.inconclusive and "gate inconclusive" in modal.title_text
+        warning = plain(modal.query_one("#inconclusive-warning", Static))
+        assert "ci_straddles_bar: candidate 0.8600 vs bar 0.8400" in warning
+        assert "observed +0.0600, 95% CI [-0.0120, +0.0500], bar 0.8400" in warning
+        await pilot.press(*reason)
+        confirm = modal.query_one("#confirm", Button)
+        assert confirm.disabled  # a reason alone is not enough
+        await pilot.press("enter")
+        assert app.screen is modal and any("tick 'I accept the inconclusive gate result'" in m for m, _ in app.shown)
+        assert not [c for c in app.api.calls if c[0] == "runs.approve"]  # nothing was sent
+        await pilot.click("#accept-inconclusive")
+        await wait_for(pilot, lambda: not confirm.disabled, what="confirm enabled by the acceptance")
+        await pilot.click("#confirm")
+        await wait_for(pilot, lambda: app.screen is not modal, what="dialog closed")
+        done = f"run {rid} promoted (inconclusive gate accepted): agent {REG_AGENT} now runs {ids['candidate']}"
+        await wait_for(pilot, lambda: any(m == done for m, _ in app.shown), what="the daemon's answer")
+        assert [c for c in app.api.calls if c[0] == "runs.approve"] == [
+            ("runs.approve", {"run": rid, "reason": reason, "accept_inconclusive": True})]
+        assert app.errors() == []
+    audit = [a for a in rpc(daemon, "audit.list", entity="run", entity_id=str(rid)) if a["action"] == "approve"]
+    assert [(a["actor"], a["details"]["accept_inconclusive"]) for a in audit] == [(ME, True)]
+    assert run_state(daemon, rid)["state"] == "promoted"
+
+
+async def test_run_page_shows_stages_a_cancelled_run_never_reached_as_skipped(seeded_daemon):
+    rid = seeded_daemon.ids["cancelled"]  # cancelled while queued: its one stage never ran
+    app = RecordingApp(seeded_daemon.socket)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        app.open_run(rid)
+        await ready(pilot, app, RunDetailScreen)
+        timeline = plain(app.screen.query_one("#timeline"))
+        assert "» noop skipped" in " ".join(timeline.split())
+        assert "never ran: the run ended first" in timeline
+    assert [s["state"] for s in run_state(seeded_daemon, rid)["stages"]] == ["skipped"]
 
 
 async def test_reject_through_modal_records_user_and_reason(seeded_daemon):
