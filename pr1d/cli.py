@@ -13,10 +13,12 @@ EXIT_CONFIG = 78  # EX_CONFIG: the unit's RestartPreventExitStatus stops a resta
 
 
 def _setup_logging(level: str) -> None:
-    # Under journald the journal adds its own timestamps.
-    fmt = "%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM") else \
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, stream=sys.stderr)
+    from .daemon.systemd import DaemonLogFormatter, journal_prefixes, stderr_id
+
+    # Under systemd, "<N>" priority prefixes let `journalctl -p warning` find warnings (docs/runbooks/operations.md).
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(DaemonLogFormatter(journal=journal_prefixes(os.environ, stderr_id())))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
     # One line per HTTP request would drown the journal at 10,000 agents; failures are logged by the poller.
     logging.getLogger("httpx").setLevel(logging.WARNING)
 

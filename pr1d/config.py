@@ -628,10 +628,13 @@ def config_toml() -> str:
 if __name__ == "__main__":
     import sys
 
+    usage = "usage: python -m pr1d.config --markdown | --toml  (docs/configuration.md, config/pr1d.toml)"
     if sys.argv[1:] == ["--markdown"]:
         sys.stdout.write(config_markdown())
     elif sys.argv[1:] == ["--toml"]:
         sys.stdout.write(config_toml())
+    elif sys.argv[1:] in (["--help"], ["-h"]):
+        print(usage)
     else:
-        print("usage: python -m pr1d.config --markdown | --toml", file=sys.stderr)
+        print(usage, file=sys.stderr)
         sys.exit(2)

@@ -316,7 +316,8 @@ def cmd_kb_ingest(c: Client, a: argparse.Namespace, o: Out) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--socket", default=argparse.SUPPRESS, help="daemon socket (else $PR1_SOCKET, config, default)")
+    common.add_argument("--socket", default=argparse.SUPPRESS, help="daemon socket (else $PR1_SOCKET, the config's, /run/pr1d/pr1d.sock, "
+                        "~/.local/state/pr1d/pr1d.sock: the first that answers)")
     common.add_argument("--config", default=argparse.SUPPRESS, help="config file to read the socket path from")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="one JSON document on stdout")
     p = argparse.ArgumentParser(prog="pr1ctl", parents=[common], description="Inspect and operate the pr1 daemon.")
@@ -405,6 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     as_json = getattr(args, "json", False)
     try:
         path = find_socket(getattr(args, "socket", None), getattr(args, "config", None))
+    except DaemonUnreachable as e:  # no candidate answered: the message lists each path tried and why
+        print(f"pr1ctl: {e}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     except Exception as e:  # a broken --config file: say so, as a usage problem
         print(f"pr1ctl: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -465,14 +465,15 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="pr1tui", description="pr1 operations console (a client of pr1d's socket).")
     parser.add_argument("--socket", metavar="PATH",
-                        help="pr1d socket; default: $PR1_SOCKET, then the config's daemon.socket_path, then the "
-                             "default path")
+                        help="pr1d socket; default: $PR1_SOCKET, then the config's daemon.socket_path, then "
+                             "/run/pr1d/pr1d.sock, then ~/.local/state/pr1d/pr1d.sock (the first that answers)")
     parser.add_argument("--config", metavar="PATH", help="config file to read the socket path from")
     parser.add_argument("--read-only", action="store_true",
                         help="hide and refuse every action that changes state (trigger, cancel, approve, ...)")
     args = parser.parse_args(argv)
     try:
-        path = find_socket(args.socket, args.config)
+        # The console waits for a daemon that is not up yet, so no answer is not an error here.
+        path = find_socket(args.socket, args.config, require_answer=False)
     except ConfigError as e:
         print(f"pr1tui: {e}", file=sys.stderr)
         return 2

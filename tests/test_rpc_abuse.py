@@ -140,3 +140,22 @@ def test_unknown_topic_is_invalid_params(daemon):
         else:
             raise AssertionError("accepted an unknown topic")
     assert os.path.exists(daemon.socket)
+
+
+def test_batches_and_notifications_under_load(daemon):
+    s = _raw(daemon.socket)
+    # A full batch: one reply line holding every response, in any order.
+    s.sendall(json.dumps([{"jsonrpc": "2.0", "method": "status", "id": i} for i in range(schema.MAX_BATCH)]).encode()
+              + b"\n")
+    [reply] = _read_msgs(s, 1)
+    assert isinstance(reply, list) and sorted(m["id"] for m in reply) == list(range(schema.MAX_BATCH))
+    # 2,000 notifications, valid or not, get no reply at all; the next call's answer comes next.
+    note = [b'{"jsonrpc":"2.0","method":"status"}', b'{"jsonrpc":"2.0","method":"nope"}',
+            b'{"jsonrpc":"2.0","method":"agents.hold","params":{"agent":"a1"}}', b'[{"jsonrpc":"2.0","method":"whoami"}]']
+    s.sendall(b"".join(note[i % len(note)] + b"\n" for i in range(2000)) + schema.request("status", {}, "last"))
+    [after] = _read_msgs(s, 1)
+    assert after["id"] == "last" and after["result"]["pid"] == daemon.proc.pid
+    # 500 refused operator notifications: one warning per connection and method, not 500.
+    assert daemon.stderr().count("agents.hold sent as a notification") == 1
+    s.close()
+    _status_ok(daemon)

@@ -30,7 +30,9 @@ from pathlib import Path
 
 import pytest
 
+from pr1d.cli import EXIT_CONFIG
 from pr1d.config import AuthConfig, DaemonConfig
+from pr1d.rpc.client import SOCKET_NAME, SYSTEMD_RUNTIME_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "systemd" / "pr1d.service"
@@ -121,6 +123,10 @@ def test_lifecycle_directives(unit):
     assert one(unit, "Type") == "notify"
     assert one(unit, "NotifyAccess") == "main", "stage workers must not be able to send READY=1"
     assert one(unit, "Restart") == "on-failure"
+    # pr1d exits 78 (EX_CONFIG) on a config it refuses; restarting would loop until the start limit.
+    assert one(unit, "RestartPreventExitStatus") == str(EXIT_CONFIG)
+    # The daemon's log lines carry "<N>" priorities for journald: stderr must be the journal.
+    assert one(unit, "StandardError") == "journal"
     assert one(unit, "KillMode") == "mixed"
     assert one(unit, "OOMPolicy") == "continue", "an OOM-killed stage worker must not stop the daemon"
     assert one(unit, "ExecReload") == "/bin/kill -HUP $MAINPID"
@@ -151,6 +157,9 @@ def test_dedicated_user_and_directories(unit):
     assert "DynamicUser" not in unit["Service"]
     assert one(unit, "StateDirectory") == "pr1d"
     assert one(unit, "RuntimeDirectory") == "pr1d"
+    # Clients look for the socket where RuntimeDirectory= puts it (pr1d/rpc/client.py, find_socket).
+    assert SYSTEMD_RUNTIME_DIR == Path("/run") / one(unit, "RuntimeDirectory")
+    assert SOCKET_NAME == "pr1d.sock"
     assert one(unit, "StateDirectoryMode") == "0700"
     assert one(unit, "UMask") == "0077"
 

@@ -133,7 +133,8 @@ class Daemon:
         for st in orphans:
             pid = st.get("pid")
             if pid and _is_our_worker(pid, st["name"], self.state_dir / "runs" / str(st["run_id"])):
-                log.warning("stopping orphaned worker pid %s (run %s stage %s)", pid, st["run_id"], st["name"])
+                log.warning("stopping orphaned worker pid %s (run %s stage %s)", pid, st["run_id"], st["name"],
+                            extra={"run": st["run_id"], "stage": st["name"]})
                 await _terminate_pid(pid, self.cfg.daemon.stop_grace_s)
         for run in await self.db("runs_by_state", RunState.interrupted):
             await self.db("transition_run", run["id"], RunState.queued, "daemon", "resuming after daemon restart")
@@ -210,7 +211,7 @@ class Daemon:
     def _run_done(self, run_id: int) -> None:
         task = self.run_tasks.pop(run_id, None)
         if task is not None and not task.cancelled() and task.exception() is not None:
-            log.error("run %s: supervisor crashed: %r", run_id, task.exception())
+            log.error("run %s: supervisor crashed: %r", run_id, task.exception(), extra={"run": run_id})
         self.wakeup.set()
 
     async def _set_run(self, run_id: int, dst: str, actor: str, reason: str | None, **fields: Any) -> dict:
@@ -361,8 +362,10 @@ class Daemon:
                  "cancelled": StageState.cancelled}.get(outcome.state, StageState.failed)
         await self._set_stage(run_id, stage, state, outcome.error, exit_code=outcome.exit_code,
                               error=outcome.error, result=outcome.result)
-        log.info("run %s stage %s: %s%s", run_id, stage["name"], outcome.state,
-                 f" ({outcome.error})" if outcome.error else "")
+        # A failed stage is a warning so that `journalctl -p warning` shows it; the others are routine.
+        log.log(logging.WARNING if state == StageState.failed else logging.INFO, "run %s stage %s: %s%s", run_id,
+                stage["name"], outcome.state, f" ({outcome.error})" if outcome.error else "",
+                extra={"run": run_id, "stage": stage["name"]})
         return outcome
 
     async def _on_event(self, run_id: int, stage_id: int, ev: dict) -> None:
@@ -480,7 +483,8 @@ class Daemon:
                 await self.registry.check_watches()
             for o in outcomes:
                 log.info("trigger %s: agent %s %s -> %s%s", o.trigger_id, o.agent_id, o.signal, o.job_kind,
-                         f" (suppressed: {o.suppressed})" if o.suppressed else f", run {o.run_id}")
+                         f" (suppressed: {o.suppressed})" if o.suppressed else f", run {o.run_id}",
+                         extra={"agent": o.agent_id, "run": o.run_id, "trigger": o.trigger_id})
                 self.publish("alert", {"kind": "trigger", "agent": o.agent_id, "signal": o.signal,
                                        "job_kind": o.job_kind, "run": o.run_id, "suppressed": o.suppressed})
                 if o.run_id:

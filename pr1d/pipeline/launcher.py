@@ -152,12 +152,14 @@ class StageProcess:
                     try:
                         await self.sink(ev)
                     except Exception:  # a sink bug must not kill the reader and stall the stage
-                        log.exception("stage %s: handling event %s", self.spec.stage, ev.get("type"))
+                        log.exception("stage %s: handling event %s", self.spec.stage, ev.get("type"),
+                                      extra={"run": self.spec.run_id, "stage": self.spec.stage})
         finally:
             transport.close()
 
     def _bad_event(self, why: str) -> None:
-        log.warning("run %s stage %s: ignored malformed event: %s", self.spec.run_id, self.spec.stage, why)
+        log.warning("run %s stage %s: ignored malformed event: %s", self.spec.run_id, self.spec.stage, why,
+                    extra={"run": self.spec.run_id, "stage": self.spec.stage})
 
     def stop(self, reason: str) -> None:
         """SIGTERM the worker's group now; `wait()` escalates to SIGKILL after stop_grace_s."""

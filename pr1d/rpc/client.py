@@ -7,7 +7,8 @@ import itertools
 import json
 import os
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,22 +22,148 @@ class DaemonUnreachable(Exception):
         self.path = path
 
 
-def find_socket(flag: str | None = None, config_path: str | None = None) -> Path:
-    """--socket, then PR1_SOCKET, then the config (file or /etc/pr1d), then the default path."""
-    if flag:
-        return Path(flag)
-    env = os.environ.get("PR1_SOCKET")
-    if env:
-        return Path(env)
-    from ..config import ConfigError, default_socket_path, load_config
+# Where the systemd unit's RuntimeDirectory=pr1d puts the socket (systemd/pr1d.service). Tests point
+# PR1_RUNTIME_DIR at a temp dir standing in for /run/pr1d; nothing else should set it.
+SYSTEMD_RUNTIME_DIR = Path("/run/pr1d")
+SOCKET_NAME = "pr1d.sock"
 
-    paths = [Path(config_path)] if config_path else ([Path(os.environ["PR1_CONFIG"])] if os.environ.get("PR1_CONFIG") else [])
+
+@dataclass(frozen=True)
+class Candidate:
+    """One place a client looks for the daemon: where the idea came from, the path, or why it was skipped."""
+
+    source: str
+    path: Path | None
+    skipped: str = ""
+
+
+def socket_candidates(flag: str | None, environ: Mapping[str, str], config: list[Candidate],
+                      user_default: Path) -> list[Candidate]:
+    """The ordered places to look: --socket, $PR1_SOCKET, the config, /run/pr1d/pr1d.sock, the per-user default.
+
+    An explicit choice (--socket or $PR1_SOCKET) is the only candidate: a client told where to go
+    must not quietly talk to some other daemon. ``config`` is what reading the config gave (a path,
+    or a skipped entry saying why it could not be read). Paths already listed are not repeated.
+    """
+    if flag:
+        return [Candidate("--socket", Path(flag))]
+    if environ.get("PR1_SOCKET"):
+        return [Candidate("$PR1_SOCKET", Path(environ["PR1_SOCKET"]))]
+    runtime = Path(environ.get("PR1_RUNTIME_DIR") or SYSTEMD_RUNTIME_DIR)
+    out: list[Candidate] = []
+    seen: set[Path] = set()
+    for c in [*config, Candidate("systemd unit (RuntimeDirectory=pr1d)", runtime / SOCKET_NAME),
+              Candidate("per-user default", user_default)]:
+        if c.path is not None and c.path in seen:
+            continue
+        if c.path is not None:
+            seen.add(c.path)
+        out.append(c)
+    return out
+
+
+def _config_candidates(config_path: str | None, environ: Mapping[str, str]) -> list[Candidate]:
+    """Read the config the way the daemon would, for its socket path; an unreadable file is skipped, not fatal.
+
+    An explicit --config that is broken is still an error (ConfigError): the user named it.
+    """
+    from ..config import SYSTEM_CONFIG, ConfigError, default_socket_path, load_config
+
+    files = [Path(config_path)] if config_path else ([Path(environ["PR1_CONFIG"])] if environ.get("PR1_CONFIG") else [])
+    out: list[Candidate] = []
+    use_system = not environ.get("PR1_NO_SYSTEM_CONFIG")
+    if use_system:
+        try:
+            with open(SYSTEM_CONFIG, "rb"):
+                pass
+        except FileNotFoundError:
+            use_system = False
+        except OSError as e:
+            # /etc/pr1d is 0750 root:pr1d: an on-call user outside that group cannot read it.
+            why = "permission denied" if isinstance(e, PermissionError) else (e.strerror or str(e))
+            out.append(Candidate(f"config {SYSTEM_CONFIG}", None, f"{why}: not read"))
+            use_system = False
     try:
-        return load_config(paths).socket()
-    except ConfigError:
+        cfg = load_config(files, environ=dict(environ), use_system=use_system)
+    except ConfigError as e:
         if config_path:
             raise
-        return default_socket_path(None)
+        label = ", ".join(map(str, files)) or "PR1_* environment"
+        return [*out, Candidate(f"config {label}", None, str(e).splitlines()[0])]
+    read = [*([str(SYSTEM_CONFIG)] if use_system else []), *map(str, files)]
+    path = cfg.socket()
+    # With no file read, the config is built-in defaults (plus PR1_* variables): unless those moved the
+    # socket, it is the per-user default, which comes after /run/pr1d.
+    if read or path != default_socket_path(None):
+        out.append(Candidate("config " + (", ".join(read) or "PR1_* environment"), path))
+    return out
+
+
+def probe_socket(path: Path, timeout: float = 2.0) -> str | None:
+    """None when a daemon accepts on ``path``; else why not, in the words the error lists."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(str(path))
+        return None
+    except FileNotFoundError:
+        return "missing"
+    except PermissionError:
+        return "permission denied (is your user in the pr1-viewers group?)"
+    except ConnectionRefusedError:
+        return "connection refused (a stale socket: the daemon is not running)"
+    except TimeoutError:
+        return "timed out (the daemon is not accepting connections)"
+    except OSError as e:
+        return e.strerror or str(e)
+    finally:
+        s.close()
+
+
+class NoDaemonFound(DaemonUnreachable):
+    """No candidate socket answered: the message lists each place tried and why it failed."""
+
+    def __init__(self, tried: list[tuple[Candidate, str]]):
+        lines = ["pr1d is not reachable; tried:"]
+        for c, why in tried:
+            lines.append(f"  {c.path if c.path is not None else '-'}  ({c.source}): {why}")
+        lines.append("Is the daemon running? `systemctl status pr1d`; or name the socket with --socket or PR1_SOCKET.")
+        Exception.__init__(self, "\n".join(lines))
+        self.path = next((c.path for c, _ in tried if c.path is not None), Path(SOCKET_NAME))
+        self.tried = tried
+
+
+def find_socket(flag: str | None = None, config_path: str | None = None, *, environ: Mapping[str, str] | None = None,
+                require_answer: bool = True) -> Path:
+    """The first candidate of :func:`socket_candidates` where a daemon answers.
+
+    An explicit --socket / $PR1_SOCKET is returned as is (the client's own connect error names it).
+    Otherwise, when none answers: NoDaemonFound, or with ``require_answer=False`` (the console, which
+    retries until the daemon comes up) the first candidate whose socket file exists, else the first
+    whose directory exists, else the per-user default.
+    """
+    from ..config import DaemonConfig
+
+    env = os.environ if environ is None else environ
+    if flag or env.get("PR1_SOCKET"):
+        return socket_candidates(flag, env, [], Path())[0].path  # type: ignore[return-value]
+    user_default = Path(os.path.expanduser(DaemonConfig().state_dir)) / SOCKET_NAME
+    cands = socket_candidates(None, env, _config_candidates(config_path, env), user_default)
+    tried: list[tuple[Candidate, str]] = []
+    for c in cands:
+        if c.path is None:
+            tried.append((c, c.skipped))
+            continue
+        why = probe_socket(c.path)
+        if why is None:
+            return c.path
+        tried.append((c, why))
+    if not require_answer:
+        paths = [c.path for c in cands if c.path is not None]
+        # Where a daemon is most likely to appear: a socket file left there, else a directory made
+        # for one (/run/pr1d exists on a systemd install), else the per-user default.
+        return next((p for p in paths if p.exists()), next((p for p in paths if p.parent.is_dir()), paths[-1]))
+    raise NoDaemonFound(tried)
 
 
 def _raise_error(msg: dict) -> None:

@@ -1,7 +1,9 @@
 """The socket API contract: JSON-RPC 2.0 framing, error codes, methods, their params and roles.
 
 Shared by the daemon (pr1d/rpc/server.py) and its clients (pr1ctl, pr1tui). One JSON document per
-line (newline-delimited); requests carry "id", server pushes are notifications with method "event".
+line (newline-delimited): a request object or a batch array. Requests carry "id"; a request without
+one is a notification (run, never answered; operator methods are refused that way). Server pushes are
+notifications with method "event".
 """
 
 from __future__ import annotations
@@ -232,28 +234,71 @@ def request(method: str, params: dict | None, id_: int | str) -> bytes:
     return encode({"jsonrpc": JSONRPC, "method": method, "params": params or {}, "id": id_})
 
 
+def response_obj(id_: Any, result: Any) -> dict:
+    return {"jsonrpc": JSONRPC, "id": id_, "result": result}
+
+
+def error_obj(id_: Any, err: RpcError) -> dict:
+    return {"jsonrpc": JSONRPC, "id": id_, "error": err.to_json()}
+
+
 def response(id_: Any, result: Any) -> bytes:
-    return encode({"jsonrpc": JSONRPC, "id": id_, "result": result})
+    return encode(response_obj(id_, result))
 
 
 def error_response(id_: Any, err: RpcError) -> bytes:
-    return encode({"jsonrpc": JSONRPC, "id": id_, "error": err.to_json()})
+    return encode(error_obj(id_, err))
+
+
+def encode_batch(replies: list[dict]) -> bytes:
+    """The reply to a batch: one JSON array of the responses, on one line."""
+    return (json.dumps(replies, separators=(",", ":"), default=str) + "\n").encode()
 
 
 def notification(topic: str, data: dict) -> bytes:
     return encode({"jsonrpc": JSONRPC, "method": "event", "params": {"topic": topic, **data}})
 
 
-def parse_request(line: bytes) -> tuple[Any, str, _Params]:
-    """Decode and validate one request line; raises RpcError (with the request id when known)."""
+# A batch is answered in one reply line; without a cap a 1 MiB line of `[1,1,...]` would make the
+# daemon build ~50 MB of error objects. Clients that need more send several batches.
+MAX_BATCH = 1000
+
+
+def decode(line: bytes) -> Any:
+    """One line of JSON (a request object or a batch array); raises RpcError(PARSE_ERROR)."""
     try:
-        msg = json.loads(line)
+        return json.loads(line)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise RpcError(PARSE_ERROR, f"parse error: {str(e)[:200]}") from None
+
+
+def check_batch(msg: list) -> None:
+    """A batch must hold 1..MAX_BATCH requests; `[]` is one Invalid Request error, not an empty reply."""
+    if not msg:
+        raise RpcError(INVALID_REQUEST, "invalid request: empty batch")
+    if len(msg) > MAX_BATCH:
+        raise RpcError(INVALID_REQUEST, f"invalid request: a batch holds at most {MAX_BATCH} requests, got {len(msg)}")
+
+
+def is_notification(msg: Any) -> bool:
+    """A well-formed request object without an `id` member: the spec forbids any reply to it, even an error.
+
+    An object too broken to be a request (no "2.0", no string method) is an Invalid Request instead,
+    answered with id null, as the specification's examples do.
+    """
+    return (isinstance(msg, dict) and "id" not in msg and msg.get("jsonrpc") == JSONRPC
+            and isinstance(msg.get("method"), str))
+
+
+def check_request(msg: Any, *, notification: bool = False) -> tuple[Any, str, _Params]:
+    """Validate one decoded request object; raises RpcError (with the request id when known).
+
+    ``notification``: ``msg`` has no id (see :func:`is_notification`); the id is then None.
+    """
     if not isinstance(msg, dict):
         raise RpcError(INVALID_REQUEST, "invalid request: expected a JSON object")
     id_ = msg.get("id")
-    if not isinstance(id_, (int, str)) or isinstance(id_, bool):
+    if not notification and (not isinstance(id_, (int, str)) or isinstance(id_, bool)):
         err = RpcError(INVALID_REQUEST, "invalid request: `id` must be an integer or a string")
         err.data = None
         raise err
@@ -266,10 +311,10 @@ def parse_request(line: bytes) -> tuple[Any, str, _Params]:
     if spec is None:
         raise _with_id(RpcError(METHOD_NOT_FOUND, f"method not found: {method[:100]}"), id_)
     raw = msg.get("params", {})
-    if raw is None:
+    if raw is None or raw == []:  # no params, by position or by name, are the same thing
         raw = {}
     if not isinstance(raw, dict):
-        raise _with_id(RpcError(INVALID_PARAMS, "invalid params: expected an object"), id_)
+        raise _with_id(RpcError(INVALID_PARAMS, "invalid params: expected an object (params go by name)"), id_)
     try:
         params = spec.params.model_validate(raw)
     except ValidationError as e:
@@ -278,6 +323,11 @@ def parse_request(line: bytes) -> tuple[Any, str, _Params]:
         ]
         raise _with_id(RpcError(INVALID_PARAMS, "invalid params: " + "; ".join(problems)), id_) from None
     return id_, method, params
+
+
+def parse_request(line: bytes) -> tuple[Any, str, _Params]:
+    """Decode and validate one single request line (no batch); raises RpcError (with the request id when known)."""
+    return check_request(decode(line))
 
 
 def _with_id(err: RpcError, id_: Any) -> RpcError:

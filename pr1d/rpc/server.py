@@ -3,7 +3,8 @@
 Every connection has a bounded outgoing queue drained by its own writer task, so a client that
 stops reading is disconnected instead of holding daemon memory, and one bad client never blocks
 another. Bad input gets a JSON-RPC error; input we cannot resync from (an over-long line) closes
-the connection.
+the connection. Batches and notifications follow JSON-RPC 2.0 as written (tests/test_jsonrpc_spec.py
+replays the specification's examples).
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ class Connection:
         self.topics: frozenset[str] = frozenset()
         self.run_filter: int | None = None
         self.closed = False
+        # Operator methods this client sent as notifications: warned about once each, so that a
+        # client looping on them cannot flood the journal.
+        self.refused_notifications: set[str] = set()
 
     @property
     def user(self) -> str:
@@ -175,10 +179,41 @@ class RpcServer:
             await self._handle_line(conn, line)
 
     async def _handle_line(self, conn: Connection, line: bytes) -> None:
+        """One line: a request object or a batch (JSON-RPC 2.0, section 6); notifications get no reply."""
+        try:
+            msg = schema.decode(line)
+            if isinstance(msg, list):
+                schema.check_batch(msg)
+        except RpcError as e:
+            self.errors_sent += 1
+            conn.send(schema.error_response(None, e))
+            return
+        if not isinstance(msg, list):
+            reply = await self._handle_one(conn, msg)
+            if reply is not None:
+                conn.send(schema.encode(reply))
+            return
+        # Each request of a batch is checked and run alone, in order; one reply array holds the
+        # responses, and a batch of notifications only is answered with nothing at all.
+        replies = [r for r in [await self._handle_one(conn, m) for m in msg] if r is not None]
+        if replies:
+            conn.send(schema.encode_batch(replies))
+
+    async def _handle_one(self, conn: Connection, msg: Any) -> dict | None:
+        """Run one request object; its response, or None for a notification."""
+        notify = schema.is_notification(msg)
         id_: Any = None
         try:
-            id_, method, params = schema.parse_request(line)
+            id_, method, params = schema.check_request(msg, notification=notify)
             spec = schema.METHODS[method]
+            if notify and spec.role == "operator":
+                # Nothing changes without an answer: the caller could not learn whether it worked.
+                if method in conn.refused_notifications:
+                    return None
+                conn.refused_notifications.add(method)
+                log.warning("ignored %s sent as a notification (no id) by %s (pid %s): operator methods "
+                            "need an id", method, conn.user, conn.peer.pid)
+                return None
             if schema.ROLE_RANK[conn.peer.role or "reader"] < schema.ROLE_RANK[spec.role]:
                 raise RpcError(schema.PERMISSION_DENIED,
                                f"permission denied: {method} needs the operator role; {conn.user} is a {conn.peer.role}")
@@ -186,11 +221,16 @@ class RpcServer:
             if handler is None:
                 raise RpcError(schema.UNAVAILABLE, f"{method} is not available in this daemon")
             result = await handler(conn, params)
-            conn.send(schema.response(id_, result))
+            return None if notify else schema.response_obj(id_, result)
         except RpcError as e:
+            if notify:  # the spec forbids replying, even with an error
+                log.debug("notification failed: %s", e.message)
+                return None
             self.errors_sent += 1
-            conn.send(schema.error_response(getattr(e, "request_id", id_), e))
+            return schema.error_obj(getattr(e, "request_id", id_), e)
         except Exception as e:  # a handler bug must not take the daemon down
-            log.exception("internal error handling %r", line[:200])
+            log.exception("internal error handling %s", repr(msg)[:200])
+            if notify:
+                return None
             self.errors_sent += 1
-            conn.send(schema.error_response(id_, RpcError(schema.INTERNAL_ERROR, f"internal error: {type(e).__name__}: {e}")))
+            return schema.error_obj(id_, RpcError(schema.INTERNAL_ERROR, f"internal error: {type(e).__name__}: {e}"))

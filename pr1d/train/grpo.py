@@ -68,7 +68,7 @@ from pr1d.train.curriculum import (
     stop_decision,
 )
 from pr1d.train.rewards import RewardConfig, correctness_reward, decode_completions, make_reward_funcs
-from pr1d.train.sft import check_finetune_fields, load_trainable
+from pr1d.train.sft import check_finetune_fields, field_help, load_trainable
 
 EventFn = Callable[[str, dict[str, Any]], None]
 STATE_FILE = "curriculum_state.json"  # written into every checkpoint folder next to TRL's own state
@@ -701,14 +701,13 @@ def _key_value(text: str) -> tuple[str, Any]:
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per :class:`RLStageConfig` field; the two mappings as repeatable ``--reward KEY=VALUE``."""
     for f in dataclasses.fields(RLStageConfig):
-        help_ = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help strings
         if f.name in ("curriculum", "rewards"):
             flag = "--curriculum" if f.name == "curriculum" else "--reward"
-            parser.add_argument(flag, dest=f.name, type=_key_value, action="append", default=[],
-                                metavar="KEY=VALUE", help=help_ + " (repeatable; VALUE is JSON or a string)")
+            parser.add_argument(flag, dest=f.name, type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+                                help=field_help(f, " (repeatable; VALUE is JSON or a string)"))
             continue
         flag = "--" + f.name.replace("_", "-")
-        help_ += f" (default: {f.default})"
+        help_ = field_help(f, f" (default: {f.default})")
         if f.type in ("bool", bool):
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
                                 help=help_)

@@ -516,11 +516,21 @@ def evaluate_model(
 # -------------------------------------------------------------------------------------------------
 
 
+def field_help(f: dataclasses.Field, suffix: str = "") -> str:
+    """A config field's ``metadata["help"]`` (plus ``suffix``) as an argparse help string.
+
+    argparse %-formats every help string (for ``%(default)s``), so a literal ``%`` such as
+    "5% warm-up" must be doubled; every config-dataclass flag goes through here so that no
+    help text can crash ``--help`` again.
+    """
+    return (f.metadata.get("help", "") + suffix).replace("%", "%%")
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per :class:`SFTStageConfig` field (``--max-steps``; booleans as ``--x/--no-x``)."""
     for f in dataclasses.fields(SFTStageConfig):
         flag = "--" + f.name.replace("_", "-")
-        help_ = f.metadata.get("help", "") + f" (default: {f.default})"
+        help_ = field_help(f, f" (default: {f.default})")
         if f.type in ("bool", bool):
             parser.add_argument(
                 flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=help_
