@@ -73,8 +73,12 @@ class BacktestConfig:
     batch_size: int = field(default=32, metadata={"help": "prompts per generation call (one progress step)"})
     threads: int = field(default=2, metadata={"help": "torch CPU threads"})
     critic: bool = field(default=True, metadata={"help": "ask the platform's critic about every final answer"})
-    guardrails: bool = field(
-        default=True, metadata={"help": "replay the guardrail exemplars ([dataset] guardrails_dir) as source guardrail"}
+    # Not `guardrails`: run params are shared by every stage of a run, and the trigger's `guardrails` (mix
+    # exemplars into the dataset, false unless compliance fired) would silently switch these probes off.
+    guardrail_probes: bool = field(
+        default=True,
+        metadata={"help": "replay the guardrail exemplars ([dataset] guardrails_dir) as source guardrail, "
+                          "the probes the gate's compliance checks read"},
     )
     guardrail_phrases: list = field(
         default_factory=list, metadata={"help": "phrases that fail the no_guardrail_violation compliance check"}
@@ -84,9 +88,9 @@ class BacktestConfig:
         for name in ("window", "n_per_tier"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"{name} must be an integer >= 0 (0 replays none of that source)")
-        if self.window == 0 and self.n_per_tier == 0 and not self.guardrails:
+        if self.window == 0 and self.n_per_tier == 0 and not self.guardrail_probes:
             raise ValueError("nothing to replay: set window > 0 (gradebook), n_per_tier > 0 (GSM-lite) or "
-                             "guardrails = true")
+                             "guardrail_probes = true")
         for name in ("max_new_tokens", "batch_size", "threads"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be an integer >= 1")
@@ -292,7 +296,7 @@ def replay_tasks(w: Worker, cfg: BacktestConfig) -> tuple[list[dict], dict]:
     # GSM-lite's held-out split is never training data by construction; it goes through the same filter anyway.
     gsm = [{**t, "id": f"gsm:{t['id']}", "task_id": t["id"], "source": "gsm_lite"}
            for t in (eval_split(cfg.n_per_tier) if cfg.n_per_tier else []) if t["tier"] in tiers]
-    guard = guardrail_tasks(w.spec) if cfg.guardrails else []
+    guard = guardrail_tasks(w.spec) if cfg.guardrail_probes else []
     ids, questions, files = trained_tasks(w.run_dir)
     kept, excluded = exclude_trained(tasks + gsm + guard, ids, questions)
     excluded["training_files"] = files
@@ -301,7 +305,7 @@ def replay_tasks(w: Worker, cfg: BacktestConfig) -> tuple[list[dict], dict]:
     return list(kept), {"gradebook": gb,
                         "gsm_lite": {"n_per_tier": cfg.n_per_tier, "tiers": list(tiers), "seed": EVAL_SEED,
                                      "used": by_source["gsm_lite"]},
-                        "guardrail": {"enabled": cfg.guardrails, "exemplars": len(guard),
+                        "guardrail": {"enabled": cfg.guardrail_probes, "exemplars": len(guard),
                                       "used": by_source["guardrail"]},
                         "excluded": excluded}
 

@@ -169,3 +169,14 @@ def test_forbid_loads(tmp_path: Path):
 def test_forbid_refused(tmp_path: Path, extra, line, match):
     with pytest.raises(GuardrailError, match=match):
         load_guardrails(write(tmp_path, extra, line))
+
+
+def test_the_triggers_guardrails_param_does_not_switch_the_probes_off():
+    """Run params are shared by every stage: a trigger's `guardrails: false` (no exemplars mixed into the
+    dataset) once turned the backtest's guardrail replay off in every triggered run, so the gate never saw
+    the probes. The backtest's own switch has its own name."""
+    pytest.importorskip("matplotlib")
+    from pr1d.stages.backtest import BacktestConfig
+
+    assert BacktestConfig.from_params({"guardrails": False, "n_per_tier": 5}).guardrail_probes is True
+    assert BacktestConfig.from_params({"guardrail_probes": False, "n_per_tier": 5}).guardrail_probes is False

@@ -142,7 +142,8 @@ def test_better_candidate_is_registered_then_approved_and_promoted(daemon_factor
     assert gate["backtest"]["sha256"] == full["sha256"]
     assert gate["candidate"]["mean"] == report["tiers"]["overall"]["columns"]["correctness"]["candidate"]
     assert gate["expected_score"] == gate["candidate"]["mean"]
-    assert set(gate["tiers"]) == {"easy", "guardrail", "overall"}
+    # GSM-lite easy, the gradebook's tiers (the sim grades every tier), the guardrail exemplars
+    assert {"easy", "guardrail", "overall"} <= set(gate["tiers"])
     # the candidate writes Parallel blocks, the model in service does not
     assert report["parallel_ratio"]["candidate"] > 0.5 and report["parallel_ratio"]["incumbent"] == 0.0
     assert report["tiers"]["overall"]["columns"]["parallel_format"]["ci_low"] > 0
@@ -241,8 +242,12 @@ def test_parallel_candidate_less_accurate_than_the_model_in_service_is_rejected(
     # The trap the old rule fell into: the candidate writes blocks the model in service never earns ...
     assert report["parallel_ratio"]["candidate"] > 0.5 and report["parallel_ratio"]["incumbent"] == 0.0
     assert overall["parallel_format"]["diff"] > 0
-    # ... but answers fewer questions right, and that is what was compared.
-    assert overall["correctness"]["ci_high"] < 0
+    # ... but answers fewer questions right, and that is what was compared: its correctness interval lies
+    # below the bar (the gradebook's medium and hard tasks, which neither model solves, dilute the overall
+    # difference; the easy tier shows the loss plainly).
+    assert overall["correctness"]["ci_high"] < gate["uplift"]["bar"]
+    easy = gate["tiers"]["easy"]["columns"]["correctness"]
+    assert easy["status"] == "fail" and easy["ci_high"] < 0 and easy["diff"] < -0.02, easy
     assert gate["candidate"]["mean"] == overall["correctness"]["candidate"]
     assert not [a for a in d.ctl_json("show", str(run_id))["artifacts"] if a["kind"] == "model_version"]
     stages = {s["name"]: s["state"] for s in d.ctl_json("show", str(run_id))["stages"]}
@@ -261,7 +266,9 @@ def test_candidate_that_cannot_be_registered_fails_the_run(daemon_factory, tmp_p
     cand = tmp_path / "candidate"
     shutil.copytree(parallel_model, cand)
     (cand / "training_args.bin").write_bytes(b"\x80\x04not really a pickle")
-    d = start_daemon(daemon_factory, state, sim, PR1_GATE__MIN_SAMPLES="1000", **LENIENT_BOUNDS)
+    # (No format bound either: on 21 items the 400-step model's block share wobbles around one half.)
+    d = start_daemon(daemon_factory, state, sim, PR1_GATE__MIN_SAMPLES="1000",
+                     **{**LENIENT_BOUNDS, "PR1_GATE__MIN_FORMAT_ADHERENCE": "0.0"})
     run_id = trigger(d, candidate=str(cand), base=str(weak_model), window=0, n_per_tier=8)
     run = d.wait_run(run_id, {"awaiting_approval", "rejected", "failed"}, timeout=240)
     assert run["state"] == "failed", run["reason"]
