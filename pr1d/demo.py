@@ -44,10 +44,11 @@ TERMINAL = {"awaiting_approval", "promoted", "rejected", "failed", "cancelled", 
 # gave +9 points held-out (too close to the 5-point gate for n=150), 1600 +15, 2000 +21.
 SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
-        # Half the batch, same steps: +16 points held-out (bs 16: +14.7) in about half the time; 1200 steps
-        # at batch 8 gave +0 (the tags first cost arithmetic, see the sweep). Measured in
-        # benchmarks/curriculum_quality.md.
-        "sft": {"max_steps": 1600, "batch_size": 8},
+        # The full SFT: robustness over speed. Parallel SFT first costs arithmetic (the second path and the
+        # answer line are copied wrong) and only more samples earn it back. On a fresh base model 1600 steps of
+        # batch 8 gave +2.7 / -4.0 points (fixed / fresh split), 1600 of 16 +5.3 / +1.3, 2000 of 16 +12.7 /
+        # +11.3 with easy kept (benchmarks/sft_recipe.md, across bootstrap seeds).
+        "sft": {"max_steps": 2000, "batch_size": 16},
         "sft_gate": {"n_per_tier": 50},
         # RL shows no held-out change at 20 steps either (benchmarks/curriculum_quality.md): the quick demo
         # runs the stage end to end with the fewest steps that still move through a tier.
@@ -113,10 +114,19 @@ def cache_root() -> Path:
 
 
 def recipe_key() -> str:
-    """The bootstrap recipe is code: a change to the model, tokenizer or GSM-lite modules makes a new model."""
+    """Everything that shapes a bootstrapped model: the recipe's code (model, tokenizer, GSM-lite, the format
+    module) and the versions of the libraries that run it. A change to any of them makes a new model, so a
+    cached model of an older recipe is never reused silently."""
+    from importlib.metadata import PackageNotFoundError, version
+
     h = hashlib.sha256()
     for rel in ("train/model.py", "train/tokenizer.py", "evaluate/gsm_lite.py", "data/parallel_format.py"):
         h.update((PKG / rel).read_bytes())
+    for dist in ("torch", "transformers", "tokenizers"):
+        try:
+            h.update(f"{dist}=={version(dist)}".encode())
+        except PackageNotFoundError:  # the daemon's own install has no torch; the key only names models
+            h.update(f"{dist}==none".encode())
     return h.hexdigest()[:12]
 
 
