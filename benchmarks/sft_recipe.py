@@ -115,7 +115,9 @@ def render(cells: dict, args: argparse.Namespace, command: str) -> str:
         f"Written by `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Greedy held-out "
         f"GSM-lite, {args.n_per_tier} problems per tier. Uplift = candidate − its own base model, in points. "
         f"`select` is a fresh split (seed {SELECT_SEED}) that recipes are chosen on; `report` is the fixed "
-        "evaluation split the SFT gate uses, the one these figures are reported on.",
+        "evaluation split the SFT gate uses, the one these figures are reported on. Cells accumulate across "
+        "invocations in the JSON beside this file (a cell is rerun only when its arm's configuration changes or "
+        "with --rerun); `train s` is wall time, on a machine that may have been shared: not a speed figure.",
         "",
         "| arm | seed | base easy/med/hard | SFT easy/med/hard (report) | uplift report | uplift select | easy Δ | train s |",
         "|---|---|---|---|---|---|---|---|",
