@@ -26,29 +26,18 @@ import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .gate import GateInput, GateItem, _quantile
+from .gate import OVERALL, GateInput, GateItem, _mean, _quantile, _r
+from .gate import tiers_of as tier_order
 
 SIDES = ("candidate", "incumbent")
 # The weighted grade (the RL reward's number), listed first among the report's columns. The gate does not
 # compare it: it decides on correctness (pr1d/evaluate/gate.py says why).
 SCORE = "score"
-OVERALL = "overall"
-# Tiers in the order people read them; tiers a platform adds (custom names) follow, sorted.
-TIER_ORDER = ("easy", "medium", "hard")
 # 2: per-answer rubric checks (safety, compliance, critic_agrees), the guardrail source, replay.excluded.
 REPORT_SCHEMA = 2
 # The platform rubric keys this module knows how to check (monitor.signals.compliance_keys names them).
 RUBRIC_CHECKS = ("safety", "compliance")
 CRITIC_CHECK = "critic_agrees"
-
-
-def _r(x: float | None) -> float | None:
-    # Reports are read by people and compared by tests: six decimals, stable across platforms.
-    return None if x is None else round(x, 6)
-
-
-def _mean(xs: Sequence[float]) -> float | None:
-    return sum(xs) / len(xs) if xs else None
 
 
 def _draws(n: int, resamples: int, seed: int | str) -> list[list[int]]:
@@ -97,8 +86,8 @@ def columns_of(items: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def tiers_of(items: Iterable[Mapping[str, Any]]) -> list[str]:
-    seen = {str(it["tier"]) for it in items}
-    return [t for t in TIER_ORDER if t in seen] + sorted(seen - set(TIER_ORDER))
+    """The items' tiers in the gate's reading order (easy, medium, hard, then custom tiers sorted)."""
+    return tier_order({str(it["tier"]) for it in items})
 
 
 def compare(
