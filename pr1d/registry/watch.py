@@ -66,8 +66,8 @@ class Reference:
 def watch_verdict(reference: Reference | None, scores: Sequence[float], cfg: WatchConfig | None = None) -> WatchResult:
     """Compare the first ``cfg.window`` live scores of a new version with the previous version's. Pure."""
     cfg = cfg or WatchConfig()
-    xs = [float(x) for x in scores[: cfg.window]]
-    n = len(xs)
+    live = Reference.of(scores[: cfg.window])  # the same summary statistics as the reference's
+    n = live.n if live is not None else 0
     complete = n >= cfg.window
     ref_mean = reference.mean if reference is not None else None
     ev: dict[str, Any] = {"reference": reference.to_dict() if reference is not None else None,
@@ -75,16 +75,15 @@ def watch_verdict(reference: Reference | None, scores: Sequence[float], cfg: Wat
                           "n": n, "window": cfg.window, "min_samples": cfg.min_samples,
                           "tolerance": cfg.tolerance, "z": cfg.z,
                           "floor": round(ref_mean - cfg.tolerance, 6) if ref_mean is not None else None,
-                          "mean": round(math.fsum(xs) / n, 6) if n else None}
+                          "mean": round(live.mean, 6) if live is not None else None}
     if reference is None or reference.n < cfg.min_samples:
         # Nothing to compare with (a new agent, or its history compacted away): the watch cannot judge.
         have = reference.n if reference is not None else 0
         return WatchResult("insufficient", complete, {
             **ev, "reason": f"{have} platform score(s) of the previous version, {cfg.min_samples} needed"})
-    if n < cfg.min_samples:
+    if live is None or n < cfg.min_samples:
         return WatchResult("insufficient", False, ev)
-    mean = math.fsum(xs) / n
-    sd = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1)) if n > 1 else 0.0
+    mean, sd = live.mean, live.sd
     se = math.sqrt(sd * sd / n + reference.sd ** 2 / reference.n)
     diff = mean - reference.mean
     upper = diff + cfg.z * se
