@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from statistics import NormalDist
 from typing import Any, Literal
 
@@ -547,11 +547,7 @@ class FailSequence:
     late: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "s": self.s, "n": self.n, "fails": self.fails, "run_n": self.run_n, "run_fails": self.run_fails,
-            "s_max": self.s_max, "fired_at_n": self.fired_at_n, "last_ts": self.last_ts,
-            "last_eval_id": self.last_eval_id, "late": self.late,
-        }
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> FailSequence:
