@@ -197,7 +197,7 @@ def gate_reasons(gate: Any) -> list[str]:
 
 
 def gate_uplift_text(gate: Any) -> str | None:
-    """`observed +0.0300, 95% CI [-0.0100, +0.0500], bar 0.8400` from whatever of it the evidence has."""
+    """`observed +0.1778, 95% CI [+0.0667, +0.2889], bar 0.0400` from whatever of it the evidence has."""
     u = gate.get("uplift") if isinstance(gate, dict) else None
     if not isinstance(u, dict):
         return None
@@ -226,7 +226,8 @@ class RpcError(Exception):
         return err
 
 
-def encode(obj: dict) -> bytes:
+def encode(obj: dict | list) -> bytes:
+    """One message on one line: an object, or a batch reply's array of responses."""
     return (json.dumps(obj, separators=(",", ":"), default=str) + "\n").encode()
 
 
@@ -248,11 +249,6 @@ def response(id_: Any, result: Any) -> bytes:
 
 def error_response(id_: Any, err: RpcError) -> bytes:
     return encode(error_obj(id_, err))
-
-
-def encode_batch(replies: list[dict]) -> bytes:
-    """The reply to a batch: one JSON array of the responses, on one line."""
-    return (json.dumps(replies, separators=(",", ":"), default=str) + "\n").encode()
 
 
 def notification(topic: str, data: dict) -> bytes:

@@ -197,7 +197,7 @@ class RpcServer:
         # responses, and a batch of notifications only is answered with nothing at all.
         replies = [r for r in [await self._handle_one(conn, m) for m in msg] if r is not None]
         if replies:
-            conn.send(schema.encode_batch(replies))
+            conn.send(schema.encode(replies))
 
     async def _handle_one(self, conn: Connection, msg: Any) -> dict | None:
         """Run one request object; its response, or None for a notification."""
