@@ -701,6 +701,18 @@ _EPOCH_SQL = (
 )
 
 
+def platform_name(version_id: str, body: Any) -> str:
+    """The name the platform knows a deployed version by, which tags its samples: the ``model_version`` the
+    profile push sent (``deployment_state.body``), else the version id."""
+    if isinstance(body, str | bytes):
+        try:
+            body = json.loads(body)
+        except ValueError:
+            body = None
+    name = body.get("model_version") if isinstance(body, dict) else None
+    return name if isinstance(name, str) and name else version_id
+
+
 def _epoch(agent_id: str, model: str | None, dep: tuple | None) -> dict:
     """The version an agent's signals judge: its newest promotion or rollback (the platform's name for the
     deployed version, samples after the deployment's ``since_ts``), else the model the platform lists."""
@@ -709,12 +721,7 @@ def _epoch(agent_id: str, model: str | None, dep: tuple | None) -> dict:
         return {"agent_id": agent_id, "key": f"model:{version or ''}", "version": version, "since_ts": None,
                 "started_at": None, "change": None}
     _aid, dep_id, version_id, action, ts, since_ts, body = dep
-    try:
-        body = json.loads(body) if isinstance(body, str) else body
-    except ValueError:
-        body = None
-    name = body.get("model_version") if isinstance(body, dict) else None
-    return {"agent_id": agent_id, "key": f"deployment:{dep_id}", "version": name or version_id,
+    return {"agent_id": agent_id, "key": f"deployment:{dep_id}", "version": platform_name(version_id, body),
             "since_ts": since_ts, "started_at": ts, "change": action}
 
 

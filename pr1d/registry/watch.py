@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..ledger.store import Ledger
+from ..ledger.store import Ledger, platform_name
 from .config import WatchConfig
 from .deploy import json_cell
 from .tables import WriteTx
@@ -109,13 +109,6 @@ _WATCHED_SQL = (
 )
 
 
-def _platform_name(version_id: str, body: Any) -> str:
-    """The name the platform knows the version by (what the profile push sent), which tags its samples."""
-    body = json_cell(body)
-    name = body.get("model_version") if isinstance(body, dict) else None
-    return name if isinstance(name, str) and name else version_id
-
-
 _GRADED = "status IN ('pass', 'fail') AND weighted_score BETWEEN 0.0 AND 1.0"
 
 
@@ -164,7 +157,7 @@ def check_watches(ledger: Ledger, cfg: WatchConfig | None = None, now: float | N
         prev = json_cell(raw) or {}
         if prev.get("complete"):
             continue
-        name = _platform_name(version, body)
+        name = platform_name(version, body)
         if isinstance(prev.get("reference"), dict):
             ref: Reference | None = Reference.from_dict(prev["reference"])
         else:
