@@ -508,9 +508,13 @@ def _show_decision(con: Console, run: dict, sock: Path) -> None:
               None)
     if rl and isinstance(rl.get("eval"), dict):
         before, after = rl["eval"].get("before", {}), rl["eval"].get("after", {})
-        con.print("RL, held-out accuracy: " + ", ".join(
+        con.print("RL, held-out accuracy (selection split): " + ", ".join(
             f"{k} {_pct(before.get('accuracy', {}).get(k))} → {_pct(after.get('accuracy', {}).get(k))}"
             for k in (after.get("accuracy") or {})))
+    if rl and isinstance(rl.get("kept"), dict):
+        kept = rl["kept"]
+        con.print(f"RL {'model kept' if kept.get('model') == 'rl' else 'model not kept; the gate judged the ' + str(kept.get('model'))}: "
+                  f"{kept.get('reason')}")
     gate = run.get("gate") or {}
     # run.gate is the last gate that decided: the promotion gate's backtest comparison, or the SFT gate's
     # evidence when the run stopped there (shown above).

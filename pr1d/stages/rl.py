@@ -15,8 +15,15 @@ service (spec ``model_in_service``). ``params.cpu`` trains on CPU even when CUDA
 file) reach the platform's critic when ``critic`` is true.
 
 The held-out GSM-lite accuracy per tier is measured before training (kept in ``eval_before.json`` so a
-resumed stage does not measure it twice) and on the saved candidate after; both go into the result with
-their difference. The result also carries ``curriculum.transitions`` (every tier change: from, to, step,
+resumed stage does not measure it twice) and on the saved RL model after, both on the *selection split*
+(:func:`pr1d.evaluate.gsm_lite.selection_split`), never on the fixed split the backtest and the gates score;
+both go into the result with their difference.
+
+Keep the better one (``keep_better``, on by default): the RL model becomes the run's ``candidate/`` only
+when :func:`choose_candidate` finds it no worse than its starting model on that check. Otherwise it is
+moved to ``rl_model_not_kept/``, the result's ``kept`` says why, and the backtest finds the run's SFT
+candidate instead; a run without one (kind ``rl``, started from the model in service or ``params.model``)
+stops as rejected, since nothing better than its start came out of it. The result also carries ``curriculum.transitions`` (every tier change: from, to, step,
 reason, rolling accuracy) and ``stop`` (why training ended), which the daemon stores in the ledger.
 
 SIGTERM: the trainer saves a checkpoint (model, optimizer, scheduler, RNG and curriculum state) at the
@@ -27,6 +34,7 @@ checkpoint folder, training continues from it.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +74,29 @@ def start_model(w: Worker) -> tuple[Path, str]:
         "the rl stage needs a model: run an sft stage before it, set params.model, or give the agent a model "
         "in service"
     )
+
+
+def choose_candidate(before: dict | None, after: dict | None, max_tier_drop: float) -> tuple[bool, str]:
+    """``(keep_rl, why)`` from the held-out reports of the starting model and the RL model.
+
+    The RL model is kept unless its overall accuracy is lower, or one tier fell by more than
+    ``max_tier_drop``. A tie keeps it. Without both reports nothing can be compared and it is kept.
+    """
+    if not before or not after:
+        return True, "no held-out check ran (eval_per_tier = 0): the RL model is handed on unchecked"
+    n = after.get("n_per_tier")
+    b, a = before["overall"], after["overall"]
+    if a < b:
+        return False, (f"RL model {a:.1%} < its start {b:.1%} overall on {n} held-out problems per tier "
+                       f"({(a - b) * 100:+.1f} points)")
+    drops = sorted(((before["accuracy"][t] - acc, t) for t, acc in after["accuracy"].items()
+                    if acc is not None and before["accuracy"].get(t) is not None), reverse=True)
+    if drops and drops[0][0] > max_tier_drop + 1e-9:
+        drop, tier = drops[0]
+        return False, (f"RL model's {tier} tier fell {drop * 100:.1f} points (more than keep_max_tier_drop "
+                       f"{max_tier_drop * 100:.1f}) on {n} held-out problems per tier, though overall "
+                       f"{(a - b) * 100:+.1f} points")
+    return True, f"RL model {a:.1%} >= its start {b:.1%} overall, no tier down more than {max_tier_drop * 100:.1f} points"
 
 
 def make_critic(spec: dict[str, Any], cfg):
@@ -109,9 +140,9 @@ def main(w: Worker) -> dict:
     if cfg.eval_per_tier and w.is_main:
         if before_path.is_file():
             before = json.loads(before_path.read_text())
-        else:
+        if not before or before.get("split") != "select" or before.get("n_per_tier") != cfg.eval_per_tier:
             model, tok = load_model(start)
-            before = evaluate_model(model, tok, cfg.eval_per_tier)
+            before = evaluate_model(model, tok, cfg.eval_per_tier, split="select")
             with writing(before_path):
                 before_path.write_text(json.dumps(before, default=str) + "\n")
         for tier, acc in before["accuracy"].items():
@@ -141,9 +172,6 @@ def main(w: Worker) -> dict:
     with writing(out):
         paths = save_candidate(model, tokenizer, out)
         copy_policy(start, out)
-    w.artifact("candidate", out, kind="model", meta={"finetune": cfg.finetune, "started_from": str(start)})
-    if "adapter" in paths:
-        w.artifact("adapter", paths["adapter"], kind="adapter")
     result: dict[str, Any] = {
         "candidate": str(out),
         "started_from": {"path": str(start), "source": source},
@@ -152,19 +180,42 @@ def main(w: Worker) -> dict:
         "stop": stop,
     }
 
-    # -- after: the saved candidate on the same problems ---------------------------------------------
+    # -- after: the saved RL model on the same problems ------------------------------------------------
+    after = None
     if cfg.eval_per_tier:
         cand, tok = load_model(out)
-        after = evaluate_model(cand, tok, cfg.eval_per_tier)
+        after = evaluate_model(cand, tok, cfg.eval_per_tier, split="select")
         for tier, acc in after["accuracy"].items():
             w.metric(f"rl.eval.after.{tier}", acc)
         w.metric("rl.eval.after.parallel_adherence", after["parallel_adherence"])
         result["eval"] = {
+            "split": "select",
             "before": before,
             "after": after,
             "delta": {t: after["accuracy"][t] - before["accuracy"][t] for t in after["accuracy"]
-                      if before["accuracy"].get(t) is not None and after["accuracy"][t] is not None},
+                      if before and before["accuracy"].get(t) is not None and after["accuracy"][t] is not None},
         }
+
+    # -- keep the better one -----------------------------------------------------------------------------
+    keep, why = choose_candidate(before, after, cfg.keep_max_tier_drop) if cfg.keep_better else (
+        True, "keep_better is off: the RL model is handed on whatever the held-out check says")
+    if keep:
+        result["kept"] = {"model": "rl", "reason": why}
+        w.metric("rl.kept", 1.0)
+        w.artifact("candidate", out, kind="model", meta={"finetune": cfg.finetune, "started_from": str(start)})
+        if "adapter" in paths:
+            w.artifact("adapter", paths["adapter"], kind="adapter")
+        return result
+    held = w.stage_dir / "rl_model_not_kept"
+    if held.exists():
+        shutil.rmtree(held)
+    out.rename(held)
+    w.log(f"not keeping the RL model: {why}; it is in {held}")
+    w.metric("rl.kept", 0.0)
+    result.update(candidate=str(start) if source == "sft candidate" else None, rl_model=str(held),
+                  kept={"model": source, "reason": why})
+    if source != "sft candidate":
+        result["stop_run"] = {"state": "rejected", "reason": f"rl: {why}; nothing better than the {source} to evaluate"}
     return result
 
 

@@ -134,7 +134,14 @@ class RLStageConfig:
     seed: int = field(default=0, metadata=_help("seeds the problem draws, the sampling and LoRA init"))
     threads: int = field(default=2, metadata=_help("torch CPU threads"))
     eval_per_tier: int = field(default=50, metadata=_help(
-        "held-out GSM-lite problems per tier scored before and after training (0: skip)"))
+        "held-out GSM-lite problems per tier scored before and after training, on the selection split the "
+        "gate never scores (0: skip, and keep_better cannot choose)"))
+    keep_better: bool = field(default=True, metadata=_help(
+        "hand on the RL model only when it is not worse than its starting model on that held-out check; "
+        "otherwise keep the SFT candidate (the RL model stays in rl_model_not_kept/) and say why"))
+    keep_max_tier_drop: float = field(default=0.05, metadata=_help(
+        "keep_better also refuses an RL model whose accuracy on any one tier fell by more than this "
+        "(a fraction: 0.05 = 5 points) even when the overall accuracy rose"))
 
     def __post_init__(self) -> None:
         check_finetune_fields(self)
@@ -155,6 +162,8 @@ class RLStageConfig:
                 f"generation_batch ({self.generation_batch}) must be a multiple of micro_batch ({self.micro_batch}):"
                 " the generated batch is split into micro-batches for the backward pass"
             )
+        if not 0 <= self.keep_max_tier_drop <= 1:
+            raise ValueError("keep_max_tier_drop is a fraction of accuracy: 0 to 1 (0.05 = 5 points)")
         if self.max_minutes < 0 or self.eval_per_tier < 0:
             raise ValueError("max_minutes and eval_per_tier must be >= 0 (0 turns them off)")
         for key in ("max_steps", "max_seconds"):

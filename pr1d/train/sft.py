@@ -489,14 +489,22 @@ def _distributed_rank() -> int:
 
 
 def evaluate_model(
-    model, tokenizer, n_per_tier: int, tiers=TIERS, max_new_tokens: int = PARALLEL_EVAL_TOKENS
+    model, tokenizer, n_per_tier: int, tiers=TIERS, max_new_tokens: int = PARALLEL_EVAL_TOKENS,
+    split: str = "eval",
 ):
-    """Greedy held-out accuracy per tier plus format KPIs; ``parallel_adherence`` = valid *and* parallel."""
+    """Greedy held-out accuracy per tier plus format KPIs; ``parallel_adherence`` = valid *and* parallel.
+
+    ``split``: ``"eval"`` (the fixed split the gates score) or ``"select"`` (the one the curriculum chooses
+    between models on, :func:`pr1d.evaluate.gsm_lite.selection_split`).
+    """
     from pr1d.data.parallel_format import measure
     from pr1d.evaluate.gsm_eval import evaluate_tasks
-    from pr1d.evaluate.gsm_lite import eval_split
+    from pr1d.evaluate.gsm_lite import eval_split, selection_split
 
-    tasks = [t for t in eval_split(n_per_tier) if t["tier"] in tiers]
+    draw = {"eval": eval_split, "select": selection_split}.get(split)
+    if draw is None:
+        raise ValueError(f"unknown evaluation split {split!r}; expected 'eval' or 'select'")
+    tasks = [t for t in draw(n_per_tier) if t["tier"] in tiers]
     report = evaluate_tasks(model, tokenizer, tasks, k=0, max_new_tokens=max_new_tokens, keep_texts=True)
     texts = report.pop("greedy_texts")
     ms = [measure(t) for t in texts]
@@ -507,6 +515,7 @@ def evaluate_model(
         "parallel_adherence": sum(m.format_ok and m.has_parallel for m in ms) / len(ms) if ms else 0.0,
         "format_errors": dict(Counter(m.error_code for m in ms if not m.format_ok)),
         "n_per_tier": n_per_tier,
+        "split": split,
         "samples": texts[:2],
     }
 

@@ -262,9 +262,76 @@ def _spec(tmp_path: Path, model: Path, resume: bool) -> Path:
             "generation_batch": 32,
             "micro_batch": 32,
             "curriculum": {"tiers": ["easy", "medium"], "accuracy_window": 32, "promote_accuracy": 0.5},
+            # This test is about stopping and resuming; whether 8 steps beat the start is another test's.
+            "keep_better": False,
         },
     }
     return write_stage_spec(tmp_path, "04-rl", params, resume)
+
+
+def test_stage_keeps_the_sft_candidate_when_rl_makes_it_worse(tiny_model, tmp_path):
+    """An RL step that wrecks the model (lr 0.05) is not handed on: the SFT candidate stays the run's."""
+    from pr1d.stages.backtest import find_candidate
+
+    sft = tmp_path / "run" / "02-sft" / "candidate"
+    sft.parent.mkdir(parents=True)
+    sft.symlink_to(tiny_model, target_is_directory=True)
+    params = {"cpu": True, "rl": {
+        "max_steps": 2, "lr": 0.05, "max_completion_length": MAX_LEN, "eval_per_tier": 6,
+        "generation_batch": 32, "micro_batch": 32, "curriculum": {"tiers": ["easy"]}}}
+    spec = write_stage_spec(tmp_path, "04-rl", params, False)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("PR1_EVENT_FD", None)
+    proc = subprocess.run([sys.executable, "-m", "pr1d.stages.rl", str(spec)], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    result = next(e for e in events if e["type"] == "result")["outputs"]
+    ev = result["eval"]
+    assert ev["split"] == "select" and ev["before"]["split"] == ev["after"]["split"] == "select"
+    assert ev["after"]["overall"] < ev["before"]["overall"], ev
+    assert result["kept"]["model"] == "sft candidate"
+    assert "< its start" in result["kept"]["reason"], result["kept"]
+    assert result["candidate"] == str(sft) and "stop_run" not in result
+    stage = tmp_path / "run" / "04-rl"
+    assert not (stage / "candidate").exists() and (stage / "rl_model_not_kept" / "model.safetensors").is_file()
+    assert not any(e["type"] == "artifact" and e["name"] == "candidate" for e in events)
+    assert {"type": "metric", "name": "rl.kept", "value": 0.0} in [
+        {k: e.get(k) for k in ("type", "name", "value")} for e in events]
+    # The backtest, next in the plan, now finds the SFT candidate.
+    assert find_candidate(tmp_path / "run") == sft
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "keep", "says"),
+    [
+        # Better overall, no tier down: kept.
+        ({"easy": 0.9, "medium": 0.4, "hard": 0.0}, {"easy": 0.9, "medium": 0.5, "hard": 0.0}, True, ">="),
+        # A tie keeps the RL model ("not worse").
+        ({"easy": 0.9, "medium": 0.4, "hard": 0.0}, {"easy": 0.9, "medium": 0.4, "hard": 0.0}, True, ">="),
+        # Worse overall: the start is kept.
+        ({"easy": 0.9, "medium": 0.4, "hard": 0.1}, {"easy": 0.9, "medium": 0.3, "hard": 0.1}, False, "< its start"),
+        # Better overall, but easy fell 10 points (> 5): the start is kept, and the reason names the tier.
+        ({"easy": 0.9, "medium": 0.4, "hard": 0.0}, {"easy": 0.8, "medium": 0.6, "hard": 0.0}, False, "easy tier fell"),
+        # Exactly the tolerance: kept.
+        ({"easy": 0.9, "medium": 0.4, "hard": 0.0}, {"easy": 0.85, "medium": 0.6, "hard": 0.0}, True, ">="),
+    ],
+)
+def test_choose_candidate(before, after, keep, says):
+    from pr1d.stages.rl import choose_candidate
+
+    def report(acc):
+        return {"accuracy": acc, "overall": sum(acc.values()) / len(acc), "n_per_tier": 50}
+
+    got, why = choose_candidate(report(before), report(after), 0.05)
+    assert got is keep and says in why, why
+
+
+def test_choose_candidate_without_a_check_keeps_and_says_so():
+    from pr1d.stages.rl import choose_candidate
+
+    keep, why = choose_candidate(None, None, 0.05)
+    assert keep and "eval_per_tier = 0" in why
 
 
 def test_stage_sigterm_then_resume(tiny_model, tmp_path):

@@ -385,3 +385,16 @@ def test_module_stays_free_of_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
     assert gsm_lite.__doc__
+
+
+def test_selection_split_is_held_out_and_apart_from_the_gates_split():
+    from pr1d.evaluate.gsm_lite import GATE_SPLIT_MAX, eval_split, selection_split
+
+    sel = selection_split(60)
+    assert [t["tier"] for t in sel] == ["easy"] * 60 + ["medium"] * 60 + ["hard"] * 60
+    assert sel == selection_split(60)  # deterministic
+    assert selection_split(20) == [t for t in sel if int(t["id"].rsplit("-", 1)[1]) < 20]  # prefixes, like eval_split
+    gate = {t["question"] for t in eval_split(GATE_SPLIT_MAX)}
+    assert not gate & {t["question"] for t in sel}
+    assert len({t["question"] for t in sel}) == len(sel)
+    assert all(t["id"].startswith("select-") for t in sel)
