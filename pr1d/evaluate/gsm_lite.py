@@ -488,32 +488,6 @@ def eval_split(n_per_tier: int = 200, seed: int = EVAL_SEED) -> list[Task]:
     return tasks
 
 
-# The fixed split's largest prefix any stage reads (the backtest's and the gates' n_per_tier stay under it).
-GATE_SPLIT_MAX = 500
-
-
-def selection_split(n_per_tier: int = 50) -> list[Task]:
-    """Held-out problems for *choosing* between models inside the curriculum, apart from the gate's split.
-
-    The rl stage keeps its RL candidate only when it beats its starting model on held-out problems; were
-    those the fixed split's, the gate (which scores the same split) would judge a choice made on its own
-    data. These are drawn from another seed of the same held-out rule, minus every question of the fixed
-    split's first :data:`GATE_SPLIT_MAX` per tier (a few easy ones coincide), ids prefixed ``select-``.
-    """
-    taken = {t["question"] for t in eval_split(GATE_SPLIT_MAX)}
-    tasks: list[Task] = []
-    for tier in TIERS:
-        rng = random.Random(f"gsm-lite/select/{EVAL_SEED}/{tier}")
-        seen: set[str] = set()
-        while len(seen) < n_per_tier:
-            task = generate_task(rng, tier, "eval", f"select-{tier}-{len(seen):04d}")
-            if task["question"] in seen or task["question"] in taken:
-                continue
-            seen.add(task["question"])
-            tasks.append(task)
-    return tasks
-
-
 def training_facts() -> list[Fact]:
     """Every in-domain fact outside the held-out families: all the arithmetic training text may use."""
     facts = []

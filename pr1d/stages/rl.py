@@ -16,7 +16,7 @@ file) reach the platform's critic when ``critic`` is true.
 
 The held-out GSM-lite accuracy per tier is measured before training (kept in ``eval_before.json`` so a
 resumed stage does not measure it twice) and on the saved RL model after, both on the *selection split*
-(:func:`pr1d.evaluate.gsm_lite.selection_split`), never on the fixed split the backtest and the gates score;
+(:func:`pr1d.evaluate.selection.selection_split`), never on the fixed split the backtest and the gates score;
 both go into the result with their difference.
 
 Keep the better one (``keep_better``, on by default): the RL model becomes the run's ``candidate/`` only

@@ -495,11 +495,12 @@ def evaluate_model(
     """Greedy held-out accuracy per tier plus format KPIs; ``parallel_adherence`` = valid *and* parallel.
 
     ``split``: ``"eval"`` (the fixed split the gates score) or ``"select"`` (the one the curriculum chooses
-    between models on, :func:`pr1d.evaluate.gsm_lite.selection_split`).
+    between models on, :func:`pr1d.evaluate.selection.selection_split`).
     """
     from pr1d.data.parallel_format import measure
     from pr1d.evaluate.gsm_eval import evaluate_tasks
-    from pr1d.evaluate.gsm_lite import eval_split, selection_split
+    from pr1d.evaluate.gsm_lite import eval_split
+    from pr1d.evaluate.selection import selection_split
 
     draw = {"eval": eval_split, "select": selection_split}.get(split)
     if draw is None:

@@ -388,7 +388,8 @@ def test_module_stays_free_of_torch():
 
 
 def test_selection_split_is_held_out_and_apart_from_the_gates_split():
-    from pr1d.evaluate.gsm_lite import GATE_SPLIT_MAX, eval_split, selection_split
+    from pr1d.evaluate.gsm_lite import eval_split
+    from pr1d.evaluate.selection import GATE_SPLIT_MAX, selection_split
 
     sel = selection_split(60)
     assert [t["tier"] for t in sel] == ["easy"] * 60 + ["medium"] * 60 + ["hard"] * 60
