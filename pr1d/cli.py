@@ -1,4 +1,4 @@
-"""`pr1d` command line: serve (the daemon), sim, demo, model, eval. Imports stay lazy so each starts fast."""
+"""`pr1d` command line: serve (the daemon), config check, restore, sim, demo, model, eval, completion. Imports stay lazy so each starts fast."""
 
 from __future__ import annotations
 
@@ -84,6 +84,74 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.run(args)
 
 
+def cmd_config_check(args: argparse.Namespace) -> int:
+    """Validate the config exactly as `pr1d serve` loads it: exit 0, or 78 with one line per problem."""
+    from .config import ConfigError, load_config
+
+    paths = [Path(args.file)] if args.file else []
+    try:
+        cfg = load_config(paths, environ={} if args.only_file else None, use_system=False if args.only_file else None)
+    except ConfigError as e:
+        for line in str(e).splitlines():
+            print(f"pr1d: config error: {line}", file=sys.stderr)
+        return EXIT_CONFIG
+    what = args.file or "built-in defaults"
+    layers = "alone" if args.only_file else "with /etc/pr1d/pr1d.toml (if readable) and PR1_* variables"
+    print(f"{what}: ok ({layers}); state dir {cfg.state_path()}, socket {cfg.socket()}")
+    return 0
+
+
+def _unix_user() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:  # a uid without a passwd entry (containers): the audit row still says who
+        return f"uid {os.getuid()}"
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    """Lay a `pr1ctl backup` folder out as a state directory, after checking every hash in its manifest."""
+    import json
+
+    from .backup import BackupError, Layout, restore
+    from .config import ConfigError, load_config
+    from .ledger.store import LedgerError
+
+    state = Path(args.state_dir).resolve()
+    try:
+        cfg = load_config([Path(args.config)] if args.config else [], overrides={"daemon": {"state_dir": str(state)}})
+    except ConfigError as e:
+        for line in str(e).splitlines():
+            print(f"pr1d: config error: {line}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        out = restore(Path(args.backup_dir), Layout.from_config(cfg, state), actor=_unix_user())
+    except (BackupError, LedgerError) as e:
+        for line in str(e).splitlines():
+            print(f"pr1d: restore refused: {line}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"pr1d: restore failed (what it had written is removed): {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"restored {out['files']} files ({out['bytes']} bytes) into {out['state_dir']}: a backup of "
+              f"{out['source_state_dir']} by pr1d {out['backup_daemon_version']}; {out['paths_moved']} ledger paths "
+              f"moved, {out['checkpoints_cleared']} checkpoints forgotten (their stages restart)")
+        print(f"next: pr1d serve --state-dir {out['state_dir']}" + (f" --config {args.config}" if args.config else ""))
+    return 0
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    from . import __version__
+    from .completion import script
+
+    sys.stdout.write(script(args.shell, "pr1d", build_parser(), __version__))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -97,6 +165,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--socket", help="socket path (overrides daemon.socket_path)")
     s.add_argument("--burst", action="store_true", help="process the queue until it is empty, then exit")
     s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("config", help="configuration: `pr1d config check [FILE]` validates it as serve would")
+    csub = s.add_subparsers(dest="config_cmd", required=True, metavar="COMMAND")
+    s = csub.add_parser("check", help="exit 0 when the config is valid, 78 with one line per problem when not")
+    s.add_argument("file", nargs="?", help="config file (layered over /etc/pr1d/pr1d.toml and PR1_* like serve's --config)")
+    s.add_argument("--only-file", action="store_true",
+                   help="check FILE alone: without /etc/pr1d/pr1d.toml and PR1_* environment variables")
+    s.set_defaults(func=cmd_config_check)
+
+    s = sub.add_parser("restore", help="verify a `pr1ctl backup` folder, then lay it out as a new state directory")
+    s.add_argument("backup_dir", metavar="DIR", help="the backup folder (with MANIFEST.json)")
+    s.add_argument("--state-dir", required=True, help="where to restore: must be new or empty")
+    s.add_argument("--config", help="the config the restored daemon will run with (where models and the KB go)")
+    s.add_argument("--json", action="store_true", help="print the summary as one JSON document")
+    s.set_defaults(func=cmd_restore)
+
+    s = sub.add_parser("completion", help="print a shell completion script: `pr1d completion bash`")
+    from .completion import add_arguments as completion_arguments
+
+    completion_arguments(s)
+    s.set_defaults(func=cmd_completion)
 
     from . import demo
 

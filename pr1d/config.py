@@ -12,7 +12,7 @@ import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -317,6 +317,91 @@ def split_profile_override(name: str, over: dict[str, Any]) -> tuple[dict[str, A
     return sig, rule
 
 
+NotifyEventName = Literal["awaiting_approval", "run_failed", "gate_inconclusive", "rollback", "push_failing", "drift"]
+NOTIFY_EVENTS: tuple[str, ...] = get_args(NotifyEventName)
+
+
+class WebhookConfig(_Section):
+    """One webhook: where events are POSTed, which events, and how hard each delivery is tried."""
+
+    url: str = Field(
+        ..., examples=["https://hooks.slack.com/services/T000/B000/XXXX"],
+        description="Where events are POSTed (http:// or https://). Slack-style URLs hold a secret: the URL is "
+        "never logged, `name` is.",
+    )
+    name: str = Field("", description="Name of the webhook in logs and status. Empty: the URL's host.")
+    kind: Literal["json", "slack"] = Field(
+        "json",
+        description="`json`: the event as a JSON document (event, run, agent, state, reason, command, details). "
+        "`slack`: a Slack-compatible {\"text\": ...} body, a one-line summary and a few detail lines.",
+    )
+    events: list[NotifyEventName] = Field(
+        list(NOTIFY_EVENTS), description="Events sent to this webhook (default: all of them)."
+    )
+    token_file: str = Field(
+        "", description="File holding a secret sent in `header` with every POST (read at each delivery, so a "
+        "rotated secret needs no reload). Empty: no secret is sent.",
+    )
+    header: str = Field(
+        "Authorization",
+        description="Header carrying the secret from `token_file`: `Authorization` gets \"Bearer <secret>\", "
+        "any other header the secret as it is (e.g. X-Api-Key).",
+    )
+    timeout_s: float = Field(5.0, gt=0, le=60, description="Timeout of one POST (connect, write and answer).")
+    max_attempts: int = Field(
+        5, ge=1, le=20, description="Tries per event on timeouts, connection errors, 429 and 5xx; other 4xx "
+        "answers are not retried.",
+    )
+    backoff_base_s: float = Field(1.0, gt=0, description="First retry delay; doubles per try, with jitter.")
+    backoff_max_s: float = Field(60.0, gt=0, description="Longest delay between two tries of one event.")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v
+
+    @field_validator("events")
+    @classmethod
+    def _events(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError(f"name at least one event (or remove the webhook); known: {', '.join(NOTIFY_EVENTS)}")
+        if len(set(v)) != len(v):
+            raise ValueError("an event is listed twice")
+        return v
+
+    @field_validator("header")
+    @classmethod
+    def _header(cls, v: str) -> str:
+        if not v or any(not (c.isalnum() or c in "-_") for c in v):
+            raise ValueError("expected an HTTP header name (letters, digits, - and _), e.g. Authorization")
+        return v
+
+    @model_validator(mode="after")
+    def _backoff(self) -> WebhookConfig:
+        if self.backoff_max_s < self.backoff_base_s:
+            raise ValueError(f"backoff_max_s ({self.backoff_max_s}) is below backoff_base_s ({self.backoff_base_s})")
+        return self
+
+
+class NotifyConfig(_Section):
+    """Webhooks that page people when something needs them (docs/runbooks/operations.md, "Notifications")."""
+
+    webhooks: list[WebhookConfig] = Field(
+        [],
+        description="The webhooks, one `[[notify.webhooks]]` table each. Every event goes to each webhook "
+        "that lists it, in the background: a slow or failing receiver never holds up the daemon.",
+    )
+    queue_size: int = Field(
+        1000, ge=1, le=100_000,
+        description="Events waiting per webhook; when full the oldest is dropped (logged, counted in status).",
+    )
+    drain_timeout_s: float = Field(
+        5.0, ge=0, le=60, description="At shutdown, how long queued events may still be sent; the rest is dropped."
+    )
+
+
 StageParam = bool | int | float | str
 
 
@@ -358,6 +443,7 @@ class Config(_Section):
     dataset: DatasetConfig = DatasetConfig()
     rewards: RewardsConfig = RewardsConfig()
     training: TrainingConfig = TrainingConfig()
+    notify: NotifyConfig = NotifyConfig()
 
     # -- derived values ---------------------------------------------------------------------------
     def state_path(self) -> Path:
@@ -530,17 +616,47 @@ def _type_name(ann: Any) -> str:
     return getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
 
 
+@dataclass(frozen=True)
+class _Required:
+    """A key without a default, in the generated reference; ``example`` fills the sample file."""
+
+    example: Any
+
+    def __repr__(self) -> str:
+        return "required"
+
+
+def _table_list_item(ann: Any) -> type[BaseModel] | None:
+    """The table type of an array-of-tables key (``list[Model]``, e.g. ``[[notify.webhooks]]``), else None."""
+    from typing import get_origin
+
+    args = get_args(ann)
+    if get_origin(ann) is list and len(args) == 1 and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+        return args[0]
+    return None
+
+
 def _walk(model: type[BaseModel], prefix: str = ""):
     """The config tree in file order: ("key", name, type, default, description) for each key of a section,
-    then ("section", dotted name, its doc or "") for each subsection, followed by its own items."""
-    nested = []
+    then ("array", dotted name, description, item model) for each array of tables, then ("section", dotted
+    name, its doc or "") for each subsection, followed by its own items."""
+    nested, arrays = [], []
     for key, f in model.model_fields.items():
         ann = f.annotation
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             nested.append((key, ann))
             continue
-        default = f.default if f.default_factory is None else f.default_factory()
+        item = _table_list_item(ann)
+        if item is not None:
+            arrays.append((f"{prefix}.{key}" if prefix else key, f.description or "", item))
+            continue
+        if f.is_required():
+            default: Any = _Required((f.examples or [""])[0])
+        else:
+            default = f.default if f.default_factory is None else f.default_factory()
         yield "key", key, ann, default, f.description or ""
+    for name, desc, item in arrays:
+        yield "array", name, desc, item
     for key, sub in nested:
         name = f"{prefix}.{key}" if prefix else key
         doc = " ".join(sub.__doc__.split()) if sub.__doc__ and sub.__doc__ != _Section.__doc__ else ""
@@ -560,6 +676,11 @@ def _model_markdown(model: type[BaseModel], out: list[str]) -> None:
         if item[0] == "key":
             _, key, ann, default, desc = item
             rows.append(f"| `{key}` | `{_type_name(ann)}` | `{default!r}` | {desc} |")
+        elif item[0] == "array":
+            table()
+            _, name, desc, sub = item
+            out.extend([f"## `[[{name}]]`", "", desc, ""])
+            _model_markdown(sub, out)
         else:
             table()
             out.extend([f"## `[{item[1]}]`", ""] + ([item[2], ""] if item[2] else []))
@@ -608,6 +729,14 @@ def _model_toml(model: type[BaseModel], out: list[str]) -> None:
         if item[0] == "key":
             _, key, _ann, default, desc = item
             out.extend([*_wrap_comment(desc), f"{key} = {_toml_value(default)}", ""])
+        elif item[0] == "array":
+            # Commented out: the default is an empty array, and an example entry must not become a real one.
+            _, name, desc, sub = item
+            out.extend([*_wrap_comment(desc + " Example (uncomment and edit):"), f"# [[{name}]]"])
+            for _, key, _ann, default, kdesc in _walk(sub):
+                value = default.example if isinstance(default, _Required) else default
+                out.extend([*("# " + c for c in _wrap_comment(kdesc, 98)), f"# {key} = {_toml_value(value)}"])
+            out.append("")
         else:
             out.extend([f"[{item[1]}]", *(_wrap_comment(item[2]) if item[2] else []), ""])
 

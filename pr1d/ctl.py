@@ -133,10 +133,21 @@ def cmd_show(c: Client, a: argparse.Namespace, o: Out) -> int:
     if o.as_json:
         o.doc(r)
         return 0
+    from .explain import gate_checks, gate_facts, gate_tier_rows, run_origin
+
     o.kv(f"run {r['id']}", [("agent", r["agent_id"]), ("kind", r["kind"]), ("state", r["state"]),
                             ("reason", r.get("reason")), ("created", f"{_ts(r['created_at'])} by {r['created_by']}"),
-                            ("params", json.dumps(r.get("params") or {})),
-                            ("gate", json.dumps(r["gate"]) if r.get("gate") else None)])
+                            ("params", json.dumps(r.get("params") or {}))])
+    # Why the run exists, in words: the signal, its window, the numbers against their thresholds.
+    trig = r.get("trigger") or {}
+    o.kv(f"why run {r['id']} exists" + (f" (trigger {trig['id']}, {_ts(trig.get('ts'))})" if trig.get("id") else ""),
+         run_origin(r))
+    if r.get("gate"):
+        o.kv("gate", gate_facts(r["gate"]))
+        if tiers := gate_tier_rows(r["gate"]):
+            o.table("gate per tier: candidate − in service", ["tier", "n", "cand.", "serv.", "diff", "CI", "status"], tiers)
+        if checks := gate_checks(r["gate"]):
+            o.table("gate checks (✓ held, ✗ failed, ? undecided)", ["", "check"], [list(c) for c in checks])
     o.table("stages", ["#", "stage", "state", "attempt", "progress", "error"],
             [[s["seq"], s["name"], s["state"], s["attempt"],
               f"{100 * s['progress']:.0f}%" if s.get("progress") is not None else None,
@@ -150,6 +161,28 @@ def cmd_show(c: Client, a: argparse.Namespace, o: Out) -> int:
     o.table("audit", ["when", "who", "from", "to", "reason"],
             [[_ts(x["ts"]), x["actor"], x.get("from_state"), x.get("to_state"), x.get("reason")] for x in r["audit"]])
     return 0
+
+
+def cmd_triggers(c: Client, a: argparse.Namespace, o: Out) -> int:
+    from .explain import trigger_brief, trigger_run_cell
+
+    rows = c.call("monitor.triggers", agent=a.agent, limit=a.limit)
+    if o.as_json:
+        o.doc(rows)
+        return 0
+    # Six narrow columns: an 80-column terminal folds the numbers cell rather than cutting any column.
+    o.table("triggers (newest first; `pr1ctl show RUN` explains one in words)",
+            ["when", "agent", "signal → job", "window", "fired on", "run"],
+            [[datetime.fromtimestamp(t["ts"]).strftime("%m-%d %H:%M") if t.get("ts") else "-", t["agent_id"], f"{t.get('signal')} → {t.get('job_kind')}", *trigger_brief(t),
+              trigger_run_cell(t)] for t in rows])
+    return 0
+
+
+def _limit(text: str) -> int:
+    n = int(text) if text.strip().isdigit() else 0
+    if not 1 <= n <= 5000:
+        raise argparse.ArgumentTypeError(f"not a limit: {text!r} (expected 1 to 5000)")
+    return n
 
 
 def _stage_note(stage: dict, run_state: str) -> str | None:
@@ -300,6 +333,29 @@ def cmd_backup(c: Client, a: argparse.Namespace, o: Out) -> int:
     return 0
 
 
+def cmd_state_backup(c: Client, a: argparse.Namespace, o: Out) -> int:
+    import os
+
+    c.sock.settimeout(None)  # copying models and run records takes as long as the disk needs
+    res = c.call("state.backup", path=os.path.abspath(a.dir), max_run_file_mb=a.max_run_file_mb)
+    if o.as_json:
+        o.doc(res)
+    else:
+        o.console.print(f"state backed up to {res['path']}: {res['files']} files, {res['bytes']} bytes, "
+                        f"{res['skipped']} left out (listed in {res['manifest']}) in {res['duration_s']} s",
+                        soft_wrap=True)
+    return 0
+
+
+def cmd_completion(a: argparse.Namespace) -> int:
+    """Print a completion script; needs no daemon."""
+    from . import __version__
+    from .completion import script
+
+    sys.stdout.write(script(a.shell, "pr1ctl", build_parser(), __version__))
+    return 0
+
+
 def cmd_kb_ingest(c: Client, a: argparse.Namespace, o: Out) -> int:
     import os
 
@@ -336,8 +392,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--kind")
     sp.add_argument("--limit", type=int, default=50)
     sp.add_argument("--before", type=int, help="page: runs with id below this")
-    sp = add("show", cmd_show, "one run: stages, artifacts, metrics, gate, audit")
+    sp = add("show", cmd_show, "one run: why it exists (trigger evidence), gate, stages, artifacts, metrics, audit")
     sp.add_argument("run", type=_run_id)
+    sp = add("triggers", cmd_triggers, "recent triggers: signal, window, numbers vs thresholds, the run queued")
+    sp.add_argument("agent", nargs="?", help="only this agent's triggers")
+    sp.add_argument("--limit", type=_limit, default=50, help="how many, newest first (1 to 5000)")
     sp = add("backtest", cmd_backtest, "a run's backtest: per tier/column differences with CIs, compliance")
     sp.add_argument("run", type=_run_id)
     sp.add_argument("--items", action="store_true", help="with --json: include every replayed item")
@@ -384,6 +443,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--limit", type=int, default=100)
     add("whoami", _simple("whoami", say=lambda r, a: f"{r['user']} (uid {r['uid']}): {r['role']}"),
         "your Unix user and role as the daemon sees you")
+    sp = add("backup", cmd_state_backup, "online backup of the whole state (ledger, jobs, models, run records, KB) "
+             "into a new or empty folder; `pr1d restore` puts it back")
+    sp.add_argument("dir", metavar="DIR", help="backup folder, written by the daemon (must be new or empty)")
+    sp.add_argument("--max-run-file-mb", type=int, default=64, metavar="MB",
+                    help="run files larger than this stay out (checkpoints always do); the manifest lists them")
+    sp = sub.add_parser("completion", help="print a shell completion script: `pr1ctl completion bash` (no daemon needed)")
+    from .completion import add_arguments as completion_arguments
+
+    completion_arguments(sp)
+    sp.set_defaults(func=cmd_completion, offline=True)
     kb = sub.add_parser("kb", parents=[common], help="knowledge base")
     ksub = kb.add_subparsers(dest="kb_cmd", required=True, metavar="COMMAND")
     sp = ksub.add_parser("ingest", parents=[common], help="load .md/.txt/.jsonl documents (idempotent)")
@@ -403,6 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "offline", False):  # commands that never talk to the daemon
+        return args.func(args)
     as_json = getattr(args, "json", False)
     try:
         path = find_socket(getattr(args, "socket", None), getattr(args, "config", None))

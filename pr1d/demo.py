@@ -10,23 +10,31 @@
 5. Follows the run through dataset, SFT, the SFT gate, RL, backtest and the promotion gate, with a progress
    bar per stage, and stops at ``awaiting_approval`` with the gate's numbers and what to do next.
 
-The sim and the daemon stay up until Ctrl+C so you can approve from ``pr1tui`` or ``pr1ctl``. This module
-never imports torch: training happens in the daemon's stage workers and the bootstrap subprocess.
+It ends with the ``pr1ctl`` / ``pr1tui`` commands to go on with, each runnable as printed. The sim and the
+daemon stay up until Ctrl+C, SIGTERM or SIGHUP (all three stop them the same way, leaving no process behind)
+so you can approve from ``pr1tui`` or ``pr1ctl``. On a terminal the progress shows as bars; in a pipe or a
+file as plain lines. This module never imports torch: training happens in the daemon's stage workers and
+the bootstrap subprocess.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,8 +110,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="STATE_DIR",
                    help="carry on an interrupted demo: restart its sim (replayed to where it stopped) and "
                         "`pr1d serve --state-dir` on it, then follow its run")
-    p.add_argument("--until", choices=("trigger", "decision"), default="decision",
-                   help="trigger: stop after showing the trigger; decision (default): follow the run to its gate")
+    p.add_argument("--until", choices=("ready", "trigger", "decision"), default="decision",
+                   help="ready: stop once the sim and the daemon are up and the daemon knows the platform's agents "
+                        "(nothing graded, nothing trained: drive it yourself with pr1ctl or pr1tui); trigger: stop "
+                        "after showing the trigger; decision (default): follow the run to its gate")
 
 
 # -- the base model ----------------------------------------------------------------------------------
@@ -145,13 +155,20 @@ def bootstrap_into(dest: Path, *, seed: int = 0, log=None) -> dict:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".bootstrap-", dir=dest.parent))
     cmd = [sys.executable, "-m", "pr1d.train.model", "bootstrap", "--out", str(tmp), "--seed", str(seed)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_stop_with_parent)
     assert proc.stderr is not None
     tail: list[str] = []
-    for line in proc.stderr:
-        tail = (tail + [line.rstrip()])[-20:]
-        if log is not None:
-            log(line.rstrip())
+    try:
+        for line in proc.stderr:
+            tail = (tail + [line.rstrip()])[-20:]
+            if log is not None:
+                log(line.rstrip())
+    except BaseException:
+        # Interrupted (Ctrl+C, SIGTERM, SIGHUP): the half-trained model is not the recipe's; stop it, drop it.
+        _stop(proc, timeout=10)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if proc.wait() != 0:
         shutil.rmtree(tmp, ignore_errors=True)
         raise SystemExit("pr1d demo: bootstrapping the model failed:\n" + "\n".join(tail))
@@ -179,8 +196,8 @@ def ensure_base_model(con: Console) -> tuple[Path, dict]:
         return dest, {"cached": True, **record}
     started = time.monotonic()
     step_re = re.compile(r"step\s+(\d+)")
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeRemainingColumn(), console=con) as bar:
+    with _progress(con, TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                   TimeRemainingColumn(), unit=" steps") as bar:
         t = bar.add_task("bootstrapping the agent model (first run only)", total=2000)
 
         def log(line: str) -> None:
@@ -215,7 +232,176 @@ def write_config(state: Path, quick: bool) -> Path:
     return path
 
 
+# -- output that reads in a terminal and in a log ----------------------------------------------------
+
+
+def progress_line_due(last: tuple[float, float] | None, frac: float, now: float, *, step: float = 0.1,
+                      every_s: float = 60.0) -> bool:
+    """Whether a progress log that is not a terminal gets a new line for a bar now at ``frac`` (0..1).
+
+    ``last`` is (fraction, time) of the bar's last line, None before its first. A line on the first report, at
+    the end, every ``step`` of progress, and, while it moves more slowly than that, every ``every_s`` seconds:
+    enough to see a stage move in `journalctl` or a CI log, few enough to read.
+    """
+    if last is None:
+        return True
+    last_frac, last_t = last
+    if frac <= last_frac:
+        return False
+    return frac >= 1.0 or frac - last_frac >= step - 1e-9 or now - last_t >= every_s
+
+
+class LineProgress:
+    """The part of rich's ``Progress`` the demo uses, printed as plain lines for a pipe or a file.
+
+    rich draws its bars only on a terminal; elsewhere it prints them once, at the end, so a demo run under
+    ``nohup``, ``tee`` or CI would say nothing for minutes. This prints a line per bar when it starts, every
+    10% and when its label changes (a stage done, failed, interrupted).
+    """
+
+    def __init__(self, con: Console, unit: str = "", clock=time.monotonic) -> None:
+        self.con, self.unit, self.clock = con, unit, clock
+        self.tasks: dict[int, dict[str, Any]] = {}
+
+    def __enter__(self) -> LineProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, description: str, total: float | None = 100.0, completed: float = 0.0, **_: Any) -> int:
+        tid = len(self.tasks)
+        self.tasks[tid] = {"description": description, "total": total or 0.0, "completed": completed,
+                           "started": self.clock(), "last": None}
+        return tid
+
+    def advance(self, task: int, advance: float = 1.0) -> None:
+        self.update(task, completed=self.tasks[task]["completed"] + advance)
+
+    def update(self, task: int, *, completed: float | None = None, description: str | None = None,
+               **_: Any) -> None:
+        t = self.tasks[task]
+        relabelled = description is not None and description != t["description"]
+        if description is not None:
+            t["description"] = description
+        if completed is not None:
+            t["completed"] = completed
+        frac = min(1.0, t["completed"] / t["total"]) if t["total"] else 0.0
+        now = self.clock()
+        if relabelled or progress_line_due(t["last"], frac, now):
+            t["last"] = (frac, now)
+            self.con.print(self.line(t, now), markup=False, highlight=False, soft_wrap=True)
+
+    def line(self, t: dict[str, Any], now: float) -> str:
+        done = (f"{t['completed'] / t['total']:.0%}" if t["total"] == 1.0 else
+                f"{t['completed']:g}/{t['total']:g}{self.unit}")
+        return f"  {t['description']}: {done} ({_duration(now - t['started'])})"
+
+
+def _duration(s: float) -> str:
+    s = int(s)
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def _live(con: Console) -> bool:
+    """Whether rich can redraw in place (bars, spinners): a terminal that is not dumb."""
+    return con.is_terminal and not con.is_dumb_terminal
+
+
+def _progress(con: Console, *columns: Any, unit: str = "") -> Progress | LineProgress:
+    return Progress(*columns, console=con) if _live(con) else LineProgress(con, unit=unit)
+
+
+@contextlib.contextmanager
+def _status(con: Console, text: str) -> Iterator[None]:
+    if _live(con):
+        with con.status(text):
+            yield
+    else:
+        con.print(f"{text} ...", markup=False, highlight=False)
+        yield
+
+
+def command_for(name: str, bin_dir: Path, on_path: str | None) -> str:
+    """How to print one of this install's commands so that it runs as printed: the bare name when ``PATH``
+    finds this very one (an activated venv), else its absolute path (``.venv/bin/pr1d demo`` run from the
+    checkout, where a bare ``pr1ctl`` would be "command not found", or someone else's)."""
+    own = bin_dir / name
+    if on_path and os.path.realpath(on_path) == os.path.realpath(own):
+        return name
+    return shlex.quote(str(own))
+
+
+def next_commands(sock: Path, *, until: str, run_id: int | None, decided: dict | None,
+                  bin_dir: Path = BIN, which=shutil.which) -> list[str]:
+    """The shell commands the demo suggests at the end, each runnable as printed (paths quoted)."""
+    ctl, tui = (command_for(n, bin_dir, which(n)) for n in ("pr1ctl", "pr1tui"))
+    s = shlex.quote(str(sock))
+    out = [f"{ctl} --socket {s} status"]
+    if until == "ready":
+        out.append(f"{ctl} --socket {s} agents")
+    if run_id is not None:
+        out.append(f"{ctl} --socket {s} show {run_id}")
+    if decided and decided.get("state") == "awaiting_approval":
+        # An inconclusive gate is approved only deliberately (pr1d refuses the plain command).
+        from .rpc.schema import gate_inconclusive
+
+        rid = decided["id"]
+        accept = " --accept-inconclusive" if gate_inconclusive(decided.get("gate")) else ""
+        out += [f"{ctl} --socket {s} backtest {rid}",
+                f"{ctl} --socket {s} approve {rid}{accept} --reason {shlex.quote('demo: gate passed')}",
+                f"{ctl} --socket {s} rollback {shlex.quote(str(decided['agent_id']))} "
+                f"--reason {shlex.quote('demo: back to the base')}"]
+    out.append(f"{tui} --socket {s}")
+    return out
+
+
+def _resume_command(state: Path) -> str:
+    return f"{command_for('pr1d', BIN, shutil.which('pr1d'))} demo --resume {shlex.quote(str(state))}"
+
+
 # -- processes -----------------------------------------------------------------------------------------
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: the demo stops the way Ctrl+C stops it (a KeyboardInterrupt, so one path does both)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, _frame: object) -> None:
+    raise Stopped(signum)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+try:  # resolved here, in the parent: between fork and exec (preexec_fn) only the call itself is safe
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):
+    _PRCTL = None
+PR_SET_PDEATHSIG = 1
+
+
+def _stop_with_parent() -> None:
+    """preexec_fn of the demo's children: the kernel sends them SIGTERM if the demo dies without stopping
+    them (SIGKILL, a crash), so no sim, daemon or bootstrap outlives it. Linux only, like pr1."""
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+
+
+def _stop(proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` s: the daemon checkpoints its stage and stops it meanwhile."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
 
 
 def _wait_file(path: Path, proc: subprocess.Popen, what: str, timeout: float = 30.0) -> None:
@@ -273,6 +459,22 @@ def _open_state(args: argparse.Namespace) -> tuple[Path, dict]:
 
 def run(args: argparse.Namespace) -> int:
     con = Console(highlight=False)
+    # SIGTERM (kill, systemd, a CI timeout) and SIGHUP (the terminal closed) stop the demo the way Ctrl+C does:
+    # the daemon checkpoints its stage and stops it, the sim stops, the state dir stays resumable.
+    main_thread = threading.current_thread() is threading.main_thread()  # only it may set signal handlers
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, *STOP_SIGNALS)} if main_thread else {}
+    for s in previous:
+        if s != signal.SIGINT:
+            signal.signal(s, _raise_stopped)
+    try:
+        return _run(args, con, main_thread)
+    finally:
+        for s, handler in previous.items():
+            if handler is not None:  # None: set outside Python; nothing to put back
+                signal.signal(s, handler)
+
+
+def _run(args: argparse.Namespace, con: Console, main_thread: bool) -> int:
     resuming = bool(getattr(args, "resume", None))
     state, meta = _open_state(args)
     quick, scenario = bool(meta["quick"]), str(meta["scenario"])
@@ -282,7 +484,7 @@ def run(args: argparse.Namespace) -> int:
     procs: list[subprocess.Popen] = []
     finished = False
     con.rule("[bold]pr1 demo" + (" (quick)" if quick else "") + (" — resumed" if resuming else ""))
-    con.print(f"state dir: {state}")
+    con.print(f"state dir: {state}", soft_wrap=True)
     try:
         # 1. the agent's model, and where the platform and the daemon find it
         base, boot = ensure_base_model(con)
@@ -297,7 +499,8 @@ def run(args: argparse.Namespace) -> int:
         sim_cmd = [str(BIN / "pr1d"), "sim", "--port", "0", "--port-file", str(port_file), "--scenario",
                    scenario, "--time-scale", "0", "--grade-with-model", "--model-dir",
                    f"{BASE_MODEL_NAME}={agent_base}", "--models-root", str(state / "models")]
-        sim = subprocess.Popen(sim_cmd, stdout=subprocess.DEVNULL, stderr=open(logs / "sim.log", "ab"), env=env)
+        sim = subprocess.Popen(sim_cmd, stdout=subprocess.DEVNULL, stderr=open(logs / "sim.log", "ab"), env=env,
+                               preexec_fn=_stop_with_parent)
         procs.append(sim)
         _wait_file(port_file, sim, "pr1d sim")
         url = f"http://127.0.0.1:{int(port_file.read_text())}"
@@ -306,7 +509,7 @@ def run(args: argparse.Namespace) -> int:
             # holds rebuilds the same history (same ids, same grades), and the daemon's cursors carry on.
             seen = _evaluations_in_ledger(state)
             if seen:
-                with con.status(f"replaying the platform's {seen} evaluations so far"):
+                with _status(con, f"replaying the platform's {seen} evaluations so far"):
                     _tick(url, seen)
         con.print(f"[green]✓[/] pr1d sim on {url} (scenario {scenario}, graded by the agent's model)")
         # 3. the daemon: built-in defaults plus demo.toml; only the sim's address comes from the environment
@@ -316,70 +519,85 @@ def run(args: argparse.Namespace) -> int:
         serve_cmd = [str(BIN / "pr1d"), "serve", "--state-dir", str(state), "--config", str(cfg_path)]
         (state / "resume.sh").write_text(
             "#!/bin/sh\n# Resume this demo: the sim (replayed to where it stopped) and `pr1d serve --state-dir` on it\n"
-            f"exec {BIN / 'pr1d'} demo --resume {state} \"$@\"\n")
-        (logs / "sim.cmd").write_text(" ".join(sim_cmd) + "\n")
-        (logs / "serve.cmd").write_text(f"PR1_SCORING__BASE_URL={url} PR1_NO_SYSTEM_CONFIG=1 {' '.join(serve_cmd)}\n")
+            f"exec {shlex.quote(str(BIN / 'pr1d'))} demo --resume {shlex.quote(str(state))} \"$@\"\n")
+        (logs / "sim.cmd").write_text(shlex.join(sim_cmd) + "\n")
+        (logs / "serve.cmd").write_text(f"PR1_SCORING__BASE_URL={url} PR1_NO_SYSTEM_CONFIG=1 {shlex.join(serve_cmd)}\n")
         daemon = subprocess.Popen(serve_cmd, stdout=subprocess.DEVNULL, stderr=open(logs / "daemon.log", "ab"),
-                                  env=denv)
+                                  env=denv, preexec_fn=_stop_with_parent)
         procs.append(daemon)
         _wait_file(sock, daemon, "pr1d serve")
-        con.print(f"[green]✓[/] pr1d serve (pid {daemon.pid}), socket {sock}")
-        # 4. the platform grades the agent; the daemon polls and evaluates the signals
-        fired = _triggers(sock) if resuming else []
-        if fired:
-            con.print(f"[green]✓[/] resuming run {fired[-1].get('run_id')} (triggered before the interruption)")
-        else:
-            fired = _watch_until_trigger(con, url, sock)
-            _show_trigger(con, fired)
+        con.print(f"[green]✓[/] pr1d serve (pid {daemon.pid}), socket {sock}", soft_wrap=True)
+        fired: list[dict] = []
         decided: dict | None = None
-        if args.until == "decision" and fired and fired[-1].get("run_id"):
-            decided = _follow_run(con, sock, fired[-1]["run_id"])
-            _show_decision(con, decided, sock)
+        if args.until == "ready":
+            # One poll, no grading: the daemon learns the platform's agents, so `pr1ctl trigger` can name them.
+            agents = _first_poll(sock)
+            con.print(f"[green]✓[/] pr1d knows the platform's agents: {', '.join(agents) or 'none'}")
+        else:
+            # 4. the platform grades the agent; the daemon polls and evaluates the signals
+            fired = _triggers(sock) if resuming else []
+            if fired:
+                con.print(f"[green]✓[/] resuming run {fired[-1].get('run_id')} (triggered before the interruption)")
+            else:
+                fired = _watch_until_trigger(con, url, sock)
+                _show_trigger(con, fired)
+            if args.until == "decision" and fired and fired[-1].get("run_id"):
+                decided = _follow_run(con, sock, fired[-1]["run_id"])
+                _show_decision(con, decided, sock)
         took = time.monotonic() - t0
         con.print(f"\ndemo took {took:.0f}s after the base model"
                   + ("" if boot.get("cached") else f" (+{boot['bootstrap_s']:.0f}s bootstrapping it, first run only)"))
         con.rule("[bold]next")
-        con.print(f"  pr1ctl --socket {sock} status", soft_wrap=True)
-        if decided and decided["state"] == "awaiting_approval":
-            con.print(f"  pr1ctl --socket {sock} backtest {decided['id']}", soft_wrap=True)
-            # An inconclusive gate is approved only deliberately (pr1d refuses the plain command).
-            from .rpc.schema import gate_inconclusive
-
-            accept = " --accept-inconclusive" if gate_inconclusive(decided.get("gate")) else ""
-            con.print(f"  pr1ctl --socket {sock} approve {decided['id']}{accept} --reason 'demo: gate passed'",
-                      soft_wrap=True)
-            con.print(f"  pr1ctl --socket {sock} rollback {decided['agent_id']} --reason 'demo: back to the base'", soft_wrap=True)
-        con.print(f"  pr1tui --socket {sock}", soft_wrap=True)
+        run_id = fired[-1].get("run_id") if fired else None
+        for cmd in next_commands(sock, until=args.until, run_id=run_id, decided=decided):
+            con.print(f"  {cmd}", soft_wrap=True, markup=False, highlight=False)
         if args.exit_when_done:
             finished = True
-            ok = bool(fired) and (args.until == "trigger" or (decided or {}).get("state") in TERMINAL)
+            ok = args.until == "ready" or (bool(fired) and (args.until == "trigger"
+                                                            or (decided or {}).get("state") in TERMINAL))
             return 0 if ok else 1
-        con.print("\nThe sim and the daemon keep running; Ctrl+C stops them "
-                  f"(the state stays in {state}; resume with: pr1d demo --resume {state}).")
+        con.print("\nThe sim and the daemon keep running; Ctrl+C (or SIGTERM) stops them "
+                  f"(the state stays in {state}; resume with: {_resume_command(state)}).", soft_wrap=True)
         try:
             while all(p.poll() is None for p in procs):
                 time.sleep(0.5)
-        except KeyboardInterrupt:
-            pass
-        return 0
-    except KeyboardInterrupt:
-        con.print("\n[yellow]interrupted[/]: stopping the daemon (its stage checkpoints and is resumed later) "
-                  "and the sim")
-        return 130
+        except KeyboardInterrupt as e:
+            con.print(f"\nstopping the daemon and the sim ({_signal_name(e)})")
+            return 0
+        gone = next(p for p in procs if p.poll() is not None)
+        con.print(f"[red]{'pr1d sim' if gone is sim else 'pr1d serve'} exited with {gone.returncode}[/]; "
+                  f"its log is in {logs}", soft_wrap=True)
+        return 1
+    except KeyboardInterrupt as e:
+        con.print(f"\n[yellow]interrupted[/] ({_signal_name(e)}): stopping the daemon (its stage checkpoints and "
+                  "is resumed later) and the sim")
+        return 128 + getattr(e, "signum", signal.SIGINT)
     finally:
+        # A second Ctrl+C or SIGTERM must not cut this short: the children would outlive the demo.
+        # (run() puts the caller's handlers back.)
+        if main_thread:
+            for s in (signal.SIGINT, *STOP_SIGNALS):
+                signal.signal(s, signal.SIG_IGN)
         for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(60)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            _stop(p)
         # Only a demo that ran to the end on its own (--exit-when-done) in a temporary dir cleans up: an
         # interrupted one keeps everything, so `pr1d demo --resume` can carry on where it stopped.
         if finished and not (args.keep or args.state_dir or resuming):
             shutil.rmtree(state, ignore_errors=True)
         else:
-            con.print(f"state kept in {state}; resume with: pr1d demo --resume {state}", soft_wrap=True)
+            con.print(f"state kept in {state}; resume with: {_resume_command(state)}", soft_wrap=True)
+
+
+def _signal_name(e: BaseException) -> str:
+    return signal.Signals(e.signum).name if isinstance(e, Stopped) else "Ctrl+C"
+
+
+def _first_poll(sock: Path) -> list[str]:
+    from .rpc.client import Client
+
+    with Client(sock, timeout=60) as c:
+        c.call("monitor.poll")
+        return [a["id"] for a in c.call("agents.list")]
 
 
 def _triggers(sock: Path) -> list[dict]:
@@ -394,9 +612,9 @@ def _watch_until_trigger(con: Console, url: str, sock: Path) -> list[dict]:
 
     step, steps = 25, 24
     fired: list[dict] = []
-    with Client(sock, timeout=600) as c, Progress(
-        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} evaluations"),
-        TimeElapsedColumn(), console=con,
+    with Client(sock, timeout=600) as c, _progress(
+        con, TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} evaluations"),
+        TimeElapsedColumn(), unit=" evaluations",
     ) as bar:
         task = bar.add_task("the platform grades the agent with its model; pr1d polls", total=step * steps)
         for _ in range(steps):
@@ -453,9 +671,9 @@ def _follow_run(con: Console, sock: Path, run_id: int) -> dict:
     con.rule(f"[bold]run {run_id}: the Parallel-R1 curriculum")
     bars: dict[str, TaskID] = {}
     current: str | None = None
-    with Client(sock, timeout=None) as c, Progress(
-        TextColumn("{task.description:<28}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=con,
+    with Client(sock, timeout=None) as c, _progress(
+        con, TextColumn("{task.description:<28}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(), TimeRemainingColumn(),
     ) as bar:
         c.call("events.subscribe", topics=["run", "stage", "progress"], run=run_id)
         detail = c.call("runs.show", run=run_id)

@@ -11,7 +11,8 @@ KPIs, per agent and version:
 * per agent: ``runs``, ``promotions``, ``rollbacks`` and whether a profile push is pending.
 
 They go out three ways: :func:`compute_kpis` (the socket API returns it), :func:`render_metrics`
-served by :func:`start_metrics_server` on ``/metrics`` (127.0.0.1 by default), and
+served by :func:`start_metrics_server` on ``/metrics`` (127.0.0.1 by default; the daemon's own
+``pr1d_*`` health follows them there, pr1d/daemon/metrics.py), and
 :func:`push_to_selector` (the agent selector's endpoint, when configured). :func:`escalations` turns
 configured thresholds into alerts for status and the console.
 """
@@ -246,10 +247,16 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class MetricsServer:
-    """A minimal HTTP/1.1 server for ``GET /metrics`` on the daemon's loop (no web framework loaded)."""
+    """A minimal HTTP/1.1 server for ``GET /metrics`` on the daemon's loop (no web framework loaded).
 
-    def __init__(self, get_kpis: Callable[[], dict | Awaitable[dict]]):
+    The body is the KPIs, then whatever ``extra()`` renders (the daemon's own metrics,
+    pr1d/daemon/metrics.py): one scrape target carries both.
+    """
+
+    def __init__(self, get_kpis: Callable[[], dict | Awaitable[dict]],
+                 extra: Callable[[], bytes | Awaitable[bytes]] | None = None):
         self.get_kpis = get_kpis
+        self.extra = extra
         self._server: asyncio.Server | None = None
         self._cache: tuple[Any, bytes] | None = None
         self.host, self.port = "", 0
@@ -261,7 +268,12 @@ class MetricsServer:
         key = (id(kpis), kpis.get("generated_at"))
         if self._cache is None or self._cache[0] != key:  # re-render only when the snapshot changed
             self._cache = (key, render_metrics(kpis))
-        return self._cache[1]
+        if self.extra is None:
+            return self._cache[1]
+        more = self.extra()  # never cached: the daemon's counters move between two scrapes
+        if inspect.isawaitable(more):
+            more = await more
+        return self._cache[1] + more
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -307,13 +319,15 @@ class MetricsServer:
 
 
 async def start_metrics_server(get_kpis: Callable[[], dict | Awaitable[dict]], host: str = "127.0.0.1",
-                               port: int = 9464) -> MetricsServer:
-    """Serve ``GET /metrics`` from ``get_kpis()`` (a snapshot dict, or a coroutine returning one).
+                               port: int = 9464,
+                               extra: Callable[[], bytes | Awaitable[bytes]] | None = None) -> MetricsServer:
+    """Serve ``GET /metrics`` from ``get_kpis()`` (a snapshot dict, or a coroutine returning one), followed by
+    ``extra()`` (Prometheus text, or a coroutine returning it) when given.
 
     Returns the server (``.port`` is the bound port, useful with 0); ``await server.close()`` stops it.
     Raises OSError when the address is taken: the caller reports it and keeps running without /metrics.
     """
-    return await MetricsServer(get_kpis).start(host, port)
+    return await MetricsServer(get_kpis, extra).start(host, port)
 
 
 # -- the selector push and escalation ------------------------------------------------------------------
@@ -394,10 +408,12 @@ class ParallelScoreboard:
     """
 
     def __init__(self, ledger: Ledger, cfg: ScoreboardConfig | None = None,
-                 publish: Callable[..., None] | None = None):
+                 publish: Callable[..., None] | None = None,
+                 extra_metrics: Callable[[], bytes | Awaitable[bytes]] | None = None):
         self.ledger = ledger
         self.cfg = cfg or ScoreboardConfig()
         self._publish = publish or (lambda *a, **k: None)
+        self._extra_metrics = extra_metrics  # served on /metrics after the KPIs (the daemon's own metrics)
         self.kpis: dict[str, Any] = {"generated_at": None, "agents": {}}
         self.alerts: list[dict] = []
         self.server: MetricsServer | None = None
@@ -410,7 +426,7 @@ class ParallelScoreboard:
         if self.cfg.metrics_enabled:
             try:
                 self.server = await start_metrics_server(lambda: self.kpis, self.cfg.metrics_bind,
-                                                         self.cfg.metrics_port)
+                                                         self.cfg.metrics_port, extra=self._extra_metrics)
             except OSError as e:
                 self.metrics_error = f"cannot listen on {self.cfg.metrics_bind}:{self.cfg.metrics_port}: {e.strerror or e}"
 

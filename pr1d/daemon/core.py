@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +31,7 @@ from ..rpc import schema
 from ..rpc.auth import RoleResolver
 from ..rpc.schema import RpcError
 from ..rpc.server import Connection, RpcServer
-from . import jobs, systemd
+from . import jobs, metrics, systemd
 from .lock import StateLock
 
 log = logging.getLogger("pr1d")
@@ -60,7 +61,9 @@ class Daemon:
         self.poller: Any = None  # pr1d.monitor.poller.Poller when monitor.enabled
         self.registry: Any = None  # pr1d.registry.service.RegistryService
         self.scoreboard: Any = None  # pr1d.scoreboard.ParallelScoreboard
+        self.notifier: Any = None  # pr1d.notify.Notifier: [notify] webhooks
         self._poll_lock = asyncio.Lock()
+        self.metrics = metrics.DaemonMetrics()  # the daemon's own health on /metrics (pr1d/daemon/metrics.py)
 
     # == start ====================================================================================
     async def run(self) -> int:
@@ -81,16 +84,19 @@ class Daemon:
             from ..monitor.poller import Poller
 
             self.poller = Poller(self.cfg.scoring, self.cfg.scoring_token())
+        from ..notify import Notifier
         from ..registry.service import RegistryService
         from ..scoreboard import ParallelScoreboard
 
+        self.notifier = Notifier(self.cfg.notify).start()  # before the registry: its start may already page
         # Reconcile pointers with the ledger (the source of truth) and resume pending profile pushes.
         self.registry = RegistryService(
             self.ledger, self.state_dir, registry=self.cfg.registry, approvals=self.cfg.approvals,
             watch=self.cfg.watch, agent_manager_url=self.cfg.scoring.base_url, token=self.cfg.scoring_token(),
-            db_call=self.db_call, publish=self.publish)
+            db_call=self.db_call, publish=self.publish, notify=lambda ev: self.notifier.notify(ev))
         await self.registry.start()
-        self.scoreboard = ParallelScoreboard(self.ledger, self.cfg.scoreboard, publish=self.publish)
+        self.scoreboard = ParallelScoreboard(self.ledger, self.cfg.scoreboard, publish=self.publish,
+                                             extra_metrics=functools.partial(metrics.scrape, self))
         await self.scoreboard.start()
         self.server = RpcServer(self.cfg.socket(), self.cfg.rpc, RoleResolver(self.cfg.auth), self._handlers())
         await self.server.start()
@@ -185,6 +191,7 @@ class Daemon:
     # == serve: the run dispatcher ================================================================
     async def _dispatch_loop(self) -> None:
         while not self.stopping.is_set():
+            self.metrics.tick()  # pr1d_loop_tick_age_seconds: a dispatcher that stops turning shows there
             started = await self._start_queued()
             if self.burst and not self.run_tasks and not started:
                 if not await self.db("runs_by_state", RunState.queued):
@@ -225,6 +232,8 @@ class Daemon:
                                            "state": st["state"], "error": None}, run_id)
         self.publish("run", {"run": run_id, "agent": run["agent_id"], "state": run["state"], "reason": reason,
                              "actor": actor, "kind": run["kind"]}, run_id)
+        if self.notifier is not None:
+            self.notifier.run_changed(run, reason)  # awaiting approval, failed: page (in the background)
         return run
 
     async def _set_stage(self, run_id: int, stage: dict, dst: str, reason: str | None = None, **fields: Any) -> dict:
@@ -342,6 +351,7 @@ class Daemon:
         proc = StageProcess(spec, functools.partial(self._on_event, run_id, stage["id"]),
                             heartbeat_timeout_s=d.heartbeat_timeout_s, stop_grace_s=d.stop_grace_s,
                             python=d.worker_python, launcher=d.launcher, accelerate_config=d.accelerate_config)
+        t_start = time.monotonic()
         await proc.start()
         self.stage_procs[run_id] = proc
         await self._set_stage(run_id, stage, StageState.running,
@@ -362,6 +372,7 @@ class Daemon:
                  "cancelled": StageState.cancelled}.get(outcome.state, StageState.failed)
         await self._set_stage(run_id, stage, state, outcome.error, exit_code=outcome.exit_code,
                               error=outcome.error, result=outcome.result)
+        self.metrics.stage_finished(stage["name"], state, time.monotonic() - t_start)
         # A failed stage is a warning so that `journalctl -p warning` shows it; the others are routine.
         log.log(logging.WARNING if state == StageState.failed else logging.INFO, "run %s stage %s: %s%s", run_id,
                 stage["name"], outcome.state, f" ({outcome.error})" if outcome.error else "",
@@ -436,6 +447,7 @@ class Daemon:
             except PollError as e:
                 report.update(ok=False, error=str(e), duration_s=round(time.monotonic() - t0, 3))
                 self.poller.last_cycle = report
+                self.metrics.poll_cycle(report)
                 log.warning("poll cycle skipped: %s", e)
                 return report
             await self.db("upsert_agents", agents)
@@ -505,6 +517,7 @@ class Daemon:
                 evaluate_s=round(t_eval, 3), cpu_s=round(time.process_time() - cpu0, 3),
             )
             self.poller.last_cycle = report
+            self.metrics.poll_cycle(report)
             self.publish("agent", {"kind": "poll", "agents": len(agents), "inserted": inserted})
             return report
 
@@ -574,6 +587,8 @@ class Daemon:
             await self.scoreboard.close()
         if self.registry is not None:
             await self.registry.close()
+        if self.notifier is not None:
+            await self.notifier.close()  # last: what the shutdown itself raised still gets sent, briefly
         if self.ledger is not None:
             await self.db_call(self.ledger.close)
         log.info("pr1d stopped")
@@ -597,6 +612,8 @@ class Daemon:
             self.registry.update_config(registry=new.registry, approvals=new.approvals, watch=new.watch)
         if self.scoreboard is not None:
             self.scoreboard.cfg = new.scoreboard
+        if self.notifier is not None:
+            self.notifier = self.notifier.reconfigured(new.notify)
         log.info("config reloaded")
         systemd.notify("STATUS=config reloaded")
 
@@ -612,12 +629,16 @@ class Daemon:
             "events.subscribe": self.h_subscribe, "events.unsubscribe": self.h_unsubscribe,
             "ledger.backup": self.h_backup, "monitor.poll": self.h_poll, "monitor.triggers": self.h_triggers,
             "scoreboard.show": self.h_scoreboard, "ledger.compact": self.h_compact, "kb.ingest": self.h_kb_ingest,
-            "gradebook.sync": self.h_gradebook_sync,
+            "gradebook.sync": self.h_gradebook_sync, "state.backup": self.h_state_backup,
         }
         return {k: _mapped_errors(v) for k, v in names.items()}
 
     async def h_status(self, conn: Connection, p: Any) -> dict:
-        counts = await self.db("count_runs_by_state")
+        # One hop off the loop and off the ledger thread (WAL reads beside its writes), so status never waits
+        # for a poll cycle's ingest; cheap because the ledger's triggers keep the run counts and the registry
+        # part is cached until the registry changes (docs/architecture.md, "Status at fleet scale").
+        counts, registry = await asyncio.to_thread(
+            lambda: (self.ledger.count_runs_by_state(), self.registry.status_now() if self.registry else None))
         jobs_out = []
         if self.scheduler is not None:
             for j in self.scheduler.get_jobs():
@@ -631,9 +652,10 @@ class Daemon:
             "scheduler_jobs": jobs_out, "burst": self.burst, "stopping": self.stopping.is_set(),
             "config_reload_error": self.reload_error,
             "clients": len(self.server.conns) if self.server else 0,
-            "registry": await self.registry.status() if self.registry else None,
+            "registry": registry,
             "scoreboard": {"alerts": self.scoreboard.alerts, **self.scoreboard.snapshot()["metrics"]}
             if self.scoreboard else None,
+            "notify": self.notifier.stats() if self.notifier else None,
             "monitor": {
                 "enabled": self.poller is not None,
                 "scoring_url": self.cfg.scoring.base_url,
@@ -668,7 +690,11 @@ class Daemon:
                              before_id=p.before_id)
 
     async def h_show(self, conn: Connection, p: Any) -> dict:
-        return await self.db("run_detail", p.run)
+        run = await self.db("run_detail", p.run)
+        # Why the run exists, with the numbers: the monitor's trigger row (None for a manual run).
+        run["trigger"] = (await self.db_call(store.trigger, self.ledger, run["trigger_id"])
+                          if run.get("trigger_id") is not None else None)
+        return run
 
     async def h_metrics(self, conn: Connection, p: Any) -> list[dict]:
         return await self.db("metrics", p.run)
@@ -815,6 +841,32 @@ class Daemon:
         out = await self.db("backup", dest)
         await self.db("audit", conn.user, "backup", "ledger", "ledger", details={"path": str(out)})
         return {"path": str(out), "bytes": out.stat().st_size}
+
+    async def h_state_backup(self, conn: Connection, p: Any) -> dict:
+        """`pr1ctl backup DIR`: the whole state, online; pr1d/backup.py says what goes in and why it is consistent."""
+        from .. import backup
+
+        dest = Path(p.path)
+        if not dest.is_absolute():
+            raise RpcError(schema.INVALID_PARAMS, "backup folder must be absolute (it is written by the daemon)")
+        layout = backup.Layout.from_config(self.cfg, self.state_dir)
+        try:
+            created = await asyncio.to_thread(backup.prepare_destination, dest, layout)
+        except (backup.BackupError, OSError) as e:
+            raise RpcError(schema.CONFLICT, str(e)) from None
+        try:
+            # The ledger first, on its own thread (its only writer): the snapshot everything else is chosen from.
+            await self.db("backup", dest / "ledger.sqlite")
+            out = await asyncio.to_thread(backup.complete_backup, dest, layout, version=__version__, actor=conn.user,
+                                          max_run_file_bytes=p.max_run_file_mb << 20)
+        except BaseException as e:
+            await asyncio.to_thread(backup.discard, dest, created)  # never leave a backup that looks whole
+            if isinstance(e, backup.BackupError | OSError | sqlite3.Error):
+                raise RpcError(schema.INTERNAL_ERROR, f"backup to {dest} failed (removed again): {e}") from None
+            raise
+        await self.db("audit", conn.user, "backup", "state", str(self.state_dir), details=out)
+        log.info("state backed up by %s to %s: %s files, %s bytes", conn.user, dest, out["files"], out["bytes"])
+        return out
 
 
 def _mapped_errors(fn: Callable) -> Callable:

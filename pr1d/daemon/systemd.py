@@ -54,7 +54,7 @@ async def watchdog_loop(healthy: callable) -> None:
 SD_CRIT, SD_ERR, SD_WARNING, SD_INFO, SD_DEBUG = 2, 3, 4, 6, 7
 # Record attributes (passed as `log.x(..., extra={"run": 7})`) printed as key=value after the message,
 # so `journalctl -u pr1d | grep run=7` finds every line about run 7.
-LOG_FIELDS = ("run", "stage", "agent", "trigger")
+LOG_FIELDS = ("run", "stage", "agent", "trigger", "webhook", "event")  # webhook, event: pr1d.notify
 
 
 def sd_priority(levelno: int) -> int:

@@ -125,15 +125,18 @@ class ProfileSync:
 
     ``db_call(fn, *args)`` runs a ledger function where the daemon runs them (its ledger thread);
     by default ``asyncio.to_thread``. Pushes of one agent never overlap (an asyncio lock per agent),
-    so an older profile can never arrive after a newer one.
+    so an older profile can never arrive after a newer one. ``on_failure`` is awaited after each failed
+    push with ``{agent, deployment, version, attempts, error}`` (attempts: this deployment's failures so far).
     """
 
     def __init__(self, ledger: Ledger, pusher: Any, cfg: RegistryConfig | None = None,
-                 db_call: DbCall | None = None, concurrency: int = 16):
+                 db_call: DbCall | None = None, concurrency: int = 16,
+                 on_failure: Callable[[dict], Awaitable[None]] | None = None):
         self.ledger = ledger
         self.pusher = pusher
         self.cfg = cfg or RegistryConfig()
         self._db: DbCall = db_call or (lambda fn, *a, **k: asyncio.to_thread(fn, *a, **k))
+        self.on_failure = on_failure
         self._locks: dict[str, asyncio.Lock] = {}
         self._sem = asyncio.Semaphore(concurrency)
 
@@ -154,6 +157,10 @@ class ProfileSync:
                     await self.pusher.push(agent_id, p["body"])
                 except PushError as e:
                     await self._db(record_push_failure, self.ledger, p["deployment"], str(e))
+                    if self.on_failure is not None:
+                        await self.on_failure({"agent": agent_id, "deployment": p["deployment"],
+                                               "version": p["version"], "attempts": p["attempts"] + 1,
+                                               "error": str(e)})
                     return {"agent": agent_id, "state": "pending", "pushed": pushed, "error": str(e),
                             "deployment": p["deployment"]}
                 await self._db(mark_pushed, self.ledger, p["deployment"])

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from ..ledger.store import Ledger
+from ..notify import drift_event, push_failing_event, rollback_event, sparse_repeat
 from . import approvals as _approvals
 from . import deploy as _deploy
 from .push import AsyncHttpPusher, ProfileSync
-from .status import registry_status
+from .status import RegistryStatusCache
 from .tables import ensure_schema
 from .watch import WatchConfig, check_watches
 
@@ -39,19 +40,22 @@ class RegistryService:
         token: str | None = None,
         db_call: Callable[..., Awaitable[Any]] | None = None,
         publish: Callable[..., None] | None = None,
+        notify: Callable[[Any], None] | None = None,
     ):
         self.ledger = ledger
         self.registry, self.approvals, self.watch = registry, approvals, watch
         self.models_root = _deploy.models_root(registry, state_dir)
         self._db = db_call or (lambda fn, *a, **k: asyncio.to_thread(fn, *a, **k))
         self._publish = publish or (lambda *a, **k: None)
+        self._notify = notify or (lambda ev: None)  # pr1d.notify.Notifier.notify: pages a person
         self.pusher = AsyncHttpPusher(registry.agent_manager_url or agent_manager_url, token, registry.push_timeout_s)
-        self.sync = ProfileSync(ledger, self.pusher, registry, self._db)
+        self.sync = ProfileSync(ledger, self.pusher, registry, self._db, on_failure=self._push_failed)
         self._start_task: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
         self._repushes: dict[int, int] = {}  # deployment -> pushes made again after drift (this process)
         self._drift_warned: dict[str, tuple] = {}  # agent -> the drift last warned about (warn once)
         self.drift: dict[str, dict] = {}  # agents drifted and not pushed again, for status
+        self._status = RegistryStatusCache()
 
     # -- life cycle -----------------------------------------------------------------------------------
     async def start(self) -> dict:
@@ -102,6 +106,7 @@ class RegistryService:
         if dep["run_id"] is not None:
             self._publish("run", {"run": dep["run_id"], "agent": agent_id, "state": "rolled_back", "actor": user,
                                   "reason": reason}, dep["run_id"])
+        self._notify(rollback_event(agent_id, dep, user, reason))
         push = await self.push_now(agent_id)
         return {"deployment": await self._db(_deploy.deployment_info, self.ledger, dep["id"]), "push": push}
 
@@ -109,8 +114,14 @@ class RegistryService:
         return await self._db(_deploy.deployment_history, self.ledger, agent_id, limit)
 
     async def status(self) -> dict:
-        st = await self._db(registry_status, self.ledger, self.approvals, self.registry)
-        for d in self.drift.values():
+        # Off the ledger thread (a WAL read beside its writes): status must not wait for a poll cycle's ingest.
+        return await asyncio.to_thread(self.status_now)
+
+    def status_now(self) -> dict:
+        """:meth:`status` on the calling thread (not the event loop: it may read the ledger), for a caller
+        that makes one hop for several reads (the daemon's status)."""
+        st = self._status.get(self.ledger, self.approvals, self.registry)
+        for d in list(self.drift.values()):
             st["alerts"].append({"kind": "agent_manager_drift", "agent": d["agent"], "deployment": d["deployment"],
                                  "message": f"{d['message']}; not pushing it again ({d['why']})"})
         return st
@@ -137,6 +148,7 @@ class RegistryService:
                 log.warning("%s: pushing it again", what)
                 self._publish("alert", {"kind": "agent_manager_drift", "agent": d["agent"],
                                         "deployment": d["deployment"], "action": "repush", "message": what})
+                self._notify(drift_event(d, what, "repush", await self._deployment_run(d["deployment"])))
                 out.append(d | {"action_taken": "repush", "message": what})
                 continue
             why = ("registry.repush_on_drift = false" if not self.registry.repush_on_drift else
@@ -147,6 +159,8 @@ class RegistryService:
                 log.warning("%s; not pushing it again (%s)", what, why)
                 self._publish("alert", {"kind": "agent_manager_drift", "agent": d["agent"],
                                         "deployment": d["deployment"], "action": "warn", "message": what})
+                self._notify(drift_event(d, f"{what}; not pushing it again ({why})", "warn",
+                                         await self._deployment_run(d["deployment"])))
             out.append(d | {"action_taken": "warn", "why": why, "message": what})
         self.drift = {d["agent"]: d for d in out if d["action_taken"] == "warn"}
         again = [d["agent"] for d in out if d["action_taken"] == "repush"]
@@ -185,6 +199,21 @@ class RegistryService:
         outs = list(await asyncio.gather(*(self.sync.sync_agent(a) for a in agents)))
         self._publish_pushed(outs)
         return outs
+
+    async def _push_failed(self, failure: dict) -> None:
+        """ProfileSync's on_failure: page on a deployment's 1st, 2nd, 4th... failed push (never at every retry)."""
+        if not sparse_repeat(failure["attempts"]):
+            return
+        try:
+            run = await self._deployment_run(failure["deployment"])
+        except Exception:  # paging without the run beats not paging
+            log.exception("push failure of deployment %s: run lookup failed", failure["deployment"])
+            run = None
+        self._notify(push_failing_event(failure, run))
+
+    async def _deployment_run(self, deployment_id: int) -> int | None:
+        """The run a deployment came from (None for an agent's initial version), for the page's command."""
+        return (await self._db(_deploy.deployment_info, self.ledger, deployment_id)).get("run_id")
 
     def _publish_pushed(self, outs: list[dict]) -> None:
         for o in outs:

@@ -127,6 +127,11 @@ class BackupParams(_Params):
     path: str = Field(min_length=1, max_length=4096)
 
 
+class StateBackupParams(_Params):
+    path: str = Field(min_length=1, max_length=4096)
+    max_run_file_mb: int = Field(64, ge=0, le=1 << 20)  # run files above this stay out (listed as skipped)
+
+
 class AuditParams(_Params):
     entity: str | None = None
     entity_id: str | None = None
@@ -164,6 +169,8 @@ METHODS: dict[str, MethodSpec] = {
     "events.subscribe": MethodSpec(params=SubscribeParams, role="reader", doc="Push events on this connection."),
     "events.unsubscribe": MethodSpec(params=NoParams, role="reader", doc="Stop pushing events."),
     "ledger.backup": MethodSpec(params=BackupParams, role="operator", doc="Online backup of the ledger."),
+    "state.backup": MethodSpec(params=StateBackupParams, role="operator",
+                               doc="Online backup of the whole state into an empty folder, with MANIFEST.json."),
     "kb.ingest": MethodSpec(params=BackupParams, role="operator",
                             doc="Load documents at `path` into the knowledge base (runs as a stage worker)."),
     "gradebook.sync": MethodSpec(params=NoParams, role="operator", doc="Sync the local gradebook copy now."),

@@ -16,6 +16,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.coordinate import Coordinate
 from textual.timer import Timer
 from textual.widgets import DataTable, Static
 
@@ -90,6 +91,7 @@ class DashboardScreen(Pr1Screen):
         table.add_column("progress", key="progress", width=PROGRESS_WIDTH)
         table.add_column("version", key="version")
         self.watch(table, "scroll_y", self._scrolled, init=False)
+        self.watch(table, "hover_coordinate", self._hovered, init=False)
         super().on_mount()
 
     # -- data -------------------------------------------------------------------------------------
@@ -231,6 +233,12 @@ class DashboardScreen(Pr1Screen):
             self.scores[agent] = scores
             self._update_rows({agent})
 
+    def _hovered(self, where: Coordinate) -> None:
+        """The signals legend as the tooltip of the signals column (its header and cells), nowhere else."""
+        table = self.query_one("#agents", DataTable)
+        on_signals = table.ordered_columns[where.column].key == "signals" if where.column < len(table.columns) else False
+        table.tooltip = signals_legend() if on_signals else None
+
     def _scrolled(self) -> None:
         if self._scroll_timer is not None:
             self._scroll_timer.stop()
@@ -329,13 +337,12 @@ class DashboardScreen(Pr1Screen):
                 out.append(state_text(state))
         if s.get("config_reload_error"):
             out.append(f"\nconfig reload refused: {one_line(s['config_reload_error'], 200)}", style="yellow")
-        # One line per alert, cut to the width rather than wrapped: the panel stays a fixed few lines.
+        # A few alerts, each wrapped to the panel's width: cut at 80 columns, an alert lost the part that
+        # says what to do (the version, the error). The rest is one "… N more" line.
         lines = alert_lines(s, utc=app.utc, stable=app.stable)
         shown = lines[:MAX_ALERT_LINES]
         if len(lines) > MAX_ALERT_LINES:
             shown.append(Text(f"… {len(lines) - MAX_ALERT_LINES} more (pr1ctl status)", style="dim"))
-        for line in shown:
-            line.no_wrap, line.overflow = True, "ellipsis"
         for health in self.query("#health").results(Static):  # none while the app is closing
             health.update(Group(out, *shown))
 
@@ -428,6 +435,27 @@ SIGNAL_LOOK = {"ok": ("●", "green"), "warn": ("▲", "yellow"), "firing": ("�
 # The monitor's signals (pr1d/monitor/signals.py), in this order, by their initial; any other signal
 # follows under its own initial.
 SIGNAL_ORDER = ("weighted_score", "reliability", "drift", "compliance")
+
+
+# What each state means for the legend (help page and the signals column's tooltip); short enough that
+# the states fit one 80-column line.
+SIGNAL_STATE_WORDS = {"ok": "ok", "warn": "warn: near threshold", "firing": "fired: asks for a run",
+                      "insufficient_data": "no data yet"}
+
+
+def signals_legend() -> Text:
+    """`W weighted score · R reliability · D drift · C compliance` and each glyph's meaning, from the tables
+    the column is drawn with (so the legend cannot drift from the column)."""
+    out = Text("signals ", style="bold")
+    out.append(" · ".join(f"{name[:1].upper()} {name.replace('_', ' ')}" for name in SIGNAL_ORDER))
+    out.append("\n")
+    for i, (state, (glyph, style)) in enumerate(SIGNAL_LOOK.items()):
+        if i:
+            out.append(" · ")
+        out.append(glyph, style=style)
+        out.append(f" {SIGNAL_STATE_WORDS.get(state, state)}")
+    out.append("\nwhy one fired: the run page's Evidence, or `pr1ctl triggers AGENT`", style="dim")
+    return out
 
 
 def signals_text(signals: dict | None) -> Text:

@@ -1,4 +1,5 @@
-"""Help page: every key binding of the console, generated from the classes' BINDINGS (never hand-written)."""
+"""Help page: every key binding of the console, generated from the classes' BINDINGS (never hand-written), and
+the legend of the dashboard's signals column."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from textual.dom import DOMNode
 from textual.widgets import DataTable, Static
 
 from .base import OPERATOR_ACTIONS, Pr1Screen
+from .dashboard import signals_legend
 
 
 def own_bindings(cls: type[DOMNode]) -> list[Binding]:
@@ -60,6 +62,7 @@ class HelpScreen(Pr1Screen):
     def compose_body(self) -> ComposeResult:
         yield Static("Keys — also `:` or ctrl+p for the command palette (every action by name)", classes="info")
         yield DataTable(id="help", cursor_type="row", zebra_stripes=True)
+        yield Static(signals_legend(), id="legend", classes="panel")
 
     def on_mount(self) -> None:
         table = self.query_one("#help", DataTable)

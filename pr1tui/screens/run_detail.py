@@ -16,6 +16,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.timer import Timer
 from textual.widgets import DataTable, Label, Log, OptionList, ProgressBar, Static, TabbedContent, TabPane
 
+from pr1d.explain import run_origin
 from pr1d.rpc.client import AsyncClient, DaemonUnreachable
 from pr1d.rpc.schema import RpcError
 
@@ -28,6 +29,10 @@ from .base import Pr1Screen
 
 CHART_REDRAW_S = 0.25  # metric events can arrive many per second; the chart redraws at most this often
 LOG_LINES = 5000
+# (key, tab id, footer label): free keys on this page (a, c, x, f, q and 1-4 are taken).
+TAB_KEYS = (("o", "tab-overview", "Overview"), ("m", "tab-metrics", "Metrics"), ("l", "tab-logs", "Logs"),
+            ("t", "tab-artifacts", "Artifacts"), ("u", "tab-audit", "Audit"))
+TABS_GROUP = Binding.Group("Tabs", compact=True)
 
 
 class RunDetailScreen(Pr1Screen):
@@ -38,6 +43,10 @@ class RunDetailScreen(Pr1Screen):
         Binding("a", "approve", "Approve"),
         Binding("x", "reject", "Reject"),
         Binding("f", "follow", "Follow log", show=False),
+        # One key per tab (the tab bar needs a mouse or tab-focus otherwise), shown in the footer as one compact
+        # group, `omltu Tabs`, so an 80-column footer still has room for approve, reject, help and quit;
+        # each key's tooltip and the help page name its tab.
+        *(Binding(key, f"show_tab('{tab}')", label, group=TABS_GROUP) for key, tab, label in TAB_KEYS),
     ]
 
     def __init__(self, run_id: int):
@@ -179,17 +188,15 @@ class RunDetailScreen(Pr1Screen):
             self.query_one("#progress-label", Label).update(label)
 
     def _evidence(self) -> Table:
-        """Why this run exists: the trigger's reason and params (signal evidence joins once the monitor does)."""
+        """Why this run exists: the trigger's signal, window and numbers against thresholds (or who queued it
+        by hand), then its params and last metrics."""
         r = self.run
         t = Table.grid(padding=(0, 1))
-        t.add_column(style="bold")
-        t.add_column()
+        t.add_column(style="bold", no_wrap=True)
+        t.add_column(overflow="fold")  # sentences wrap at the page's width rather than run off it
+        for label, text in run_origin(r):
+            t.add_row(label, Text(text, style="bold red") if text.endswith(": FIRED") else text)
         t.add_row("params", json.dumps(r.get("params") or {}, sort_keys=True))
-        if r.get("trigger_id") is not None:
-            t.add_row("trigger", str(r["trigger_id"]))
-        first = next((a for a in (r.get("audit") or []) if a.get("action") == "create"), None)
-        if first is not None:
-            t.add_row("why", one_line(first.get("reason") or "–", 200))
         if r.get("idempotency_key"):
             t.add_row("key", r["idempotency_key"])
         for name, value in sorted((r.get("metrics_last") or {}).items()):
@@ -301,6 +308,9 @@ class RunDetailScreen(Pr1Screen):
 
     def action_back(self) -> None:
         self.app.pop_screen()
+
+    def action_show_tab(self, tab: str) -> None:
+        self.query_one("#tabs", TabbedContent).active = tab
 
     def action_follow(self) -> None:
         log = self.query_one("#log", Log)

@@ -129,7 +129,7 @@ def seed_ledger(state_dir: Path) -> dict[str, int]:
     return ids
 
 
-# Signal states as the monitor leaves them on agent rows (states only: the console shows no evidence).
+# Signal states as the monitor leaves them on agent rows (states only: the evidence lives on trigger rows).
 SIGNALS = {
     "a1": {"weighted_score": {"state": "firing"}, "reliability": {"state": "ok"}, "drift": {"state": "warn"},
            "compliance": {"state": "ok"}},
