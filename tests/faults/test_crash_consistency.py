@@ -180,7 +180,7 @@ class StageKill:
 _SFT = {"max_steps": 12, "checkpoint_every": 3, "batch_size": 4, "eval_per_tier": 0, "cpu": True,
         "max_records": 120, "threads": 1}
 _RL = {"cpu": True, "rl": {"max_steps": 6, "checkpoint_every": 2, "max_completion_length": 20, "eval_per_tier": 2,
-                           "generation_batch": 32, "micro_batch": 32, "threads": 1,
+                           "generation_batch": 32, "micro_batch": 32, "threads": 1, "keep_better": False,
                            "curriculum": {"tiers": ["easy", "medium"], "accuracy_window": 32, "promote_accuracy": 0.5}}}
 _BACKTEST = {"window": 0, "n_per_tier": 3, "batch_size": 3, "max_new_tokens": 24, "critic": False, "threads": 1,
              "cpu": True}
