@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from .rpc.client import Client, DaemonUnreachable, find_socket
-from .rpc.schema import RpcError
+from .rpc.schema import AUDIT_ENTITIES, RUN_KINDS, RUN_STATES, RUNS_LIST_MAX, RpcError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -79,12 +79,14 @@ def cmd_status(c: Client, a: argparse.Namespace, o: Out) -> int:
         o.kv("monitor", [("scoring API", mon.get("scoring_url")),
                          ("last cycle", "never" if not last else
                           (f"ok: {last.get('agents')} agents, {last.get('inserted')} new samples, "
-                           f"{last.get('triggers')} triggers in {last.get('duration_s')} s") if last.get("ok")
+                           f"{last.get('triggers')} triggers in {last.get('duration_s')} s "
+                           f"(http {last.get('http_s')} s)") if last.get("ok")
                           else f"FAILED: {last.get('error')}")])
         if mon.get("endpoints"):
             o.table("scoring API endpoints", ["endpoint", "last success", "failures in a row", "last error"],
                     [[k, _ts(v.get("last_success")), v.get("consecutive_failures"), v.get("last_error")]
                      for k, v in sorted(mon["endpoints"].items())])
+    o.kv("on-call", status_lines(s))
     reg = s.get("registry") or {}
     alerts = [a.get("message", str(a)) for a in reg.get("alerts", [])]
     alerts += [f"{a.get('agent')}: {a.get('kpi')} {a.get('rule')} ({a.get('value')})"
@@ -95,6 +97,28 @@ def cmd_status(c: Client, a: argparse.Namespace, o: Out) -> int:
         o.table("scheduler jobs", ["id", "name", "trigger", "next run"],
                 [[j["id"], j["name"], j["trigger"], j["next_run_time"]] for j in s["scheduler_jobs"]])
     return 0
+
+
+def status_lines(s: dict) -> list[tuple[str, str]]:
+    """The status facts on-call needs beyond the daemon's own (/metrics, pushes, approvals, webhooks), short."""
+    sb = s.get("scoreboard") or {}
+    metrics = (sb.get("url") or (f"not listening: {sb['error']}" if sb.get("error") else "off")) if sb else "off"
+    reg = s.get("registry") or {}
+    pushes = reg.get("pending_pushes") or []
+    approvals = reg.get("approvals") or []
+    hooks = (s.get("notify") or {}).get("webhooks") or []
+    rows = [("/metrics", metrics),
+            ("pending pushes", f"{len(pushes)}" + (": " + ", ".join(sorted({str(p.get("agent")) for p in pushes}))
+                                                  if pushes else "")),
+            ("pending approvals", f"{len(approvals)}" + (": " + ", ".join(f"run {x.get('run')} ({x.get('agent')})"
+                                                                         for x in approvals) if approvals else ""))]
+    if not hooks:
+        rows.append(("webhooks", "none"))
+    for h in hooks:
+        err = f", last error: {h['last_error']}" if h.get("last_error") else ""
+        rows.append((f"webhook {h.get('name')}", f"sent {h.get('sent')}, failed {h.get('failed')}, "
+                     f"dropped {h.get('dropped')}, queued {h.get('queued')}{err}"))
+    return rows
 
 
 def cmd_agents(c: Client, a: argparse.Namespace, o: Out) -> int:
@@ -178,11 +202,17 @@ def cmd_triggers(c: Client, a: argparse.Namespace, o: Out) -> int:
     return 0
 
 
-def _limit(text: str) -> int:
-    n = int(text) if text.strip().isdigit() else 0
-    if not 1 <= n <= 5000:
-        raise argparse.ArgumentTypeError(f"not a limit: {text!r} (expected 1 to 5000)")
-    return n
+def _limit_upto(top: int) -> Any:
+    """An argparse type for a page size of 1 to ``top``: the daemon's bound, so usage errors say it first."""
+    def parse(text: str) -> int:
+        n = int(text) if text.strip().isdigit() else 0
+        if not 1 <= n <= top:
+            raise argparse.ArgumentTypeError(f"not a limit: {text!r} (expected 1 to {top})")
+        return n
+    return parse
+
+
+_limit = _limit_upto(5000)
 
 
 def _stage_note(stage: dict, run_state: str) -> str | None:
@@ -387,10 +417,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("status", cmd_status, "daemon version, pid, uptime, queue, scheduler jobs")
     add("agents", cmd_agents, "agents, holds, current versions, poll health")
     sp = add("runs", cmd_runs, "runs, newest first")
-    sp.add_argument("--state")
+    sp.add_argument("--state", choices=RUN_STATES)
     sp.add_argument("--agent")
-    sp.add_argument("--kind")
-    sp.add_argument("--limit", type=int, default=50)
+    sp.add_argument("--kind", choices=RUN_KINDS)
+    sp.add_argument("--limit", type=_limit_upto(RUNS_LIST_MAX), default=50,
+                    help=f"how many, newest first (1 to {RUNS_LIST_MAX})")
     sp.add_argument("--before", type=int, help="page: runs with id below this")
     sp = add("show", cmd_show, "one run: why it exists (trigger evidence), gate, stages, artifacts, metrics, audit")
     sp.add_argument("run", type=_run_id)
@@ -438,9 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("deployments", cmd_deployments, "deployment history")
     sp.add_argument("agent", nargs="?")
     sp = add("audit", cmd_audit, "audit log")
-    sp.add_argument("--entity")
+    sp.add_argument("--entity", choices=AUDIT_ENTITIES)
     sp.add_argument("--id")
-    sp.add_argument("--limit", type=int, default=100)
+    sp.add_argument("--limit", type=_limit, default=100, help="how many (1 to 5000)")
     add("whoami", _simple("whoami", say=lambda r, a: f"{r['user']} (uid {r['uid']}): {r['role']}"),
         "your Unix user and role as the daemon sees you")
     sp = add("backup", cmd_state_backup, "online backup of the whole state (ledger, jobs, models, run records, KB) "

@@ -65,6 +65,9 @@ def test_json_documents_for_every_read_command(daemon):
 def test_human_tables(daemon):
     out = daemon.ctl("status").stdout
     assert "queue length" in out and "housekeeping" in out
+    # What on-call needs without --json: /metrics, pending pushes and approvals, webhooks.
+    for key in ("/metrics", "pending pushes", "pending approvals", "webhooks"):
+        assert key in out, (key, out)
     assert "a1" in daemon.ctl("agents").stdout
 
 

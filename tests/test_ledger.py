@@ -350,3 +350,69 @@ def test_old_ledgers_stranded_pending_stages_are_repaired_at_start(led):
         assert rows[0]["reason"].startswith(f"run {dst}: ended before this stage ran")
     assert [s["state"] for s in led.stages(live["id"])] == ["succeeded", "pending", "pending", "pending"]
     assert led.skip_stranded_stages() == []  # idempotent: the next start finds nothing
+
+
+# -- backup destinations and compaction figures (on-call fixes) ---------------------------------------
+@pytest.mark.parametrize(("setup", "dest", "expect"), [
+    (None, "new.sqlite", None),
+    (None, "sub/dir/new.sqlite", None),
+    (None, "state/ledger.sqlite", "live ledger"),
+    (None, "state/ledger.sqlite-wal", "live ledger"),
+    (None, "state/ledger.sqlite-shm", "live ledger"),
+    (None, "state/../state/ledger.sqlite", "live ledger"),
+    ("link", "alias/ledger.sqlite", "live ledger"),  # the state dir reached through a symlink
+    ("dir", "taken", "is a directory"),
+    ("file", "taken", "already exists"),
+    ("file", "taken/x.sqlite", "is not a directory"),
+])
+def test_backup_refusal(tmp_path, setup, dest, expect):
+    live = tmp_path / "state" / "ledger.sqlite"
+    live.parent.mkdir()
+    live.write_bytes(b"")
+    if setup == "link":
+        (tmp_path / "alias").symlink_to(tmp_path / "state")
+    elif setup == "dir":
+        (tmp_path / "taken").mkdir()
+    elif setup == "file":
+        (tmp_path / "taken").write_text("old copy")
+    why = store_mod.backup_refusal(tmp_path / dest, live)
+    assert (why is None) if expect is None else (expect in why), why
+
+
+def test_backup_refuses_before_writing_anything(led, tmp_path):
+    (tmp_path / "d").mkdir()
+    for dest in (tmp_path / "d", led.path, tmp_path / "ledger.sqlite-wal"):
+        with pytest.raises(ValueError):
+            led.backup(dest)
+    assert sorted(p.name for p in tmp_path.iterdir() if "partial" in p.name) == []
+    assert list((tmp_path / "d").iterdir()) == []
+    assert led.integrity_check() == "ok"
+
+
+@pytest.mark.parametrize(("files", "expect"), [
+    ({}, 0),
+    ({"": 4096}, 4096),
+    ({"": 4096, "-wal": 163872}, 4096 + 163872),
+    ({"": 4096, "-wal": 0, "-shm": 32768}, 4096),  # -shm is an index, not ledger data
+])
+def test_ledger_bytes_counts_main_file_and_wal(tmp_path, files, expect):
+    path = tmp_path / "l.sqlite"
+    for suffix, size in files.items():
+        path.with_name(path.name + suffix).write_bytes(b"\0" * size)
+    assert store_mod.ledger_bytes(path) == expect
+
+
+def test_compact_compares_like_with_like(tmp_path):
+    led = Ledger(tmp_path / "l.sqlite")
+    led.upsert_agents([{"id": "a1"}])
+    polls = [{"agent_id": "a1", "cursor": "c", "health": {},
+              "samples": [{"eval_id": f"e{i}", "ts": 1000.0 + i, "weighted_score": 0.9, "status": "pass",
+                           "rubric": None, "task_id": None, "tier": None} for i in range(2000)]}]
+    store_mod.ingest_polls(led, polls)
+    wal = led.path.with_name(led.path.name + "-wal")
+    assert wal.stat().st_size > led.path.stat().st_size  # the writes sit in the WAL, not yet checkpointed
+    out = store_mod.compact(led, samples_days=1e6, keep_per_agent=10**6, metrics_days=1e6)
+    assert out["samples_removed"] == 0
+    # Nothing removed and no VACUUM: the ledger cannot have grown (it did, when -wal was left out of "before").
+    assert out["bytes_before"] >= out["bytes_after"] > 0, out
+    led.close()

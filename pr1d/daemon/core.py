@@ -408,17 +408,19 @@ class Daemon:
 
         def drain() -> None:
             nonlocal offset, partial
-            if self.server is None or not self.server.subscribers("log"):
-                return
             try:
                 with open(path, "rb") as f:
                     f.seek(offset)
                     chunk = f.read(1 << 20)
             except FileNotFoundError:
                 return
+            # Advance even while nobody listens: a follower gets the past from runs.logs (the tail),
+            # so pushing from byte 0 to the first subscriber would print the whole log twice.
             offset += len(chunk)
             lines = (partial + chunk).split(b"\n")
             partial = lines.pop()
+            if self.server is None or not self.server.subscribers("log"):
+                return
             for line in lines:
                 self.publish("log", {"run": run_id, "stage": stage, "line": line.decode(errors="replace")}, run_id)
 
@@ -767,6 +769,8 @@ class Daemon:
         return await self.registry.reject(p.run, conn.user, p.reason)
 
     async def h_deployments(self, conn: Connection, p: Any) -> list[dict]:
+        if p.agent is not None:
+            await self.db("get_agent", p.agent)  # NOT_FOUND "no such agent", as hold says, not an empty list
         return await self.registry.deployments(p.agent, p.limit)
 
     async def h_rollback(self, conn: Connection, p: Any) -> dict:
@@ -793,6 +797,8 @@ class Daemon:
         return await self.poll_cycle()
 
     async def h_triggers(self, conn: Connection, p: Any) -> list[dict]:
+        if p.agent is not None:
+            await self.db("get_agent", p.agent)  # NOT_FOUND "no such agent", as hold says, not an empty list
         return await self.db_call(store.triggers, self.ledger, p.agent, p.limit)
 
     async def h_kb_ingest(self, conn: Connection, p: Any) -> dict:
@@ -838,6 +844,10 @@ class Daemon:
         dest = Path(p.path)
         if not dest.is_absolute():
             raise RpcError(schema.INVALID_PARAMS, "backup path must be absolute (it is written by the daemon)")
+        # Checked here too (Ledger.backup re-checks) so a refusal is the caller's error, not an internal one.
+        why = await asyncio.to_thread(store.backup_refusal, dest, self.state_dir / "ledger.sqlite")
+        if why:
+            raise RpcError(schema.INVALID_PARAMS, why)
         out = await self.db("backup", dest)
         await self.db("audit", conn.user, "backup", "ledger", "ledger", details={"path": str(out)})
         return {"path": str(out), "bytes": out.stat().st_size}

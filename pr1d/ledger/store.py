@@ -7,6 +7,7 @@ event loop never blocks on disk and writes never interleave.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
@@ -178,6 +179,31 @@ def open_engine(path: Path) -> Engine:
     return engine
 
 
+LEDGER_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def backup_refusal(dest: Path, live: Path) -> str | None:
+    """Why ``dest`` cannot take a backup of the ledger at ``live`` (None: it can); nothing is written.
+
+    A backup never overwrites: not the live ledger or its side files (that would corrupt it), not a
+    folder (the rename would fail half-way), not an older copy (pick a new name or remove it first).
+    """
+    live_r = live.resolve()
+    guarded = {live_r, *(live_r.with_name(live_r.name + s) for s in LEDGER_SIDE_FILES)}
+    if dest.resolve() in guarded:
+        return f"{dest} is the daemon's live ledger (or one of its files); back up to another path"
+    if os.path.lexists(dest):
+        if dest.is_dir():
+            return f"{dest} is a directory; name a file to create, e.g. {dest / 'ledger.sqlite'}"
+        return f"{dest} already exists; a backup never overwrites: pick a new name or remove it first"
+    for parent in dest.parents:
+        if os.path.lexists(parent):
+            if not parent.is_dir():
+                return f"{parent} is not a directory, so {dest} cannot be created"
+            break
+    return None
+
+
 class Ledger:
     def __init__(self, path: Path | str):
         self.path = Path(path)
@@ -239,18 +265,29 @@ class Ledger:
             return str(conn.execute(text("PRAGMA integrity_check")).scalar())
 
     def backup(self, dest: Path | str) -> Path:
-        """Online, consistent copy through SQLite's backup API (readers and the writer keep going)."""
+        """Online, consistent copy through SQLite's backup API (readers and the writer keep going).
+
+        Raises ValueError, before writing anything, for a destination `backup_refusal` refuses.
+        """
         dest = Path(dest)
+        why = backup_refusal(dest, self.path)
+        if why:
+            raise ValueError(why)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(dest.name + ".partial")
-        src = sqlite3.connect(self.path, timeout=30)
-        dst = sqlite3.connect(tmp)
         try:
-            src.backup(dst, pages=1024)
-        finally:
-            dst.close()
-            src.close()
-        tmp.replace(dest)
+            src = sqlite3.connect(self.path, timeout=30)
+            dst = sqlite3.connect(tmp)
+            try:
+                src.backup(dst, pages=1024)
+            finally:
+                dst.close()
+                src.close()
+            tmp.replace(dest)
+        except BaseException:
+            if tmp.is_file():
+                tmp.unlink()  # a failed backup leaves nothing that could pass for a copy
+            raise
         return dest
 
     def close(self) -> None:
@@ -929,13 +966,28 @@ def save_monitor_state(ledger: Ledger, updates: list[tuple[str, dict | None, dic
         raw.close()
 
 
+def ledger_bytes(path: Path) -> int:
+    """Bytes the ledger takes on disk: the main file plus its WAL.
+
+    Recent writes live in -wal until a checkpoint, so the main file alone under-counts before a
+    checkpoint and makes compaction look like growth (-shm is an index, not data, and stays out).
+    """
+    total = 0
+    for p in (path, path.with_name(path.name + "-wal")):
+        try:
+            total += p.stat().st_size
+        except FileNotFoundError:
+            pass
+    return total
+
+
 def compact(ledger: Ledger, samples_days: float, keep_per_agent: int, metrics_days: float,
             vacuum: bool = False, now: float | None = None) -> dict:
     """Apply the retention policy; returns what was removed. Never touches runs, triggers or the audit log."""
     now = _now() if now is None else now
     cutoff_samples = now - samples_days * 86400
     cutoff_metrics = now - metrics_days * 86400
-    before = ledger.path.stat().st_size
+    before = ledger_bytes(ledger.path)
     with ledger.engine.begin() as conn:
         # A sample goes when it is old AND not among its agent's newest keep_per_agent.
         samples = conn.execute(text(
@@ -955,6 +1007,6 @@ def compact(ledger: Ledger, samples_days: float, keep_per_agent: int, metrics_da
         finally:
             raw.close()
     out = {"samples_removed": samples, "metrics_removed": metrics, "bytes_before": before,
-           "bytes_after": ledger.path.stat().st_size, "vacuumed": vacuum}
+           "bytes_after": ledger_bytes(ledger.path), "vacuumed": vacuum}
     ledger.audit("daemon", "compact", "ledger", "ledger", details=out)
     return out

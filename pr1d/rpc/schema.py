@@ -11,7 +11,10 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..ledger.states import RunState
+from ..pipeline.plans import PLANS
 
 JSONRPC = "2.0"
 MAX_LINE_BYTES = 1 << 20  # default; the daemon's limit comes from config rpc.max_line_bytes
@@ -33,6 +36,21 @@ Role = Literal["reader", "operator"]
 ROLE_RANK = {"reader": 1, "operator": 2}
 
 TOPICS = ("run", "stage", "progress", "metric", "log", "agent", "alert", "daemon")
+
+# Filter values a list method accepts: an unknown one is invalid params naming these, never an empty list
+# that reads as "nothing there" (a typo such as awaiting-approval looked like no run awaiting approval).
+RUN_STATES: tuple[str, ...] = tuple(s.value for s in RunState)
+RUN_KINDS: tuple[str, ...] = tuple(PLANS)
+# Every entity name the daemon writes audit rows for (the audit()/_audit() calls in pr1d/).
+AUDIT_ENTITIES = ("agent", "deployment", "kb", "ledger", "model_version", "run", "stage", "state")
+RUNS_LIST_MAX = 1000  # runs.list's largest page; pr1ctl runs --limit reads its bound from here
+
+
+def _one_of(value: str | None, allowed: tuple[str, ...], what: str) -> str | None:
+    """``value`` when it is None or allowed; else a ValueError that names the allowed values."""
+    if value is not None and value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; allowed: {', '.join(allowed)}")
+    return value
 
 
 class _Params(BaseModel):
@@ -60,8 +78,18 @@ class RunsListParams(_Params):
     state: str | None = None
     agent: str | None = None
     kind: str | None = None
-    limit: int = Field(100, ge=1, le=1000)
+    limit: int = Field(100, ge=1, le=RUNS_LIST_MAX)
     before_id: int | None = Field(None, ge=1)
+
+    @field_validator("state")
+    @classmethod
+    def _state(cls, v: str | None) -> str | None:
+        return _one_of(v, RUN_STATES, "run state")
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: str | None) -> str | None:
+        return _one_of(v, RUN_KINDS, "run kind")
 
 
 class RunParams(_Params):
@@ -136,6 +164,11 @@ class AuditParams(_Params):
     entity: str | None = None
     entity_id: str | None = None
     limit: int = Field(200, ge=1, le=5000)
+
+    @field_validator("entity")
+    @classmethod
+    def _entity(cls, v: str | None) -> str | None:
+        return _one_of(v, AUDIT_ENTITIES, "audit entity")
 
 
 class MethodSpec(BaseModel):
