@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from .registry.versions import copy_hashed
+
 FORMAT = "pr1-backup"
 FORMAT_VERSION = 1
 MANIFEST = "MANIFEST.json"
@@ -165,20 +167,6 @@ def file_sha256(path: Path) -> tuple[str, int]:
         while chunk := f.read(CHUNK):
             h.update(chunk)
             size += len(chunk)
-    return h.hexdigest(), size
-
-
-def copy_hashed(src: Path, dst: Path) -> tuple[str, int]:
-    """Copy ``src`` to ``dst`` (fsynced); the sha256 and size of the bytes written, not of a second read."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    h, size = hashlib.sha256(), 0
-    with open(src, "rb") as fi, open(dst, "wb") as fo:
-        while chunk := fi.read(CHUNK):
-            h.update(chunk)
-            fo.write(chunk)
-            size += len(chunk)
-        fo.flush()
-        os.fsync(fo.fileno())
     return h.hexdigest(), size
 
 

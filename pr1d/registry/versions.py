@@ -162,7 +162,11 @@ def _check_config(path: Path, rel: str) -> None:
         )
 
 
-def _copy_hashed(src: Path, dst: Path) -> tuple[str, int]:
+def copy_hashed(src: Path, dst: Path) -> tuple[str, int]:
+    """Copy ``src`` to ``dst`` (fsynced); the sha256 and size of the bytes written, not of a second read.
+
+    The registry's copy of a model file, and the whole-state backup's (pr1d/backup.py) of every file."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
     h = hashlib.sha256()
     size = 0
     with open(src, "rb") as fi, open(dst, "wb") as fo:
@@ -301,7 +305,7 @@ def register_version(
         files: dict[str, dict] = {}
         for rel in rels:
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            sha, size = _copy_hashed(src / rel, tmp / rel)
+            sha, size = copy_hashed(src / rel, tmp / rel)
             files[rel] = {"sha256": sha, "size": size}
         # Check the copy, not the source: what we checked is what we keep.
         for rel in rels:

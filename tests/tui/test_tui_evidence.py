@@ -10,22 +10,13 @@ from textual.widgets import DataTable, Footer, TabbedContent
 from pr1tui.screens.dashboard import SIGNAL_LOOK, DashboardScreen, alert_lines, signals_legend
 from pr1tui.screens.help import HelpScreen
 from pr1tui.screens.run_detail import TAB_KEYS, RunDetailScreen
-from tests.test_ctl_evidence import seed_triggered_runs
+from tests import test_ctl_evidence
 from tests.tui.conftest import wait_for
 from tests.tui.test_tui_pilot import RecordingApp, plain, ready
 
 pytestmark = pytest.mark.timeout(90)
 NARROW = (80, 30)  # the on-call laptop's terminal
-
-
-@pytest.fixture
-def evidence_daemon(daemon_factory, tmp_path):
-    sd = tmp_path / "state"
-    sd.mkdir()
-    ids = seed_triggered_runs(sd)
-    d = daemon_factory(sd).start()
-    d.ids = ids
-    return d
+evidence_daemon = test_ctl_evidence.evidence_daemon  # the fixture pr1ctl's evidence tests use: the same seeded runs
 
 
 def screen_text(widget) -> list[str]:
