@@ -57,7 +57,8 @@ CASES = [
     ("pr1ctl", ["--socket", "/x", "ledger", "b"], ["backup"]),  # an option's value is not a subcommand
     ("pr1ctl", ["completion", ""], ["bash", "zsh", "-h", "--help"]),
     ("pr1ctl", ["backup", "/tmp/x", "--max"], ["--max-run-file-mb"]),
-    ("pr1ctl", ["runs", "--state", ""], []),  # a free value: left to the shell's file completion
+    ("pr1ctl", ["runs", "--agent", ""], []),  # a free value: left to the shell's file completion
+    ("pr1ctl", ["runs", "--state", "awa"], ["awaiting_approval"]),  # an option with choices completes them
     ("pr1d", ["config", ""], ["check", "-h", "--help"]),
     ("pr1d", ["restore", "/bk", "--st"], ["--state-dir"]),
     ("pr1d", ["model", ""], ["bootstrap", "-h", "--help"]),
