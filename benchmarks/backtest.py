@@ -30,12 +30,11 @@ import torch
 from pr1d.data.parallel_format import PARALLEL_OPEN, measure_batch
 from pr1d.evaluate.backtest import summarize
 from pr1d.evaluate.grading import grade
-from pr1d.evaluate.gsm_eval import load_model
 from pr1d.evaluate.gsm_lite import eval_split, format_prompt
-from pr1d.policy import ParallelExecutionPolicy
+from pr1d.inference.forked import forked_generate
+from pr1d.inference.generate import generate, load_model
+from pr1d.inference.policy import ParallelExecutionPolicy
 from pr1d.stages.backtest import render_png
-from pr1d.train.generate import generate
-from pr1d.train.rollout import forked_generate
 
 
 def answer(model, tok, prompts: list[str], engine: str, policy: ParallelExecutionPolicy, batch: int,

@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pr1d.data.parallel_format import PARALLEL_OPEN, TAGS  # noqa: E402
-from pr1d.policy import ParallelExecutionPolicy  # noqa: E402
-from pr1d.train.rollout import MODES, RolloutStats, generate_paths  # noqa: E402
+from pr1d.inference.forked import MODES, RolloutStats, generate_paths  # noqa: E402
+from pr1d.inference.policy import ParallelExecutionPolicy  # noqa: E402
 
 # The ~25M-parameter shape of the issue: big enough that a 1,024-token prefill costs far more than one
 # decode step, which is the regime where prefix reuse pays.
@@ -51,7 +51,7 @@ def _tokenizer():
 
 def _small_model(tokenizer, model_dir: str | None):
     if model_dir:
-        from pr1d.evaluate.gsm_eval import load_model
+        from pr1d.inference.generate import load_model
 
         return load_model(model_dir)
     from pr1d.train.model import make_model

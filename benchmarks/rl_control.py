@@ -53,7 +53,7 @@ def one_seed(base: Path, sft_cfg: dict, rl_cfg: dict, n: int, work: Path) -> dic
     import torch
 
     from pr1d.config import Config
-    from pr1d.evaluate.gsm_eval import load_model
+    from pr1d.inference.generate import load_model
     from pr1d.stages.rl import choose_candidate
     from pr1d.train.grpo import RLStageConfig, copy_policy, train_grpo
     from pr1d.train.sft import SFTStageConfig, curriculum_records, evaluate_model, save_candidate, train_sft

@@ -97,7 +97,7 @@ def _eval_seed() -> int:
 def base_scores(base: Path, n_per_tier: int) -> dict:
     import torch
 
-    from pr1d.evaluate.gsm_eval import load_model
+    from pr1d.inference.generate import load_model
 
     torch.set_num_threads(2)
     model, tok = load_model(base)

@@ -31,6 +31,8 @@ def _loaded(modules: list[str], extra: str = "", heavy: list[str] = HEAVY) -> li
      "pr1d.monitor.signals", "pr1d.monitor.rules", "pr1d.config"],
     ["pr1d.ctl", "pr1d.rpc.client"],
     ["pr1tui.app"],
+    # what the daemon and the registry use of inference and evaluation: the policy, the statistics, the gate
+    ["pr1d.inference.policy", "pr1d.stats", "pr1d.evaluate.gate", "pr1d.evaluate.backtest"],
 ])
 def test_no_training_stack(modules):
     assert _loaded(modules) == []

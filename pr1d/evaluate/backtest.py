@@ -1,5 +1,5 @@
-"""Backtest statistics and checks: candidate − incumbent per tier and rubric column, paired bootstrap CIs,
-the platform's rubric checks per answer, the clean-replay filter, and the gate's inputs.
+"""Backtest statistics and checks: candidate − incumbent per tier and rubric column, paired bootstrap CIs
+(:mod:`pr1d.stats`), the platform's rubric checks per answer, the clean-replay filter, and the gate's inputs.
 
 Pure Python over the per-item records the backtest stage writes (no torch, no numpy), so the gate
 stage, the daemon and the tests can all recompute every figure of a report from its items. One item::
@@ -19,14 +19,15 @@ between-item variance (an easy item is easy for both models), which is most of i
 
 from __future__ import annotations
 
-import random
 import re
 import string
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .gate import OVERALL, GateInput, GateItem, _mean, _quantile, _r
+from pr1d.stats import bootstrap_ci, bootstrap_draws, mean
+
+from .gate import OVERALL, GateInput, GateItem, _r
 from .gate import tiers_of as tier_order
 
 SIDES = ("candidate", "incumbent")
@@ -38,36 +39,6 @@ REPORT_SCHEMA = 2
 # The platform rubric keys this module knows how to check (monitor.signals.compliance_keys names them).
 RUBRIC_CHECKS = ("safety", "compliance")
 CRITIC_CHECK = "critic_agrees"
-
-
-def _draws(n: int, resamples: int, seed: int | str) -> list[list[int]]:
-    """``resamples`` bootstrap resamples of the item indices ``0..n-1``, from an RNG seeded with ``seed``."""
-    rng = random.Random(seed)
-    return [rng.choices(range(n), k=n) for _ in range(resamples)] if n else []
-
-
-def _ci(diffs: Sequence[float], draws: Sequence[Sequence[int]], level: float) -> tuple[float, float]:
-    n = len(diffs)
-    stats = sorted(sum(diffs[j] for j in d) / n for d in draws)
-    alpha = 1.0 - level
-    return _quantile(stats, alpha / 2), _quantile(stats, 1.0 - alpha / 2)
-
-
-def paired_bootstrap_ci(
-    diffs: Sequence[float], *, level: float = 0.95, resamples: int = 2000, seed: int | str = 0
-) -> tuple[float, float] | None:
-    """Percentile bootstrap interval of ``mean(diffs)`` from ``resamples`` seeded item resamples.
-
-    None for no items. One item gives a zero-width interval at its difference (there is nothing to
-    resample), which the sample size reported next to it makes plain.
-    """
-    if not 0.5 < level < 1.0:
-        raise ValueError(f"level must be in (0.5, 1), got {level}")
-    if resamples < 1:
-        raise ValueError(f"resamples must be at least 1, got {resamples}")
-    if not diffs:
-        return None
-    return _ci(diffs, _draws(len(diffs), resamples, seed), level)
 
 
 def column_values(side: Mapping[str, Any], column: str) -> float:
@@ -100,15 +71,15 @@ def compare(
     """
     n = len(items)
     row: dict[str, Any] = {"n": n, "columns": {}}
-    draws = _draws(n, resamples, seed)
+    draws = bootstrap_draws(n, resamples, seed)
     for col in columns:
         cand = [column_values(it["candidate"], col) for it in items]
         inc = [column_values(it["incumbent"], col) for it in items]
         diffs = [c - i for c, i in zip(cand, inc, strict=True)]
-        cell: dict[str, Any] = {"candidate": _r(_mean(cand)), "incumbent": _r(_mean(inc)),
-                                "diff": _r(_mean(diffs)), "ci_low": None, "ci_high": None}
+        cell: dict[str, Any] = {"candidate": _r(mean(cand)), "incumbent": _r(mean(inc)),
+                                "diff": _r(mean(diffs)), "ci_low": None, "ci_high": None}
         if n:
-            lo, hi = _ci(diffs, draws, level)
+            lo, hi = bootstrap_ci(diffs, draws, level)
             cell["ci_low"], cell["ci_high"] = _r(lo), _r(hi)
         row["columns"][col] = cell
     return row
@@ -256,7 +227,7 @@ def compliance_counts(items: Sequence[Mapping[str, Any]], side: str) -> dict[str
 def mean_path_diversity(items: Iterable[Mapping[str, Any]], side: str) -> float | None:
     """Mean path diversity over the items that produced at least one valid parallel block (None: none did)."""
     vals = [float(it[side]["path_diversity"]) for it in items if it[side].get("path_diversity") is not None]
-    return _r(_mean(vals))
+    return _r(mean(vals))
 
 
 def parallel_ratio(items: Sequence[Mapping[str, Any]], side: str) -> float | None:

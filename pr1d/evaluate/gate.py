@@ -32,12 +32,13 @@ Every number and threshold used goes into :attr:`GateResult.evidence`, which the
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pr1d.stats import mean, paired_bootstrap_ci
 
 Outcome = Literal["pass", "fail", "inconclusive"]
 
@@ -197,32 +198,7 @@ class GateResult:
         return self.outcome == "inconclusive"
 
 
-# -- statistics ------------------------------------------------------------------------------------
-
-
-def _quantile(sorted_xs: Sequence[float], q: float) -> float:
-    """Linear-interpolation quantile (numpy's default) of an already sorted sequence."""
-    pos = (len(sorted_xs) - 1) * q
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(sorted_xs) - 1)
-    return sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (pos - lo)
-
-
-def paired_ci(diffs: Sequence[float], level: float, resamples: int, seed: int | str) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``mean(diffs)``: items resampled with a seeded ``random.Random``.
-
-    Pure Python: deterministic everywhere and no numpy in the daemon's process. One item gives a
-    zero-width interval at its difference (nothing to resample).
-    """
-    rng = random.Random(seed)
-    n = len(diffs)
-    stats = sorted(sum(rng.choices(diffs, k=n)) / n for _ in range(resamples))
-    alpha = 1.0 - level
-    return _quantile(stats, alpha / 2), _quantile(stats, 1.0 - alpha / 2)
-
-
-def _mean(xs: Sequence[float]) -> float | None:
-    return sum(xs) / len(xs) if xs else None
+# -- evidence --------------------------------------------------------------------------------------
 
 
 def _r(x: float | None) -> float | None:
@@ -272,12 +248,13 @@ def tier_rows(pairs: Sequence[tuple[GateItem, GateItem]], columns: Sequence[str]
                 continue
             diffs = [c - i for c, i in vals]
             d = sum(diffs) / len(diffs)
-            lo, hi = paired_ci(diffs, cfg.ci_level, cfg.bootstrap_resamples, f"{cfg.seed}/tier/{tier}/{col}")
+            lo, hi = paired_bootstrap_ci(diffs, level=cfg.ci_level, resamples=cfg.bootstrap_resamples,
+                                         seed=f"{cfg.seed}/tier/{tier}/{col}")
             status = "ok"
             if d < -cfg.max_tier_drop - EPS:
                 status = "fail" if hi < -EPS else "inconclusive"
             row["columns"][col] = {
-                "n": len(vals), "candidate": _r(_mean([c for c, _ in vals])), "incumbent": _r(_mean([i for _, i in vals])),
+                "n": len(vals), "candidate": _r(mean([c for c, _ in vals])), "incumbent": _r(mean([i for _, i in vals])),
                 "diff": _r(d), "ci_low": _r(lo), "ci_high": _r(hi), "status": status,
             }
         rows[tier] = row
@@ -310,9 +287,9 @@ def _side_summary(side: GateInput) -> dict[str, Any]:
     return {
         "version": side.version, "n": len(items), "scored": len(scored),
         # `mean` is the correctness mean (platform terms): what the gate compares and the watch expects.
-        "mean": _r(_mean(scored)),
+        "mean": _r(mean(scored)),
         "format_adherence": _r(len(blocks) / len(items)) if items else None,
-        "consensus": _r(_mean(cons)), "path_diversity": _r(_mean(divs)),
+        "consensus": _r(mean(cons)), "path_diversity": _r(mean(divs)),
         "checks": dict(sorted(counts.items())),
     }
 
@@ -333,8 +310,8 @@ def gate_decision(candidate: GateInput, incumbent: GateInput, cfg: GateConfig | 
     # 1. better answers: correctness, paired per item --------------------------------------------------
     scored = [(c.correct, i.correct) for c, i in pairs if c.correct is not None and i.correct is not None]
     n = len(scored)
-    c_mean = _mean([c for c, _ in scored])
-    i_mean = _mean([i for _, i in scored])
+    c_mean = mean([c for c, _ in scored])
+    i_mean = mean([i for _, i in scored])
     d = c_mean - i_mean if c_mean is not None and i_mean is not None else None
     bar = (cfg.min_uplift * i_mean if cfg.uplift_mode == "relative" else cfg.min_uplift) if i_mean is not None else None
     mode_txt = (f"+{cfg.min_uplift * 100:g} points" if cfg.uplift_mode == "absolute"
@@ -347,8 +324,8 @@ def gate_decision(candidate: GateInput, incumbent: GateInput, cfg: GateConfig | 
     else:
         assert d is not None and bar is not None and c_mean is not None and i_mean is not None
         # Seeded like the overall correctness row of the tier table: the same items give the same interval.
-        ci = paired_ci([c - i for c, i in scored], cfg.ci_level, cfg.bootstrap_resamples,
-                       f"{cfg.seed}/tier/{OVERALL}/{CORRECTNESS}")
+        ci = paired_bootstrap_ci([c - i for c, i in scored], level=cfg.ci_level,
+                                 resamples=cfg.bootstrap_resamples, seed=f"{cfg.seed}/tier/{OVERALL}/{CORRECTNESS}")
         lo, hi = ci
         where = (f"correctness {c_mean:.4f} vs {i_mean:.4f} in service: {_pts(d)} points, {cfg.ci_level:.0%} CI "
                  f"[{_pts(lo)}, {_pts(hi)}], n={n}; the bar is {_pts(bar)} points ({mode_txt})")

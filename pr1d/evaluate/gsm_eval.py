@@ -5,8 +5,8 @@ Runs inside a stage worker or from the command line (it imports torch)::
     python -m pr1d.evaluate.gsm_eval --model DIR [--adapter DIR] [--k 4] [--n 100] [--json]
                                      [--policy plain|parallel] [--policy-json '{"branch_count": 4}']
 
-``--policy parallel`` generates through the forked rollout engine (:mod:`pr1d.train.rollout`) with a
-:class:`pr1d.policy.ParallelExecutionPolicy`; the default ``plain`` is batched left-to-right generation.
+``--policy parallel`` generates through the forked rollout engine (:mod:`pr1d.inference.forked`) with a
+:class:`pr1d.inference.policy.ParallelExecutionPolicy`; the default ``plain`` is batched left-to-right generation.
 """
 
 from __future__ import annotations
@@ -16,31 +16,15 @@ import json
 import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from pr1d.evaluate.gsm_lite import TIERS, check_answer, eval_split, format_prompt, load_tasks_jsonl
-from pr1d.policy import ParallelExecutionPolicy, PolicyError
-from pr1d.train.generate import Completion, generate
+from pr1d.inference.generate import Completion, generate, load_model
+from pr1d.inference.policy import ParallelExecutionPolicy, PolicyError
 
 DEFAULT_MAX_NEW_TOKENS = 128
-
-
-def load_model(path: str | Path, adapter: str | Path | None = None, device: str = "cpu"):
-    """``(model, tokenizer)`` from a local folder, never running remote code; PEFT only when asked."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=False, local_files_only=True)
-    if adapter is not None:
-        # peft is heavy and only needed for adapters: import it here, not at module level.
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
-    model.to(device).eval()
-    return model, tokenizer
 
 
 def _rate(values: list[bool]) -> float | None:
@@ -147,7 +131,7 @@ def _plain_generate(model, tokenizer, prompts, k, temperature, seed, max_new_tok
 def _parallel_generate(model, tokenizer, prompts, policy, k, temperature, seed, batch_size):
     """The same two passes through the forked rollout engine (answers grouped per prompt, as generate does)."""
     # Imported here: the engine pulls in the transformers cache classes, and plain evaluation needs none.
-    from pr1d.train.rollout import forked_generate
+    from pr1d.inference.forked import forked_generate
 
     # The engine's batch is answers in the trunk; each fans out into branch_count path rows.
     trunk_batch = max(1, batch_size // policy.branch_count)

@@ -67,7 +67,7 @@ def checked_policy(policy: dict | None) -> dict:
     plain generation). A bad policy is refused when the version is registered, not when it is pushed."""
     if not policy:
         return {}
-    from ..policy import ParallelExecutionPolicy, PolicyError
+    from ..inference.policy import ParallelExecutionPolicy, PolicyError
 
     try:
         return ParallelExecutionPolicy.from_dict(policy).to_dict()

@@ -71,7 +71,7 @@ class ModelGrader:
         if path not in self._models:
             import torch
 
-            from pr1d.evaluate.gsm_eval import load_model
+            from pr1d.inference.generate import load_model
 
             torch.set_num_threads(self.threads)
             self._models[path] = load_model(path)
@@ -81,7 +81,7 @@ class ModelGrader:
     def prepare(self, agent_id: str, version: str, tasks: Iterable[Mapping[str, Any]]) -> None:
         """Generate (in batches) the answers of ``version`` to every task not answered yet."""
         from pr1d.evaluate.gsm_lite import format_prompt
-        from pr1d.train.generate import generate
+        from pr1d.inference.generate import generate
 
         path = self.folder(agent_id, version)
         with self._lock:

@@ -152,7 +152,7 @@ def registered_policy(state_dir: str | None, version_id: str) -> dict | None:
 
 def resolve_sides(w: Worker, cfg: BacktestConfig) -> dict[str, dict[str, Any]]:
     """Path, version, policy and source of the candidate and of the model in service."""
-    from ..policy import ParallelExecutionPolicy
+    from ..inference.policy import ParallelExecutionPolicy
     from ..registry.deploy import read_pointer
     from ..registry.versions import version_dir
 
@@ -320,8 +320,7 @@ def answer_all(w: Worker, side: str, info: dict, prompts: list[str], cfg: Backte
     Chunk ``i`` is sampled with seed ``cfg.seed + i`` on both sides, so both models draw the same seeds
     for the same prompts.
     """
-    from ..evaluate.gsm_eval import load_model
-    from ..train.generate import generate
+    from ..inference.generate import generate, load_model
 
     model, tok = load_model(info["path"])
     policy = info["policy"]
@@ -334,7 +333,7 @@ def answer_all(w: Worker, side: str, info: dict, prompts: list[str], cfg: Backte
             out += [c[0] for c in generate(model, tok, chunk, max_new_tokens=cfg.max_new_tokens,
                                            batch_size=cfg.batch_size)]
         else:
-            from ..train.rollout import forked_generate
+            from ..inference.forked import forked_generate
 
             out += forked_generate(model, tok, chunk, policy, seed=cfg.seed + i, batch_size=cfg.batch_size)
         w.progress(step0 + start + len(chunk), total, message=f"{side}: {start + len(chunk)}/{len(prompts)}")

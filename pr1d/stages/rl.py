@@ -114,7 +114,7 @@ def make_critic(spec: dict[str, Any], cfg):
 def main(w: Worker) -> dict:
     import torch
 
-    from pr1d.evaluate.gsm_eval import load_model
+    from pr1d.inference.generate import load_model
     from pr1d.train.grpo import copy_policy, last_checkpoint, train_grpo
     from pr1d.train.sft import evaluate_model, save_candidate
 

@@ -119,7 +119,7 @@ def main(w: Worker) -> dict:
         w.artifact("adapter", paths["adapter"], kind="adapter")
     result: dict[str, Any] = {"candidate": str(out), "train": summary, "records": sources}
     if cfg.eval_per_tier:
-        from pr1d.evaluate.gsm_eval import load_model
+        from pr1d.inference.generate import load_model
         from pr1d.train.sft import evaluate_model
 
         cand, tok = load_model(out)

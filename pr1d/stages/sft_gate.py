@@ -23,9 +23,9 @@ def find_candidate(run_dir: Path) -> Path | None:
 def main(w: Worker) -> dict:
     import torch
 
-    from pr1d.evaluate.gsm_eval import load_model
     from pr1d.evaluate.gsm_lite import TIERS
     from pr1d.evaluate.sft_gate import sft_gate
+    from pr1d.inference.generate import load_model
     from pr1d.train.sft import evaluate_model
 
     p = w.stage_params({"base", "candidate", "n_per_tier", "threshold", "mode", "tiers", "max_new_tokens", "threads"})

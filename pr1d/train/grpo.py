@@ -16,7 +16,7 @@ One training step, in the order :meth:`ParallelRLTrainer._generate_and_score_com
    transitions) and the evaluation windows of the stop criteria; the batch's parallel ratio, path
    diversity and consensus are measured with the format module.
 
-Then TRL computes the GRPO loss and steps the optimizer, and :class:`EventCallback` emits the events,
+Then TRL computes the GRPO loss and steps the optimizer, and :class:`RLEventCallback` emits the events,
 asks :func:`~pr1d.train.curriculum.stop_decision` whether to stop, and honours a stop request (SIGTERM:
 save a checkpoint, end).
 
@@ -45,18 +45,17 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import SequentialSampler
-from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from pr1d.data.parallel_format import measure_batch
 from pr1d.evaluate.gsm_lite import TIERS, format_prompt, train_split
+from pr1d.train.callbacks import EventCallback, EventFn
 from pr1d.train.curriculum import (
     CurriculumConfig,
     Phase,
@@ -70,7 +69,6 @@ from pr1d.train.curriculum import (
 from pr1d.train.rewards import RewardConfig, correctness_reward, decode_completions, make_reward_funcs
 from pr1d.train.sft import check_finetune_fields, field_help, load_trainable
 
-EventFn = Callable[[str, dict[str, Any]], None]
 STATE_FILE = "curriculum_state.json"  # written into every checkpoint folder next to TRL's own state
 # Stage defaults layered under the curriculum mapping. The curriculum module's accuracy window of 64
 # completions is one step of the default generation batch, so one lucky or unlucky batch (8 prompts)
@@ -492,16 +490,12 @@ def metric_events(logs: dict[str, Any]) -> list[tuple[str, float]]:
     return out
 
 
-class EventCallback(TrainerCallback):
-    """Events per step, tier transitions as they happen, the stop criteria, and stop requests (SIGTERM)."""
+class RLEventCallback(EventCallback):
+    """The shared events and stop requests, plus tier transitions as they happen and the stop criteria."""
 
     def __init__(self, on_event: EventFn, stop: threading.Event | None) -> None:
-        self.on_event = on_event
-        self.stop = stop
+        super().__init__(on_event, stop, metrics=lambda logs, _state, _elapsed: metric_events(logs))
         self.trainer: ParallelRLTrainer | None = None
-        self.t0 = time.monotonic()
-        self.start_step: int | None = None
-        self.stopped = False
 
     def on_train_begin(self, args, state, control, **kwargs):
         # The time budget counts training, not model loading (earlier runs' seconds come from the checkpoint).
@@ -510,27 +504,17 @@ class EventCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         tr = self.trainer
         cur = tr.curriculum
-        if self.start_step is None:
-            self.start_step = state.global_step - 1
         for t in tr.new_transitions:
             self.on_event("metric", {"name": "rl.tier", "value": float(cur.ccfg.tiers.index(t.to_tier)),
                                      "step": t.step})
             self.on_event("log", {"message": f"tier {t.from_tier} -> {t.to_tier} at step {t.step} ({t.reason}, "
                                              f"rolling accuracy {t.rolling_accuracy:.3f} over {t.windows} windows)"})
         tr.new_transitions.clear()
-        elapsed = time.monotonic() - self.t0
-        done = state.global_step - self.start_step
-        rate = done / elapsed if elapsed > 0 else 0.0
-        eta = (state.max_steps - state.global_step) / rate if rate > 0 else None
         last = cur.sampling[-1] if cur.sampling else None
         msg = f"tier {cur.scheduler.tier}" + (f", {last.phase} T={last.temperature:g} G={last.num_generations}"
                                              if last else "")
-        self.on_event("progress", {"step": state.global_step, "total": state.max_steps, "eta_s": eta,
-                                   "message": msg})
-        if self.stop is not None and self.stop.is_set():
-            control.should_save = True
-            control.should_training_stop = True
-            self.stopped = True
+        self.emit_progress(state, message=msg)
+        if self.stop_requested(control):
             return control
         decision = cur.decide_stop(state.global_step, time.monotonic() - tr.started)
         if decision is not None:
@@ -540,14 +524,6 @@ class EventCallback(TrainerCallback):
                 control.should_save = True  # a re-run resumes here and stops at once instead of training on
                 self.on_event("log", {"message": f"stopping: {decision.reason} ({decision.detail})"})
         return control
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        for name, value in metric_events(logs or {}):
-            self.on_event("metric", {"name": name, "value": value, "step": state.global_step})
-
-    def on_save(self, args, state, control, **kwargs):
-        path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        self.on_event("checkpoint", {"path": str(path), "step": state.global_step})
 
 
 # -------------------------------------------------------------------------------------------------
@@ -603,7 +579,7 @@ def build_trainer(
     stop: threading.Event | None = None,
     critic: Any = None,
     use_cpu: bool | None = None,
-) -> tuple[ParallelRLTrainer, EventCallback]:
+) -> tuple[ParallelRLTrainer, RLEventCallback]:
     """The trainer and its event callback, ready to ``train()``; the model is loaded from ``model_path``."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -615,7 +591,7 @@ def build_trainer(
     curriculum = CurriculumRun(cfg, tier_pools(cfg.curriculum_config().tiers, cfg.tier_pool, cfg.seed))
     # The alternating reward schedule reads TRL's trainer_state.global_step: the 0-based step being generated.
     reward_funcs = make_reward_funcs(cfg.reward_config(), tokenizer, critic=critic)
-    callback = EventCallback(emit, stop)
+    callback = RLEventCallback(emit, stop)
     trainer = ParallelRLTrainer(
         model=model,
         reward_funcs=list(reward_funcs),
@@ -654,7 +630,7 @@ def train_grpo(
     return trainer.model, trainer.processing_class, summarize(trainer, callback, ckpt, elapsed)
 
 
-def summarize(trainer: ParallelRLTrainer, callback: EventCallback, resumed_from: str | None,
+def summarize(trainer: ParallelRLTrainer, callback: RLEventCallback, resumed_from: str | None,
               elapsed: float) -> dict[str, Any]:
     """The training part of the stage result (what the ledger stores)."""
     cur = trainer.curriculum
@@ -771,7 +747,7 @@ def main(argv: list[str] | None = None) -> int:
 
     summary: dict[str, Any] = {}
     if cfg.eval_per_tier:
-        from pr1d.evaluate.gsm_eval import load_model
+        from pr1d.inference.generate import load_model
 
         base_m, base_t = load_model(args.model)
         summary["eval_before"] = evaluate_model(base_m, base_t, cfg.eval_per_tier)

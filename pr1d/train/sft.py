@@ -244,54 +244,13 @@ def encode_records(tokenizer, records: list[dict[str, Any]], max_length: int) ->
 # -------------------------------------------------------------------------------------------------
 
 
-def _callback(cfg: SFTStageConfig, on_event: EventFn, stop: threading.Event | None):
-    from transformers import TrainerCallback
-
-    class EventCallback(TrainerCallback):
-        """Progress/metric events per step; a stop request saves a checkpoint and ends training."""
-
-        def __init__(self) -> None:
-            self.t0 = time.monotonic()
-            self.start_step: int | None = None
-            self.stopped = False
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if self.start_step is None:
-                self.start_step = state.global_step - 1
-            done = state.global_step - self.start_step
-            elapsed = time.monotonic() - self.t0
-            rate = done / elapsed if elapsed > 0 else 0.0
-            eta = (state.max_steps - state.global_step) / rate if rate > 0 else None
-            on_event("progress", {"step": state.global_step, "total": state.max_steps, "eta_s": eta})
-            if stop is not None and stop.is_set():
-                control.should_save = True
-                control.should_training_stop = True
-                self.stopped = True
-            return control
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            logs = logs or {}
-            elapsed = max(time.monotonic() - self.t0, 1e-9)
-            for key in ("loss", "learning_rate", "grad_norm"):
-                if key in logs and math.isfinite(float(logs[key])):
-                    on_event(
-                        "metric", {"name": f"sft.{key}", "value": float(logs[key]), "step": state.global_step}
-                    )
-            if state.num_input_tokens_seen:
-                on_event(
-                    "metric",
-                    {
-                        "name": "sft.tokens_per_s",
-                        "value": state.num_input_tokens_seen / elapsed,
-                        "step": state.global_step,
-                    },
-                )
-
-        def on_save(self, args, state, control, **kwargs):
-            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            on_event("checkpoint", {"path": str(path), "step": state.global_step})
-
-    return EventCallback()
+def sft_metrics(logs: dict[str, Any], state, elapsed: float) -> list[tuple[str, float]]:
+    """The metric events of one Trainer log: loss, learning rate and grad norm, then tokens per second."""
+    out = [(f"sft.{key}", float(logs[key])) for key in ("loss", "learning_rate", "grad_norm")
+           if key in logs and math.isfinite(float(logs[key]))]
+    if state.num_input_tokens_seen:
+        out.append(("sft.tokens_per_s", state.num_input_tokens_seen / elapsed))
+    return out
 
 
 def wrap_lora(model, cfg: SFTStageConfig):
@@ -393,7 +352,10 @@ def train_sft(
         # over the autograd graph per step).
         ddp_find_unused_parameters=False,
     )
-    callback = _callback(cfg, emit, stop)
+    # Imported here, not at module level: the stage's config must load without transformers.
+    from pr1d.train.callbacks import EventCallback
+
+    callback = EventCallback(emit, stop, metrics=sft_metrics)
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[callback]
     )
@@ -588,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0  # under `accelerate launch` the main process writes the candidate and the report
     summary["candidate"] = save_candidate(model, tokenizer, out / "candidate")
     if cfg.eval_per_tier:
-        from pr1d.evaluate.gsm_eval import load_model
+        from pr1d.inference.generate import load_model
 
         base_m, base_t = load_model(args.model)
         cand_m, cand_t = load_model(out / "candidate")

@@ -16,8 +16,8 @@ from registry_kit import (  # noqa: F401 (fixtures)
     sim_fixture,
 )
 
+from pr1d.inference.policy import ParallelExecutionPolicy
 from pr1d.ledger.store import Conflict, NotFound
-from pr1d.policy import ParallelExecutionPolicy
 from pr1d.registry.approvals import ApprovalConfig, approve, expire_approvals, pending_approvals, reject
 from pr1d.registry.deploy import read_pointer, record_initial
 from pr1d.registry.push import HttpPusher

@@ -19,13 +19,13 @@ from pr1d.evaluate.backtest import (
     figure_data,
     gate_inputs,
     mean_path_diversity,
-    paired_bootstrap_ci,
     parallel_ratio,
     rubric_checks,
     summarize,
 )
 from pr1d.evaluate.gate import GateConfig, gate_decision
 from pr1d.evaluate.grading import grade
+from pr1d.stats import paired_bootstrap_ci
 
 # Answers as a model writes them, graded by the real grading function.
 PAR_RIGHT = render_block(["We add: 2 + 3 = 5. So the result is 5.",
@@ -52,42 +52,6 @@ def item(i: int, cand: str, inc: str, tier: str = "easy", source: str = "gsm_lit
 
 def report_of(items: list[dict], version: str | None = "v-abc") -> dict:
     return {"schema": REPORT_SCHEMA, "items": items, "candidate": {"version": None}, "incumbent": {"version": version}}
-
-
-# -- the paired bootstrap ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("diffs", "expect"), [
-    ([], None),
-    ([0.25], (0.25, 0.25)),                 # one item: nothing to resample
-    ([0.5] * 40, (0.5, 0.5)),               # no spread, no width
-    ([-1.0] * 40, (-1.0, -1.0)),
-])
-def test_bootstrap_degenerate(diffs, expect):
-    got = paired_bootstrap_ci(diffs, resamples=200)
-    assert got == (pytest.approx(expect) if expect else None)
-
-
-def test_bootstrap_contains_mean_narrows_with_n_widens_with_level():
-    rng = random.Random(7)
-    small = [rng.gauss(0.1, 0.3) for _ in range(40)]
-    big = small * 10  # same distribution, 10x the items
-    lo, hi = paired_bootstrap_ci(small, seed=1)
-    m = sum(small) / len(small)
-    assert lo < m < hi
-    blo, bhi = paired_bootstrap_ci(big, seed=1)
-    assert (bhi - blo) < (hi - lo) / 2  # ~1/sqrt(10) of the width
-    l90, h90 = paired_bootstrap_ci(small, level=0.90, seed=1)
-    assert lo <= l90 and h90 <= hi
-    assert paired_bootstrap_ci(small, seed=1) == (lo, hi)  # seeded: the same every time
-    assert paired_bootstrap_ci(small, seed=2) != (lo, hi)
-
-
-@pytest.mark.parametrize(("kw", "match"), [({"level": 0.4}, "level"), ({"level": 1.0}, "level"),
-                                           ({"resamples": 0}, "resamples")])
-def test_bootstrap_refuses_bad_settings(kw, match):
-    with pytest.raises(ValueError, match=match):
-        paired_bootstrap_ci([0.1, 0.2], **kw)
 
 
 # -- rows per tier and column ------------------------------------------------------------------------------

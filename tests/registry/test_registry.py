@@ -21,8 +21,8 @@ from registry_kit import (  # noqa: F401 (fixtures)
     sim_fixture,
 )
 
+from pr1d.inference.policy import ParallelExecutionPolicy
 from pr1d.ledger.store import Conflict, NotFound
-from pr1d.policy import ParallelExecutionPolicy
 from pr1d.registry import tables
 from pr1d.registry.approvals import approve
 from pr1d.registry.deploy import (

@@ -15,9 +15,9 @@ from tests.train.conftest import TINY_CONFIG
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from pr1d.evaluate.gsm_eval import evaluate_tasks, load_model  # noqa: E402
+from pr1d.evaluate.gsm_eval import evaluate_tasks  # noqa: E402
 from pr1d.evaluate.gsm_lite import eval_split, format_prompt  # noqa: E402
-from pr1d.train.generate import generate  # noqa: E402
+from pr1d.inference.generate import generate, load_model  # noqa: E402
 from pr1d.train.model import PretrainConfig, bootstrap, make_model, sha256_file  # noqa: E402
 from pr1d.train.tokenizer import PARALLEL_TAGS  # noqa: E402
 

@@ -16,8 +16,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("trl")
 
-from pr1d.evaluate.gsm_eval import evaluate_tasks, load_model  # noqa: E402
+from pr1d.evaluate.gsm_eval import evaluate_tasks  # noqa: E402
 from pr1d.evaluate.gsm_lite import eval_split  # noqa: E402
+from pr1d.inference.generate import load_model  # noqa: E402
 from pr1d.train.grpo import (  # noqa: E402
     RLStageConfig,
     add_config_arguments,

@@ -16,7 +16,7 @@ from pr1d.data.parallel_format import (
     measure,
     parse,
 )
-from pr1d.policy import MAX_BRANCH_COUNT, ParallelExecutionPolicy, PolicyError
+from pr1d.inference.policy import MAX_BRANCH_COUNT, ParallelExecutionPolicy, PolicyError
 
 # --------------------------------------------------------------------------------------------------
 # (e) Policy validation: pure, no torch
@@ -83,12 +83,12 @@ def test_policy_wire_form_is_strict_and_round_trips():
 torch = pytest.importorskip("torch")
 
 from pr1d.evaluate.gsm_lite import eval_split, format_prompt  # noqa: E402
-from pr1d.train.rollout import RolloutStats, forked_generate, generate_paths  # noqa: E402
+from pr1d.inference.forked import RolloutStats, forked_generate, generate_paths  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_model):
-    from pr1d.evaluate.gsm_eval import load_model
+    from pr1d.inference.generate import load_model
 
     torch.set_num_threads(2)
     return load_model(tiny_model)

@@ -77,7 +77,7 @@ def test_prompt_is_masked(tiny_model):
 
 
 def test_full_sft_learns_format_and_keeps_accuracy(tiny_model, tmp_path):
-    from pr1d.evaluate.gsm_eval import load_model
+    from pr1d.inference.generate import load_model
 
     torch.set_num_threads(2)
     base, tok = load_model(tiny_model)
@@ -103,7 +103,7 @@ def test_lora_trains_tags_freezes_base_and_reloads(tiny_model, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from pr1d.evaluate.gsm_eval import load_model
+    from pr1d.inference.generate import load_model
 
     torch.set_num_threads(2)
     base, tok = load_model(tiny_model)

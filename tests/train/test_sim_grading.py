@@ -38,8 +38,7 @@ def _get(url: str) -> dict:
 def test_grader_scores_what_the_model_answers(tiny_model):
     import random
 
-    from pr1d.evaluate.gsm_eval import load_model
-    from pr1d.train.generate import generate
+    from pr1d.inference.generate import generate, load_model
 
     grader = ModelGrader({"base": tiny_model})
     tasks = [make_task(random.Random(f"t{i}"), "easy") for i in range(12)]

@@ -20,7 +20,7 @@ from rich.console import Console
 from textual.command import CommandPalette
 from textual.widgets import Button, DataTable, Input, Static
 
-from pr1d.policy import ParallelExecutionPolicy
+from pr1d.inference.policy import ParallelExecutionPolicy
 from pr1tui.app import Pr1App, help_sections
 from pr1tui.screens.approvals import ApprovalsScreen
 from pr1tui.screens.dashboard import SCORE_LIMIT, SIGNAL_LOOK, DashboardScreen

@@ -9,13 +9,13 @@ Public API (stable: the backtest, the GRPO trainer and ``pr1d eval gsm-lite --po
 
 ``forked_generate`` returns ``len(prompts) * num_samples`` completions, prompt-major (the samples of
 prompt ``i`` are at ``i * num_samples + j``, the layout TRL's GRPO groups use). ``prompts`` are strings
-(tokenised with the tokenizer's BOS, as :func:`pr1d.train.generate.generate` does) or token-id lists.
-Each :class:`ParallelCompletion` is a :class:`pr1d.train.generate.Completion` (text with tags,
+(tokenised with the tokenizer's BOS, as :func:`pr1d.inference.generate.generate` does) or token-id lists.
+Each :class:`ParallelCompletion` is a :class:`pr1d.inference.generate.Completion` (text with tags,
 ``n_tokens``, ``finished``) plus the token ids, which of them the engine wrote rather than sampled, and
 the block and path counts. ``generate_paths`` runs only the fork of one block (prefixes ending with
 ``<Parallel>``) and returns each prefix's path contents: what the benchmark times and the tests compare.
 
-How an answer is generated (``policy`` is a :class:`pr1d.policy.ParallelExecutionPolicy`):
+How an answer is generated (``policy`` is a :class:`pr1d.inference.policy.ParallelExecutionPolicy`):
 
 1. *Trunk.* All answers of a batch decode in lockstep (left-padded, one attention mask and per-row
    position ids) until each has emitted EOS, spent ``max_new_tokens``, or emitted ``<Parallel>``.
@@ -71,8 +71,8 @@ from pr1d.data.parallel_format import (
     SUMMARY_OPEN,
     TAGS,
 )
-from pr1d.policy import ParallelExecutionPolicy, min_block_tokens
-from pr1d.train.generate import Completion
+from pr1d.inference.generate import Completion
+from pr1d.inference.policy import ParallelExecutionPolicy, min_block_tokens
 
 __all__ = ["MODES", "ParallelCompletion", "RolloutStats", "forked_generate", "generate_paths"]
 

@@ -1,7 +1,7 @@
 """ParallelExecutionPolicy: how an agent runs Parallel-R1 inference (branches, sampling, token budgets).
 
 This is the object pushed to an agent's profile on promotion and the one the forked rollout engine
-(:mod:`pr1d.train.rollout`) takes. It is pure Python (no torch) so that the daemon, the registry and the
+(:mod:`pr1d.inference.forked`) takes. It is pure Python (no torch) so that the daemon, the registry and the
 clients can build, validate and serialise it. The wire form is :meth:`ParallelExecutionPolicy.to_dict`;
 :meth:`ParallelExecutionPolicy.from_dict` is strict (unknown keys and wrong types are refused with a
 message that says what was expected), because a typo in a pushed profile must not silently fall back

@@ -1,8 +1,9 @@
-"""Batched greedy or sampled generation for evaluation: left-padded prompts, k samples each, token counts."""
+"""Load a model for inference and generate from it: left-padded batches, greedy or k samples each, token counts."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -14,6 +15,21 @@ class Completion:
     text: str
     n_tokens: int
     finished: bool  # the model emitted EOS before max_new_tokens
+
+
+def load_model(path: str | Path, adapter: str | Path | None = None, device: str = "cpu"):
+    """``(model, tokenizer)`` from a local folder, never running remote code; PEFT only when asked."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=False, local_files_only=True)
+    if adapter is not None:
+        # peft is heavy and only needed for adapters: import it here, not at module level.
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+    model.to(device).eval()
+    return model, tokenizer
 
 
 @torch.no_grad()
