@@ -167,17 +167,21 @@ def test_port_in_use_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> Non
     assert f"pr1d sim: cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
 
 
-def test_grade_with_model_without_grading_module(capsys: pytest.CaptureFixture[str]) -> None:
-    # The grading module arrives in a later release; until then the flag fails with a clear message.
-    try:
-        import pr1d.sim.grading  # noqa: F401
-    except ModuleNotFoundError:
-        pass
-    else:
-        pytest.skip("pr1d.sim.grading exists now")
+def test_grade_with_model_needs_models(capsys: pytest.CaptureFixture[str]) -> None:
+    # The real grading module, given no model to grade with: a clear error and exit 1, not a traceback.
     assert cli.run(_parse("--grade-with-model", "--port", "0")) == 1
     err = capsys.readouterr().err
-    assert "--grade-with-model" in err and "pr1d.sim.grading" in err
+    assert err.startswith("pr1d sim: --grade-with-model") and "--model-dir" in err and "--models-root" in err
+
+
+def test_grade_with_model_without_grading_module(monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    # A build without the grading module (a fault this checkout cannot cause otherwise): None in
+    # sys.modules makes the import fail as a missing module does.
+    monkeypatch.setitem(sys.modules, cli.GRADING_MODULE, None)
+    assert cli.run(_parse("--grade-with-model", "--port", "0")) == 1
+    err = capsys.readouterr().err
+    assert "--grade-with-model" in err and "pr1d.sim.grading" in err and "is missing" in err
 
 
 def test_grade_with_model_uses_the_grading_module(monkeypatch: pytest.MonkeyPatch) -> None:
