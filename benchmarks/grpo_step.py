@@ -48,9 +48,9 @@ ARMS = ("stage", "raw_trl")
 
 
 def stage_config(steps: int, max_len: int, threads: int):
-    from pr1d.train.grpo import RLStageConfig
+    from pr1d.params import RLParams
 
-    return RLStageConfig(max_steps=steps, explore_verify=False, max_completion_length=max_len, threads=threads,
+    return RLParams(max_steps=steps, explore_verify=False, max_completion_length=max_len, threads=threads,
                          checkpoint_every=10**6, eval_per_tier=0, curriculum={"tiers": ["easy"]})
 
 
@@ -113,7 +113,7 @@ def worker(arm: str, model: str, steps: int, max_len: int, out: str) -> None:
         for step in range(1, steps + 1):
             rows += cur.draw(step, cfg.generation_batch, cfg.num_generations)[:: cfg.num_generations]
         args = grpo_args(cfg, ckpt, use_cpu=True)
-        trainer = GRPOTrainer(model=m, reward_funcs=list(make_reward_funcs(cfg.reward_config(), tok)), args=args,
+        trainer = GRPOTrainer(model=m, reward_funcs=list(make_reward_funcs(cfg.reward_params(), tok)), args=args,
                               train_dataset=Dataset.from_list(rows), processing_class=tok)
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 

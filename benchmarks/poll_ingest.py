@@ -163,7 +163,7 @@ def main() -> int:
 
 
 def ledger_write_rate(agents: int, evals: int) -> float:
-    from pr1d.ledger import store
+    from pr1d.ledger import samples
     from pr1d.ledger.store import Ledger
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -174,7 +174,7 @@ def ledger_write_rate(agents: int, evals: int) -> float:
                                "rubric": {"compliance": True, "safety": True}, "task_id": f"t{k}", "tier": "easy"}
                               for k in range(evals)]} for i in range(agents)]
         t = time.monotonic()
-        n = sum(store.ingest_polls(led, polls[i:i + 1000]) for i in range(0, len(polls), 1000))
+        n = sum(samples.ingest_polls(led, polls[i:i + 1000]) for i in range(0, len(polls), 1000))
         dt = time.monotonic() - t
         led.close()
     assert n == agents * evals

@@ -54,9 +54,10 @@ def one_seed(base: Path, sft_cfg: dict, rl_cfg: dict, n: int, work: Path) -> dic
 
     from pr1d.config import Config
     from pr1d.inference.generate import load_model
+    from pr1d.params import RLParams, SFTParams, params_from
     from pr1d.stages.rl import choose_candidate
-    from pr1d.train.grpo import RLStageConfig, copy_policy, train_grpo
-    from pr1d.train.sft import SFTStageConfig, curriculum_records, evaluate_model, save_candidate, train_sft
+    from pr1d.train.grpo import copy_policy, train_grpo
+    from pr1d.train.sft import curriculum_records, evaluate_model, save_candidate, train_sft
 
     torch.set_num_threads(2)
     out: dict = {}
@@ -64,7 +65,7 @@ def one_seed(base: Path, sft_cfg: dict, rl_cfg: dict, n: int, work: Path) -> dic
     out["base"] = _scores(m, t, n)
 
     # 1. SFT, the demo's recipe.
-    cfg = SFTStageConfig.from_params({"eval_per_tier": 0, "checkpoint_every": 100_000, **sft_cfg})
+    cfg = params_from(SFTParams, {"eval_per_tier": 0, "checkpoint_every": 100_000, **sft_cfg}, "sft")
     records, _ = curriculum_records([], cfg)
     t0 = time.monotonic()
     model, tok, summary = train_sft(base, records, work / "sft-ckpt", cfg)
@@ -78,7 +79,7 @@ def one_seed(base: Path, sft_cfg: dict, rl_cfg: dict, n: int, work: Path) -> dic
     del model
 
     # 2. RL from the SFT candidate, the demo's stage settings and the daemon's default rewards.
-    rcfg = RLStageConfig.from_params({**rl_cfg, "rewards": Config().rewards.model_dump(), "checkpoint_every": 100_000})
+    rcfg = params_from(RLParams, {**rl_cfg, "rewards": Config().rewards.model_dump(mode="json"), "checkpoint_every": 100_000}, "rl")
     t0 = time.monotonic()
     model, tok, rsum = train_grpo(sft_dir, work / "rl-ckpt", rcfg, use_cpu=True)
     out["rl_s"] = time.monotonic() - t0
@@ -96,8 +97,8 @@ def one_seed(base: Path, sft_cfg: dict, rl_cfg: dict, n: int, work: Path) -> dic
 
     # 3. The control: SFT continued for the RL arm's wall time, on fresh problems.
     steps = max(1, round(out["rl_s"] / s_per_step))
-    ccfg = SFTStageConfig.from_params({"eval_per_tier": 0, "checkpoint_every": 100_000, **sft_cfg,
-                                       "max_steps": steps, "seed": int(sft_cfg.get("seed", 0)) + 1})
+    ccfg = params_from(SFTParams, {"eval_per_tier": 0, "checkpoint_every": 100_000, **sft_cfg,
+                                   "max_steps": steps, "seed": int(sft_cfg.get("seed", 0)) + 1})
     crecords, _ = curriculum_records([], ccfg)
     t0 = time.monotonic()
     model, tok, csum = train_sft(sft_dir, crecords, work / "cont-ckpt", ccfg)

@@ -141,7 +141,7 @@ def profile_status(state: Path, calls: int) -> None:
     import pstats
 
     from pr1d.config import load_config
-    from pr1d.registry import approvals, deploy, watch
+    from pr1d.registry import approvals, push, watch
     from pr1d.registry.status import RegistryStatusCache, registry_status
     from pr1d.rpc import schema
     from pr1d.scoreboard import ParallelScoreboard, compute_kpis
@@ -161,7 +161,7 @@ def profile_status(state: Path, calls: int) -> None:
         "  (a GROUP BY over runs instead)": lambda: group_by(led),
         "registry status, cached": lambda: cache.get(led, cfg.approvals, cfg.registry),
         "registry_status, computed": lambda: registry_status(led, cfg.approvals, cfg.registry),
-        "  pending_pushes": lambda: deploy.pending_pushes(led, cfg.registry),
+        "  pending_pushes": lambda: push.pending_pushes(led, cfg.registry),
         "  pending_approvals": lambda: approvals.pending_approvals(led, cfg.approvals),
         "  watch_status": lambda: watch.watch_status(led),
         "scoreboard.snapshot": board.snapshot,

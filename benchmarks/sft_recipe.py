@@ -73,10 +73,11 @@ def score(model, tok, n_per_tier: int, seed: int) -> dict:
 def run_arm(base: Path, arm: dict, n_per_tier: int, work: Path) -> dict:
     import torch
 
-    from pr1d.train.sft import SFTStageConfig, curriculum_records, train_sft
+    from pr1d.params import SFTParams, params_from
+    from pr1d.train.sft import curriculum_records, train_sft
 
     torch.set_num_threads(2)
-    cfg = SFTStageConfig.from_params({"eval_per_tier": 0, "checkpoint_every": 100_000, **arm})
+    cfg = params_from(SFTParams, {"eval_per_tier": 0, "checkpoint_every": 100_000, **arm}, "sft")
     records, _ = curriculum_records([], cfg)
     model, tok, summary = train_sft(base, records, work, cfg)
     model.eval()

@@ -46,9 +46,10 @@ def _kb_snippets() -> list[str]:
 
 
 def make_records(n: int, seed: int) -> list[dict]:
-    from pr1d.train.sft import SFTStageConfig, curriculum_records
+    from pr1d.params import SFTParams
+    from pr1d.train.sft import curriculum_records
 
-    records, _ = curriculum_records([], SFTStageConfig(n_train=n, seed=seed))
+    records, _ = curriculum_records([], SFTParams(n_train=n, seed=seed))
     rng = random.Random(seed)
     snippets = _kb_snippets()
     for r in records:
@@ -62,11 +63,12 @@ def worker(arm: str, model: str, records_path: str, steps: int, out: str) -> Non
     """One arm in this process; writes {tokens, seconds, tokens_per_s} to ``out``."""
     import torch
 
-    from pr1d.train.sft import SFTStageConfig, encode_records, load_records, train_sft
+    from pr1d.params import SFTParams
+    from pr1d.train.sft import encode_records, load_records, train_sft
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     records = load_records(records_path)
-    cfg = SFTStageConfig(max_steps=steps, checkpoint_every=10**6, eval_per_tier=0, n_train=1,
+    cfg = SFTParams(max_steps=steps, checkpoint_every=10**6, eval_per_tier=0, n_train=1,
                          padding="max_length" if arm == "max_length" else "dynamic")
     ckpt = tempfile.mkdtemp(prefix=f"sftbench-{arm}-")
     if arm in ("stage", "max_length"):

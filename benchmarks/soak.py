@@ -5,7 +5,7 @@
 3. The soak: an hour of simulated time (the sim grades each agent every 60 simulated seconds, so 60
    evaluations per agent) in `--cycles` poll cycles, each a tick then one `monitor.poll`; per cycle the
    wall time, evaluations stored, daemon RSS, and triggers (the fleet is healthy: any trigger is false).
-4. The ledger is filled to `--samples` (default 10 million) through the ledger API (`store.ingest_polls`,
+4. The ledger is filled to `--samples` (default 10 million) through the ledger API (`samples.ingest_polls`,
    the poller's own batched write, with the daemon stopped: it is the only writer while it runs),
    synthetic history older than the soak's evaluations.
 5. The daemon restarts on the big ledger: `status` p50/p99 again, one more poll cycle, RSS, ledger size.
@@ -31,7 +31,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from pr1d.ledger import store
+from pr1d.ledger import samples, store
 from pr1d.ledger.store import Ledger
 from pr1d.rpc.client import Client
 
@@ -121,8 +121,8 @@ class Daemon:
 def fill(ledger_path: Path, agents: list[str], target: int, per_agent_batch: int = 100) -> dict:
     """Add synthetic history until the ledger holds `target` samples, through the poller's batched write."""
     led = Ledger(ledger_path)
-    have = store.sample_count(led)
-    cursors = store.agent_cursors(led)
+    have = samples.sample_count(led)
+    cursors = samples.agent_cursors(led)
     rng = random.Random(0)
     t0, added, rnd = time.monotonic(), 0, 0
     base_ts = 1.6e9  # 2020: older than the sim's 2025 clock, so the soak's samples stay the newest
@@ -139,7 +139,7 @@ def fill(ledger_path: Path, agents: list[str], target: int, per_agent_batch: int
                                    "weighted_score": round(rng.gauss(0.91, 0.03), 4), "status": "pass",
                                    "rubric": {"compliance": True, "safety": True}, "task_id": f"gsm-easy-{k}",
                                    "tier": "easy"} for k in range(n)]} for aid in group]
-            added += store.ingest_polls(led, polls)
+            added += samples.ingest_polls(led, polls)
         rnd += 1
         print(f"  fill: {have + added:,} samples ({added / (time.monotonic() - t0):,.0f}/s)", flush=True)
     with led.engine.connect() as conn:
@@ -240,7 +240,7 @@ def main() -> int:
             result["cycles"].append(row)
             print(f"cycle {i}: {row}", flush=True)
         led = Ledger(state / "ledger.sqlite")
-        result["samples_after_soak"] = store.sample_count(led)
+        result["samples_after_soak"] = samples.sample_count(led)
         led.close()
         result["expected_after_soak"] = a.agents * evals_total
         result["false_triggers"] = result["cycles"][-1]["triggers_so_far"]
@@ -255,7 +255,7 @@ def main() -> int:
         result["fill"] = fill(state / "ledger.sqlite", agents, a.samples)
         d.start()
         led = Ledger(state / "ledger.sqlite")
-        big = store.sample_count(led)
+        big = samples.sample_count(led)
         led.close()
         result["status_big"] = {**status_latency(d.sock, a.calls), "samples": big}
         print(f"status at {big:,} samples: {result['status_big']}", flush=True)

@@ -17,10 +17,10 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .evaluate.gate import GateConfig
-from .evaluate.grading import GradeWeights
 from .kb.config import KBConfig
 from .monitor.rules import RuleConfig, effective_rule_config
 from .monitor.signals import SignalConfig, effective_signal_config
+from .params import BacktestParams, RewardParams, RLParams, SFTGateParams, SFTParams
 from .registry.config import ApprovalConfig, RegistryConfig, WatchConfig
 from .scoreboard import ScoreboardConfig
 
@@ -203,75 +203,6 @@ class DatasetConfig(_Section):
         return v
 
 
-class RewardsConfig(_Section):
-    """The GRPO reward and the shared grading weights (docs/rewards.md); passed to the RL stage as params."""
-
-    grade_weight: float = Field(
-        1.0, ge=0.0, description="Weight of the shared grading score (the number the backtest also measures)."
-    )
-    format_weight: float = Field(
-        0.2, ge=0.0, description="Weight of the format term: 1 when the Parallel-format validator accepts the completion."
-    )
-    diversity_weight: float = Field(
-        0.1, ge=0.0, description="Weight of path diversity: 1 - mean pairwise Jaccard similarity of a block's paths."
-    )
-    critic_weight: float = Field(
-        0.2, ge=0.0,
-        description="Weight of agreement with the platform critic (POST /v1/critic/verify); dropped for a step "
-        "when the critic is unreachable, never counted as 0.",
-    )
-    format_require_parallel: bool = Field(
-        True, description="The format term also needs at least one <Parallel> block (a valid sequential answer gets 0)."
-    )
-    alternating: bool = Field(
-        False,
-        description="Parallel-R1 stage-2 schedule: accuracy terms on every step, the parallel terms (format, "
-        "diversity, parallel bonus) only in every alternate_every-th window of alternate_window steps.",
-    )
-    alternate_window: int = Field(10, ge=1, description="Steps per window of the alternating schedule.")
-    alternate_every: int = Field(
-        5, ge=1, description="Every k-th window is a bonus window (5: 20% of the steps, as in Parallel-R1)."
-    )
-    parallel_bonus: float = Field(
-        0.5, ge=0.0,
-        description="With alternating on: reward for a valid completion with a <Parallel> block in bonus windows.",
-    )
-    guardrails: list[str] = Field(
-        [], description="Phrases a completion must never contain (case-insensitive); one fails the compliance column."
-    )
-    critic_redis_url: str = Field(
-        "", description="Redis URL of the critic cache (redis://host:port/db); empty: an in-process LRU."
-    )
-    critic_lru_size: int = Field(
-        100_000, ge=0, description="Entries of the in-process critic cache (also the fallback when Redis fails)."
-    )
-    critic_timeout_s: float = Field(10.0, gt=0, le=300, description="Timeout of one critic request.")
-    critic_cooldown_s: float = Field(
-        30.0, ge=0, description="After a failed critic request, skip the critic for this long (one timeout per outage)."
-    )
-    grading: GradeWeights = GradeWeights()
-
-    @field_validator("critic_redis_url")
-    @classmethod
-    def _redis_url(cls, v: str) -> str:
-        if v and not v.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("expected a redis://, rediss:// or unix:// URL, or empty for the in-process LRU")
-        return v
-
-    @field_validator("guardrails")
-    @classmethod
-    def _phrases(cls, v: list[str]) -> list[str]:
-        if any(not p.strip() for p in v):
-            raise ValueError("guardrail phrases must not be empty or whitespace only")
-        return v
-
-    @model_validator(mode="after")
-    def _some_term(self) -> RewardsConfig:
-        if self.grade_weight + self.format_weight + self.diversity_weight + self.critic_weight <= 0:
-            raise ValueError("every reward term has weight 0; set grade_weight (or another weight) above 0")
-        return self
-
-
 class MonitorConfig(_Section):
     """Score monitoring: the signals and trigger rules (docs/entry-criteria.md)."""
 
@@ -402,28 +333,25 @@ class NotifyConfig(_Section):
     )
 
 
-StageParam = bool | int | float | str
-
-
 class TrainingConfig(_Section):
     """Default parameters of the curriculum's stages (`[training.<stage>]`), under each run's own params.
 
-    Keys are the stage's config fields (for `sft` and `rl` the flags of `python -m pr1d.train.sft` /
-    `pr1d.train.grpo`, with `_` for `-`); a run's `--param` wins over these. The stage refuses a key it
-    does not know. The demo's values live in its config; a 7B production profile is config/profiles/.
+    Each table is the stage's parameter model (pr1d/params.py; for `sft` and `rl` also the flags of
+    `python -m pr1d.train.sft` / `pr1d.train.grpo`, with `_` for `-`), so a key the stage does not know stops
+    the daemon at load; a run's `--param` wins over these. Only the keys a file sets reach the stage. The
+    demo's values live in its config; a 7B production profile is config/profiles/.
     """
 
-    sft: dict[str, StageParam] = Field(
-        {}, description="`sft` stage defaults, e.g. `{max_steps = 2000, lr = 0.001, finetune = \"lora\"}`."
-    )
-    sft_gate: dict[str, StageParam] = Field(
-        {}, description="`sft_gate` stage defaults, e.g. `{n_per_tier = 100, threshold = 0.05}`."
-    )
-    rl: dict[str, StageParam] = Field({}, description="`rl` stage defaults, e.g. `{max_steps = 200}`.")
-    backtest: dict[str, StageParam] = Field({}, description="`backtest` stage defaults, e.g. `{n_per_tier = 100}`.")
+    sft: SFTParams = SFTParams()
+    sft_gate: SFTGateParams = SFTGateParams()
+    rl: RLParams = RLParams()
+    backtest: BacktestParams = BacktestParams()
 
-    def for_stage(self, stage: str) -> dict[str, StageParam]:
-        return dict(getattr(self, stage, None) or {})
+    def for_stage(self, stage: str) -> dict[str, Any]:
+        """The keys the config set for ``stage`` (none for a stage without a table): what the stage layers
+        the run's params over."""
+        table = getattr(self, stage, None)
+        return table.model_dump(mode="json", exclude_unset=True) if isinstance(table, BaseModel) else {}
 
 
 class Config(_Section):
@@ -441,7 +369,7 @@ class Config(_Section):
     retention: RetentionConfig = RetentionConfig()
     kb: KBConfig = KBConfig()
     dataset: DatasetConfig = DatasetConfig()
-    rewards: RewardsConfig = RewardsConfig()
+    rewards: RewardParams = RewardParams()
     training: TrainingConfig = TrainingConfig()
     notify: NotifyConfig = NotifyConfig()
 
@@ -454,15 +382,21 @@ class Config(_Section):
 
     def scoring_token(self) -> str | None:
         """The bearer token from the environment or the secret file; None when neither is set."""
-        tok = os.environ.get(self.scoring.token_env)
-        if tok:
-            return tok.strip()
-        if self.scoring.token_file:
-            try:
-                return Path(self.scoring.token_file).read_text().strip() or None
-            except OSError as e:
-                raise ConfigError(f"scoring.token_file {self.scoring.token_file}: {e.strerror}") from None
-        return None
+        return read_token(self.scoring.token_env, self.scoring.token_file)
+
+
+def read_token(token_env: str, token_file: str) -> str | None:
+    """A bearer token: the variable ``token_env`` first, then the file ``token_file``; None when neither is
+    set. The one way the daemon and every stage read it (the spec carries only these two names)."""
+    tok = os.environ.get(token_env) if token_env else None
+    if tok:
+        return tok.strip()
+    if token_file:
+        try:
+            return Path(token_file).read_text().strip() or None
+        except OSError as e:
+            raise ConfigError(f"scoring.token_file {token_file}: {e.strerror}") from None
+    return None
 
 
 def default_socket_path(cfg: Config | None = None) -> Path:
@@ -725,9 +659,17 @@ def _wrap_comment(text: str, width: int = 100) -> list[str]:
 
 
 def _model_toml(model: type[BaseModel], out: list[str]) -> None:
+    # The [training.<stage>] tables are commented out: only the keys a file sets reach the stage (under the
+    # run's params), so a copy of this file must not pin every default. A key without a value (None) has
+    # no TOML form: it is shown commented out as well.
+    commented = False
     for item in _walk(model):
         if item[0] == "key":
             _, key, _ann, default, desc = item
+            if commented or default is None:
+                shown = "..." if default is None else _toml_value(default)
+                out.extend([*_wrap_comment(desc), f"# {key} = {shown}", ""])
+                continue
             out.extend([*_wrap_comment(desc), f"{key} = {_toml_value(default)}", ""])
         elif item[0] == "array":
             # Commented out: the default is an empty array, and an example entry must not become a real one.
@@ -738,6 +680,7 @@ def _model_toml(model: type[BaseModel], out: list[str]) -> None:
                 out.extend([*("# " + c for c in _wrap_comment(kdesc, 98)), f"# {key} = {_toml_value(value)}"])
             out.append("")
         else:
+            commented = item[1].startswith("training.")
             out.extend([f"[{item[1]}]", *(_wrap_comment(item[2]) if item[2] else []), ""])
 
 

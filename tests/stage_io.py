@@ -25,20 +25,18 @@ def read_events(
     return events
 
 
-def write_stage_spec(tmp_path: Path, stage_dir_name: str, params: dict, resume: bool) -> Path:
-    """A stage worker's spec file for a run under ``tmp_path/run`` (one per ``resume`` value), its stage dir made."""
+def write_stage_spec(tmp_path: Path, stage_dir_name: str, params: dict, resume: bool, **sections) -> Path:
+    """A stage worker's spec file for a run under ``tmp_path/run`` (one per ``resume`` value), its stage dir made.
+
+    Built with the daemon's own :class:`~pr1d.pipeline.spec.StageSpec`, so a test spec cannot drift from the
+    contract; ``sections`` are further StageSpec fields (``scoring=Scoring(...)``, ``run_kind="rl"``, ...).
+    """
+    from pr1d.pipeline.spec import StageSpec
+
     run_dir = tmp_path / "run"
     stage_dir = run_dir / stage_dir_name
-    spec = {
-        "run_id": 1,
-        "run_dir": str(run_dir),
-        "stage_dir": str(stage_dir),
-        "checkpoint_dir": str(stage_dir / "checkpoints"),
-        "resume": resume,
-        "heartbeat_s": 30,
-        "params": params,
-    }
+    spec = StageSpec(run_id=1, stage_id=1, stage=stage_dir_name.split("-", 1)[-1], run_dir=run_dir,
+                     stage_dir=stage_dir, checkpoint_dir=stage_dir / "checkpoints", resume=resume, heartbeat_s=30,
+                     params=params, **sections)
     stage_dir.mkdir(parents=True, exist_ok=True)
-    path = tmp_path / f"spec-{int(resume)}.json"
-    path.write_text(json.dumps(spec))
-    return path
+    return spec.dump(tmp_path / f"spec-{int(resume)}.json")

@@ -91,7 +91,6 @@ def _state_with_history(tmp_path: Path, daemon_factory):
     a gradebook copy and a KB file."""
     from pr1d.ledger.store import Ledger
     from pr1d.registry.deploy import record_initial
-    from pr1d.registry.tables import ensure_schema
     from pr1d.registry.versions import register_version
 
     from .registry.registry_kit import awaiting_run, make_model
@@ -101,7 +100,6 @@ def _state_with_history(tmp_path: Path, daemon_factory):
     add_agents(sd, "a1", "a2")
     led = Ledger(sd / "ledger.sqlite")
     try:
-        ensure_schema(led)
         base = register_version(led, sd / "models", "a1", make_model(tmp_path / "base", 0))
         record_initial(led, sd / "models", "a1", base["id"])
         rid = awaiting_run(led, "a1")

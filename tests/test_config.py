@@ -45,6 +45,10 @@ def test_env_string_values_and_reserved_names_ignored():
         ("wrong_type", "key `daemon.heartbeat_timeout_s`: expected a number, got 'fast'"),
         ("out_of_range", "key `daemon.max_training_stages`: expected a value >= 1, got 0"),
         ("not_toml", "not valid TOML"),
+        # The stages' parameters are typed (pr1d/params.py): a typo stops the daemon at load, with the key.
+        ("unknown_training_key", "key `training.sft.max_step`: unknown key"),
+        ("unknown_rl_reward_key", "key `training.rl`: rewards: unknown key(s) ['grade']"),
+        ("unknown_rewards_key", "key `rewards.format_wieght`: unknown key"),
     ],
 )
 def test_bad_config_names_file_and_key(fixture, needle):
@@ -98,3 +102,13 @@ def test_configuration_reference_is_current():
 def test_module_cli_usage_error():
     cp = subprocess.run([sys.executable, "-m", "pr1d.config", "--nope"], capture_output=True, text=True)
     assert cp.returncode == 2
+
+
+def test_training_tables_reach_the_stage_with_only_the_keys_set(tmp_path):
+    """[training.<stage>] is layered under the run's params: only the keys a file sets travel, typed."""
+    path = tmp_path / "c.toml"
+    path.write_text('[training.sft]\nmax_steps = 7\nmix = "easy=1"\n[training.rl]\nrewards = {format_weight = 0.5}\n')
+    cfg = load_config([path], environ={}, use_system=False)
+    assert cfg.training.for_stage("sft") == {"max_steps": 7, "mix": {"easy": 1.0}}
+    assert cfg.training.for_stage("rl") == {"rewards": {"format_weight": 0.5}}
+    assert cfg.training.for_stage("backtest") == {} and cfg.training.for_stage("gate") == {}

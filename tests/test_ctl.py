@@ -97,7 +97,6 @@ def _awaiting_inconclusive(daemon_factory, tmp_path):
     """A daemon whose agent a1 has a registered candidate awaiting approval behind an inconclusive gate."""
     from pr1d.ledger.store import Ledger
     from pr1d.registry.deploy import record_initial
-    from pr1d.registry.tables import ensure_schema
     from pr1d.registry.versions import register_version
 
     from .registry.registry_kit import awaiting_run, make_model
@@ -107,7 +106,6 @@ def _awaiting_inconclusive(daemon_factory, tmp_path):
     add_agents(sd, "a1")
     led = Ledger(sd / "ledger.sqlite")
     try:
-        ensure_schema(led)
         base = register_version(led, sd / "models", "a1", make_model(tmp_path / "base", 0))
         record_initial(led, sd / "models", "a1", base["id"])
         rid = awaiting_run(led, "a1", gate=INCONCLUSIVE)

@@ -11,16 +11,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pr1d.daemon.metrics import (
-    HTTP_BUCKETS,
     DaemonMetrics,
-    Histogram,
     LedgerGauges,
     read_ledger_gauges,
     render,
 )
 from pr1d.ledger.store import Ledger
-from pr1d.monitor.poller import EndpointHealth
-from pr1d.registry.tables import ensure_schema
+from pr1d.monitor.histogram import Histogram
+from pr1d.monitor.poller import HTTP_BUCKETS, EndpointHealth
 from tests.conftest import add_agents
 from tests.monitor.test_monitor_e2e import Sim
 
@@ -175,7 +173,6 @@ def test_ledger_gauges_render_and_an_unreadable_ledger_says_so():
 @pytest.fixture
 def ledger(tmp_path: Path):
     led = Ledger(tmp_path / "ledger.sqlite")
-    ensure_schema(led)
     led.upsert_agents([{"id": a, "model": "base-v0", "profile": "default"} for a in ("a1", "a2", "a3", "a4")])
     yield led
     led.close()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -52,3 +54,79 @@ def test_running_daemon_maps_no_torch(daemon):
     assert "torch" not in maps
     mods = _loaded(["pr1d.daemon.core"])
     assert mods == []
+
+
+# -- the layer rules docs/architecture.md states -------------------------------------------------------------
+# Static: every import statement in the source, lazy ones inside functions included (a lazy import is still a
+# dependency). Stage modules named in strings (`python -m pr1d.stages.X`) are process boundaries, not imports.
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _imports() -> dict[str, set[str]]:
+    """``{module: {imported module, ...}}`` for every module of pr1d and pr1tui, relative imports resolved."""
+    out: dict[str, set[str]] = {}
+    for pkg in ("pr1d", "pr1tui"):
+        for f in (ROOT / pkg).rglob("*.py"):
+            parts = f.relative_to(ROOT).with_suffix("").parts
+            mod = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            here = mod if parts[-1] == "__init__" else mod.rpartition(".")[0]
+            targets = out.setdefault(mod, set())
+            for node in ast.walk(ast.parse(f.read_text(), str(f))):
+                if isinstance(node, ast.Import):
+                    targets.update(a.name for a in node.names)
+                elif isinstance(node, ast.ImportFrom):
+                    if node.level:
+                        base = here.split(".")[: len(here.split(".")) - node.level + 1]
+                        target = ".".join(base + ([node.module] if node.module else []))
+                        # `from . import x`: x may be a module of that package
+                        targets.update(f"{target}.{a.name}" for a in node.names)
+                    else:
+                        target = node.module or ""
+                        targets.update(f"{target}.{a.name}" for a in node.names)
+                    targets.add(target)
+    return out
+
+
+def _within(mod: str, pkg: str) -> bool:
+    return mod == pkg or mod.startswith(pkg + ".")
+
+
+# (importer package, packages it must not import, why)
+LAYER_RULES = [
+    ("pr1d", ["pr1d.stages"], "stages are worker entry points: only the launcher starts them, by name"),
+    ("pr1d.evaluate", ["pr1d.train", "pr1d.daemon", "pr1d.registry"], "evaluation measures models; it does not train"),
+    ("pr1d.inference", ["pr1d.train", "pr1d.evaluate", "pr1d.daemon", "pr1d.registry"],
+     "inference sits under evaluation and training, which both use it"),
+    ("pr1d.train", ["pr1d.daemon", "pr1d.ledger", "pr1d.registry", "pr1d.rpc", "pr1d.monitor"],
+     "training runs in stage workers, which talk to the daemon only through their spec and event pipe"),
+    ("pr1d.ledger", ["pr1d.daemon", "pr1d.registry", "pr1d.monitor", "pr1d.rpc", "pr1d.pipeline", "pr1d.train"],
+     "the ledger is the bottom of the daemon's stack"),
+    ("pr1d.rpc", ["pr1d.daemon", "pr1d.registry", "pr1d.train", "pr1d.monitor"],
+     "the wire protocol is shared by the daemon and its clients"),
+    ("pr1tui", ["pr1d.daemon", "pr1d.ledger", "pr1d.registry", "pr1d.train", "pr1d.inference", "pr1d.monitor",
+                "pr1d.stages", "pr1d.data", "pr1d.evaluate"], "the console talks to the daemon over its socket only"),
+    ("pr1d.ctl", ["pr1d.daemon", "pr1d.ledger", "pr1d.registry", "pr1d.train", "pr1d.inference", "pr1d.monitor",
+                  "pr1d.stages"], "pr1ctl talks to the daemon over its socket only"),
+]
+
+
+@pytest.mark.parametrize(("importer", "banned", "why"), LAYER_RULES, ids=[r[0] for r in LAYER_RULES])
+def test_layer_rules(importer, banned, why):
+    bad = sorted(f"{mod} imports {t}" for mod, targets in _imports().items() if _within(mod, importer)
+                 for t in targets for b in banned if _within(t, b) and not _within(mod, b))
+    assert not bad, f"{why}:\n" + "\n".join(bad)
+
+
+def test_only_the_cli_imports_the_daemon():
+    allowed = ("pr1d.daemon", "pr1d.cli")
+    bad = sorted(f"{mod} imports {t}" for mod, targets in _imports().items() if not any(_within(mod, a) for a in allowed)
+                 for t in targets if _within(t, "pr1d.daemon"))
+    assert not bad, "the daemon is the top of its stack; parts it composes must not reach back into it:\n" + "\n".join(bad)
+
+
+def test_the_import_scanner_sees_lazy_and_relative_imports():
+    imports = _imports()
+    # a lazy relative import inside a function (pr1d/stages/backtest.py: resolve_sides)
+    assert "pr1d.inference.policy" in imports["pr1d.stages.backtest"]
+    assert "pr1d.inference.policy.ParallelExecutionPolicy" in imports["pr1d.stages.backtest"]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
+from pathlib import Path
 
 import pytest
 
+from pr1d.ledger import samples
 from pr1d.ledger import store as store_mod
 from pr1d.ledger.states import (
     RUN_TRANSITIONS,
@@ -190,8 +192,11 @@ def _schema(path) -> dict:
 
 
 def _as_v1(path) -> None:
-    """Turn a fresh ledger into one as version 1 wrote it (no agents.monitor, no per-version sample index)."""
+    """Turn a fresh ledger into one as version 1 wrote it (no agents.monitor, no per-version sample index,
+    no registry tables: the v1 -> v2 step made those until v3 took them over)."""
     con = sqlite3.connect(path)
+    con.execute("DROP TABLE approvals")
+    con.execute("DROP TABLE deployment_state")
     con.execute("DROP INDEX ix_samples_agent_version_ts")
     con.execute("ALTER TABLE agents DROP COLUMN monitor")
     con.execute("UPDATE schema_meta SET value='1' WHERE key='schema_version'")
@@ -199,7 +204,7 @@ def _as_v1(path) -> None:
     con.close()
 
 
-def test_v1_ledger_migrates_to_v2(tmp_path):
+def test_v1_ledger_migrates_to_the_current_version(tmp_path):
     fresh = tmp_path / "fresh.sqlite"
     Ledger(fresh).close()
     path = tmp_path / "old.sqlite"
@@ -220,7 +225,7 @@ def test_v1_ledger_migrates_to_v2(tmp_path):
     assert "monitor" not in dict(_schema(path)["agents"])
 
     led = Ledger(path)
-    assert led.schema_version() == store_mod.SCHEMA_VERSION == 2
+    assert led.schema_version() == store_mod.SCHEMA_VERSION == 3  # v1 -> v2 -> v3 in one open
     assert (tmp_path / "old.sqlite.v1.bak").exists()
     assert _schema(path) == _schema(fresh)  # the migrated ledger is the schema a new one gets
     a1, a2 = led.get_agent("a1"), led.get_agent("a2")
@@ -230,6 +235,119 @@ def test_v1_ledger_migrates_to_v2(tmp_path):
         assert conn.exec_driver_sql("SELECT model_version FROM score_samples").all() == [(None,)]  # unknown
     led.close()
     Ledger(path).close()  # already current: opens without migrating again
+
+
+V2_FIXTURE = Path(__file__).parent / "data" / "ledger" / "v2_with_registry.sql"
+# Tables whose every row a migration must keep (the counters are derived; schema_meta changes on purpose).
+DATA_TABLES = ("agents", "score_samples", "triggers", "runs", "stages", "metrics", "artifacts", "model_versions",
+               "deployments", "audit", "approvals", "deployment_state")
+
+
+def _v2_ledger(path: Path, *, without: tuple[str, ...] = ()) -> None:
+    """A v2 ledger from the literal SQL of one as pr1d wrote it (optionally without some tables)."""
+    con = sqlite3.connect(path)
+    con.executescript(V2_FIXTURE.read_text())
+    for table in without:
+        con.execute(f"DROP TABLE {table}")
+    con.commit()
+    con.close()
+
+
+def _rows(path: Path) -> dict[str, list[tuple]]:
+    con = sqlite3.connect(path)
+    try:
+        return {t: con.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall() for t in DATA_TABLES}
+    finally:
+        con.close()
+
+
+def test_v2_ledger_migrates_to_v3_keeping_every_row(tmp_path):
+    path = tmp_path / "l.sqlite"
+    _v2_ledger(path)
+    before = _rows(path)
+    assert all(before[t] for t in DATA_TABLES)  # the fixture has rows everywhere
+    fresh = tmp_path / "fresh.sqlite"
+    Ledger(fresh).close()
+
+    led = Ledger(path)
+    assert led.schema_version() == store_mod.SCHEMA_VERSION == 3
+    assert (tmp_path / "l.sqlite.v2.bak").exists()
+    assert _rows(path) == before
+    assert _schema(path) == _schema(fresh)
+    # The ledger reads the registry's rows through its own models now, and keeps the counters right.
+    assert [d["version_id"] for d in led.deployments("a1")] == ["v-00000000000000b1", "v-00000000000000a0"]
+    assert led.count_runs_by_state() == {"promoted": 1, "awaiting_approval": 1}
+    with led.write() as tx:
+        assert tx.one("SELECT push_error, expected_score FROM deployment_state WHERE deployment_id = 2") == \
+            ("HTTP 503 from the agent manager", 0.93)
+        assert tx.transition_run(2, "rejected", "bob", "no", src="awaiting_approval")["state"] == "rejected"
+    assert led.get_run(2)["state"] == "rejected" and led.count_runs_by_state()["rejected"] == 1
+    led.close()
+    Ledger(path).close()  # already current: opens without migrating again
+
+
+def test_v2_ledger_without_registry_tables_gets_them(tmp_path):
+    """A v2 ledger whose daemon never started the registry (it made its tables at start until v3)."""
+    path = tmp_path / "l.sqlite"
+    _v2_ledger(path, without=("approvals", "deployment_state"))
+    fresh = tmp_path / "fresh.sqlite"
+    Ledger(fresh).close()
+    led = Ledger(path)
+    assert led.schema_version() == 3 and _schema(path) == _schema(fresh)
+    led.close()
+
+
+def test_v2_registry_table_of_another_shape_stops_the_migration(tmp_path):
+    path = tmp_path / "l.sqlite"
+    _v2_ledger(path, without=("approvals",))
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE approvals (id INTEGER PRIMARY KEY, run_id INTEGER, note TEXT)")  # a hand edit
+    con.commit()
+    con.close()
+    with pytest.raises(LedgerError, match=r"approvals lacks columns \['reason', 'ts', 'user'\]"):
+        Ledger(path)
+    con = sqlite3.connect(path)
+    try:  # rolled back whole: still v2, nothing half-made
+        assert con.execute("SELECT value FROM schema_meta").fetchone() == ("2",)
+        assert con.execute("SELECT name FROM sqlite_master WHERE name = 'deployment_state'").fetchone()
+    finally:
+        con.close()
+
+
+def test_newer_than_v3_is_refused_and_left_alone(tmp_path):
+    path = tmp_path / "l.sqlite"
+    _v2_ledger(path)
+    con = sqlite3.connect(path)
+    con.execute("UPDATE schema_meta SET value = '4' WHERE key = 'schema_version'")
+    con.commit()
+    con.close()
+    before = _rows(path)
+    with pytest.raises(LedgerError, match=r"ledger schema version 4 is newer than this pr1d understands \(3\)"):
+        Ledger(path)
+    assert _rows(path) == before and not list(tmp_path.glob("*.bak"))
+
+
+def test_write_transaction_is_atomic_with_the_ledger_transition_and_audit(led):
+    run, _ = led.create_run("a1", "sft", "alice", stages=["sft", "gate"])
+    led.transition_run(run["id"], "running", "daemon")
+    audit_before = len(led.audit_log(limit=1000))
+    with pytest.raises(RuntimeError, match="boom"), led.write() as tx:
+        assert tx.transition_run(run["id"], "cancelled", "bob", "stop")["state"] == "cancelled"
+        tx.audit("bob", "note", "run", run["id"], reason="inside")
+        raise RuntimeError("boom")
+    assert led.get_run(run["id"])["state"] == "running"  # rolled back whole
+    assert len(led.audit_log(limit=1000)) == audit_before
+    with led.write() as tx:
+        assert tx.transition_run(run["id"], "cancelled", "bob", "stop", src="queued") is None  # not in src
+        moved = tx.transition_run(run["id"], "cancelled", "bob", "stop", src="running", now=123.0)
+        tx.audit("bob", "note", "run", run["id"], ts=124.0, reason="after")
+    assert moved["state"] == "cancelled" and moved["finished_at"] == 123.0
+    # The ledger's own transition code ran: pending stages skipped, audit rows in order.
+    assert [s["state"] for s in led.stages(run["id"])] == ["skipped", "skipped"]
+    rows = [(a["action"], a["entity"], a["to_state"], a["ts"]) for a in led.audit_log(limit=1000)][audit_before:]
+    assert rows[0] == ("transition", "run", "cancelled", 123.0) and rows[-1] == ("note", "run", None, 124.0)
+    with pytest.raises(IllegalTransition), led.write() as tx:
+        tx.transition_run(run["id"], "running", "bob", src="cancelled")
 
 
 def test_recover_after_restart_marks_running_interrupted(led):
@@ -408,7 +526,7 @@ def test_compact_compares_like_with_like(tmp_path):
     polls = [{"agent_id": "a1", "cursor": "c", "health": {},
               "samples": [{"eval_id": f"e{i}", "ts": 1000.0 + i, "weighted_score": 0.9, "status": "pass",
                            "rubric": None, "task_id": None, "tier": None} for i in range(2000)]}]
-    store_mod.ingest_polls(led, polls)
+    samples.ingest_polls(led, polls)
     wal = led.path.with_name(led.path.name + "-wal")
     assert wal.stat().st_size > led.path.stat().st_size  # the writes sit in the WAL, not yet checkpointed
     out = store_mod.compact(led, samples_days=1e6, keep_per_agent=10**6, metrics_days=1e6)

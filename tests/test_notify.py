@@ -480,7 +480,6 @@ def test_hanging_receiver_does_not_block_the_daemon(daemon_factory, state_dir, t
 def test_daemon_pages_rollback_and_failing_push(daemon_factory, tmp_path, receiver):
     from pr1d.ledger.store import Ledger
     from pr1d.registry.deploy import promote, record_initial
-    from pr1d.registry.tables import ensure_schema
     from pr1d.registry.versions import register_version
 
     from .registry.registry_kit import awaiting_run, make_model
@@ -491,7 +490,6 @@ def test_daemon_pages_rollback_and_failing_push(daemon_factory, tmp_path, receiv
     add_agents(sd, "a1")
     led = Ledger(sd / "ledger.sqlite")
     try:
-        ensure_schema(led)
         base = register_version(led, sd / "models", "a1", make_model(tmp_path / "base", 0))
         record_initial(led, sd / "models", "a1", base["id"])
         rid = awaiting_run(led, "a1")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -24,25 +23,17 @@ def test_the_7b_profile_exists():
 
 
 @pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)
-def test_profile_sft_keys_are_sft_stage_fields(profile):
-    from pr1d.train.sft import SFTStageConfig
+def test_profile_sets_typed_sft_and_rl_tables(profile):
+    """The tables load as the stages' own parameter models (a typo would have stopped load_config), and what
+    the stages receive (only the keys set) validates on its own."""
+    from pr1d.params import RLParams, SFTParams
 
-    sft = _load(profile).training.sft
+    training = _load(profile).training
+    sft, rl = training.for_stage("sft"), training.for_stage("rl")
     assert sft, "a training profile sets [training.sft]"
-    names = {f.name for f in dataclasses.fields(SFTStageConfig)}
-    assert set(sft) <= names, f"not SFTStageConfig fields: {sorted(set(sft) - names)}"
-    SFTStageConfig(**sft)  # and the values pass the stage's own validation
-
-
-@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)
-def test_profile_rl_keys_are_rl_stage_fields(profile):
-    pytest.importorskip("trl")
-    from pr1d.train.grpo import RLStageConfig
-
-    rl = _load(profile).training.rl
-    names = {f.name for f in dataclasses.fields(RLStageConfig)}
-    assert set(rl) <= names, f"not RLStageConfig fields: {sorted(set(rl) - names)}"
-    RLStageConfig.from_params(dict(rl))
+    assert rl, "a training profile sets [training.rl]"
+    assert SFTParams.model_validate(sft) == training.sft
+    assert RLParams.model_validate(rl) == training.rl
 
 
 @pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)
@@ -57,8 +48,8 @@ def test_profile_launches_through_a_shipped_accelerate_config(profile):
 def test_7b_profile_is_the_production_recipe():
     cfg = _load(ROOT / "config" / "profiles" / "qwen2.5-7b.toml")
     sft, rl = cfg.training.sft, cfg.training.rl
-    assert (sft["finetune"], sft["bf16"], sft["gradient_checkpointing"]) == ("lora", True, True)
-    assert rl["finetune"] == "lora"
+    assert (sft.finetune, sft.bf16, sft.gradient_checkpointing) == ("lora", True, True)
+    assert rl.finetune == "lora"
     assert cfg.daemon.accelerate_config.endswith("1node-8gpu-ddp.yaml")
 
 

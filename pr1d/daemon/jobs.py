@@ -28,7 +28,7 @@ async def housekeeping() -> None:
 
 async def poll_scores() -> None:
     """Poll the scoring API once; errors are recorded in health, never raised into the scheduler."""
-    await current().poll_cycle()
+    await current().poll_cycle.run()
 
 
 async def retry_pushes() -> None:

@@ -17,63 +17,31 @@ docs/runbooks/operations.md ("Metrics and alerts") lists every name; docs/alerts
 from __future__ import annotations
 
 import asyncio
-import bisect
 import logging
-import math
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..ledger.states import RunState, StageState
+from ..monitor.histogram import Histogram
 from ..pipeline.plans import PLANS
 
 log = logging.getLogger("pr1d.metrics")
 
-# Bucket bounds (seconds). A scoring API call is tens of ms when healthy and up to the timeout when not;
-# a poll cycle is under a second for a small fleet and minutes at 10,000 agents; a stage is seconds
-# (noop, sleep) to hours (sft, rl on CPU).
-HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Bucket bounds (seconds; the scoring API's are HTTP_BUCKETS in pr1d/monitor/poller.py). A poll cycle is
+# under a second for a small fleet and minutes at 10,000 agents; a stage is seconds (noop, sleep) to hours
+# (sft, rl on CPU).
 POLL_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 STAGE_BUCKETS = (1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0)
 
-# The scoring client's endpoint names (pr1d/monitor/poller.py, Daemon.gradebook_sync). Their series exist
+# The scoring client's endpoint names (pr1d/monitor/poller.py, pr1d/data/gradebook_sync.py). Their series exist
 # from the start at 0: `increase()` cannot see a counter's first step from "absent" to 1.
 SCORING_ENDPOINTS = ("agents", "evaluations", "gradebook")
 # The states a stage ends in; with every stage of every plan, the series of pr1d_stages_finished_total
 # that exist from the start (same reason).
 STAGE_END_STATES = (StageState.succeeded, StageState.failed, StageState.cancelled, StageState.interrupted)
 KNOWN_STAGES = tuple(sorted({s for plan in PLANS.values() for s in plan}))
-
-
-class Histogram:
-    """Cumulative-bucket histogram of non-negative values; ``observe`` is a bisect and three additions."""
-
-    __slots__ = ("bounds", "counts", "sum", "count")
-
-    def __init__(self, bounds: tuple[float, ...]):
-        if not bounds or any(not math.isfinite(b) for b in bounds) or list(bounds) != sorted(set(bounds)):
-            raise ValueError(f"histogram bounds must be finite, distinct and increasing; got {bounds!r}")
-        self.bounds = tuple(float(b) for b in bounds)
-        self.counts = [0] * (len(bounds) + 1)  # per bucket (not cumulative); the last one is +Inf
-        self.sum = 0.0
-        self.count = 0
-
-    def observe(self, value: float) -> None:
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"a histogram observation must be a finite number >= 0; got {value!r}")
-        # bisect_left: a value equal to a bound belongs to that bound's bucket (Prometheus `le`).
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.sum += value
-        self.count += 1
-
-    def cumulative(self) -> list[tuple[float, int]]:
-        """``(upper bound, observations <= it)`` per bucket, ending with ``(inf, count)``."""
-        out, running = [], 0
-        for bound, n in zip((*self.bounds, math.inf), self.counts, strict=True):
-            running += n
-            out.append((bound, running))
-        return out
 
 
 @dataclass
@@ -101,7 +69,7 @@ class DaemonMetrics:
         self.last_tick = time.monotonic() if now is None else now
 
     def poll_cycle(self, report: dict, now: float | None = None) -> None:
-        """A poll cycle ended; ``report`` is the dict ``Daemon.poll_cycle`` returns."""
+        """A poll cycle ended; ``report`` is the dict ``PollCycle.run`` (pr1d/monitor/cycle.py) returns."""
         now = time.monotonic() if now is None else now
         ok = bool(report.get("ok"))
         self.poll_cycles["ok" if ok else "failed"] += 1
@@ -143,7 +111,7 @@ def read_ledger_gauges(ledger: Any) -> LedgerGauges:
     approval window counts from (pr1d/registry/approvals.py); "pending" is the registry's own definition
     (each agent's newest deployment not acknowledged by the agent manager).
     """
-    from ..registry.deploy import _PENDING_SQL
+    from ..registry.push import _PENDING_SQL
 
     sql = (
         "SELECT 'run', state, count(*), min(coalesce(finished_at, updated_at)) FROM runs GROUP BY state "
@@ -328,5 +296,5 @@ async def scrape(daemon: Any) -> bytes:
         gauges = LedgerGauges(ok=False)
     poller = daemon.poller
     return render(daemon.metrics, gauges, poller.client.health if poller is not None else {},
-                  monitor=poller is not None, running_stages=len(daemon.stage_procs), version=__version__,
+                  monitor=poller is not None, running_stages=len(daemon.runs.stage_procs), version=__version__,
                   started_at=daemon.started)

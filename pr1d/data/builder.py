@@ -341,7 +341,7 @@ def write_dataset(
     ``content_hash`` is the sha256 of the records file's bytes (sorted keys, fixed separators), so the
     same inputs always give the same hash. The manifest carries no clock time, so it is reproducible too.
     """
-    from pr1d.stages.base import writing  # names the file on ENOSPC/EFBIG
+    from pr1d.pipeline.files import writing  # names the file on ENOSPC/EFBIG
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

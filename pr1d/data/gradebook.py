@@ -114,7 +114,7 @@ def fetch_gradebook(
 
 class LocalGradebook:
     """The daemon's local copy of the gradebook: ``entries.jsonl`` (append-only) and ``state.json`` (the
-    cursor). The nightly sync job is its only writer; dataset stages read it and pull the delta since
+    cursor). The nightly sync (pr1d/data/gradebook_sync.py) is its only writer; dataset stages read it and pull the delta since
     its cursor on demand. Deduplicated by (task_id, content hash)."""
 
     def __init__(self, root: Any):

@@ -8,7 +8,8 @@ from sqlalchemy import JSON, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 # 2: score_samples are read per model version (index), agents.monitor keeps the monitor's per-version state.
-SCHEMA_VERSION = 2
+# 3: the registry's tables (approvals, deployment_state) are part of the versioned schema, declared here.
+SCHEMA_VERSION = 3
 
 
 def _json(default: Any = None) -> Any:
@@ -185,6 +186,35 @@ class AuditRow(SQLModel, table=True):
     details: dict | None = _json()
 
 
-# The registry's tables (approvals, deployment push/watch state) are declared beside the registry
-# code; importing them here puts them in SQLModel.metadata so a new ledger gets them from create_all.
-from ..registry import tables as _registry_tables  # noqa: E402,F401
+class Approval(SQLModel, table=True):
+    """One person's approval of a run awaiting approval: who (peer credentials), why, when."""
+
+    __tablename__ = "approvals"
+    # One approval per user and run: a second one from the same user is a no-op, which is what makes
+    # the two-person rule count *distinct* users.
+    __table_args__ = (UniqueConstraint("run_id", "user", name="uq_approval_user"),)
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(index=True)
+    user: str
+    reason: str
+    ts: float
+
+
+class DeploymentState(SQLModel, table=True):
+    """What the registry tracks per deployment beyond the append-only row: the profile push and the watch."""
+
+    __tablename__ = "deployment_state"
+    __table_args__ = (Index("ix_depstate_agent", "agent_id", "deployment_id"),)
+    deployment_id: int = Field(primary_key=True)  # deployments.id
+    agent_id: str
+    version_id: str
+    body: dict | None = _json()  # the exact profile body to push (profile, model_version, policy)
+    push_attempts: int = 0
+    push_error: str | None = None  # last failure, or "superseded by deployment N"
+    last_attempt_at: float | None = None
+    pushed_at: float | None = None  # acknowledged by the agent manager
+    # Platform-clock ts of the agent's newest score sample when the deployment was recorded: samples
+    # after it were graded under this version (None: from the agent's first sample on).
+    since_ts: float | None = None
+    expected_score: float | None = None  # the gate's expectation of this version's score
+    watch: dict | None = _json()  # last post-promotion watch verdict

@@ -63,9 +63,7 @@ def _migrate_v1_to_v2(conn: Any) -> None:
     def columns(table: str) -> set[str]:
         return {r[1] for r in conn.execute(text(f"PRAGMA table_info({table})"))}
 
-    from ..registry.tables import REGISTRY_TABLES  # the monitor reads deployment_state: make sure it exists
-
-    SQLModel.metadata.create_all(conn, tables=REGISTRY_TABLES)
+    # The registry tables the monitor reads (deployment_state) come with v3, in the same open.
     if "monitor" not in columns("agents"):
         conn.execute(text("ALTER TABLE agents ADD COLUMN monitor JSON"))
     if "model_version" not in columns("score_samples"):  # declared since v1, but make sure
@@ -76,13 +74,48 @@ def _migrate_v1_to_v2(conn: Any) -> None:
                       "AND json_extract(baseline, '$.source') = 'promotion'"))
 
 
+# The registry's tables as v3 declares them (and as the registry's own create_all made them in v2 ledgers).
+# Literal DDL, not the models: a migration must keep meaning what it meant when it shipped.
+_V3_REGISTRY_DDL = (
+    "CREATE TABLE IF NOT EXISTS approvals (id INTEGER NOT NULL, run_id INTEGER NOT NULL, user VARCHAR NOT NULL, "
+    "reason VARCHAR NOT NULL, ts FLOAT NOT NULL, PRIMARY KEY (id), CONSTRAINT uq_approval_user UNIQUE (run_id, user))",
+    "CREATE INDEX IF NOT EXISTS ix_approvals_run_id ON approvals (run_id)",
+    "CREATE TABLE IF NOT EXISTS deployment_state (deployment_id INTEGER NOT NULL, agent_id VARCHAR NOT NULL, "
+    "version_id VARCHAR NOT NULL, body JSON, push_attempts INTEGER NOT NULL, push_error VARCHAR, "
+    "last_attempt_at FLOAT, pushed_at FLOAT, since_ts FLOAT, expected_score FLOAT, watch JSON, "
+    "PRIMARY KEY (deployment_id))",
+    "CREATE INDEX IF NOT EXISTS ix_depstate_agent ON deployment_state (agent_id, deployment_id)",
+)
+_V3_REGISTRY_COLUMNS = {
+    "approvals": {"id", "run_id", "user", "reason", "ts"},
+    "deployment_state": {"deployment_id", "agent_id", "version_id", "body", "push_attempts", "push_error",
+                         "last_attempt_at", "pushed_at", "since_ts", "expected_score", "watch"},
+}
+
+
+def _migrate_v2_to_v3(conn: Any) -> None:
+    """v3: the registry's tables (``approvals``, ``deployment_state``) belong to the versioned schema.
+
+    Until v2 the registry created them itself, outside the schema version (at daemon start, and in the
+    v1 -> v2 step). This step creates them, with their indexes, where a ledger lacks them, and checks
+    that tables already there have every column v3 reads: rows are kept as they are. A table that
+    exists with other columns (a hand edit) stops the migration, which rolls back whole.
+    """
+    for ddl in _V3_REGISTRY_DDL:
+        conn.execute(text(ddl))
+    for table, wanted in _V3_REGISTRY_COLUMNS.items():
+        have = {r[1] for r in conn.execute(text(f"PRAGMA table_info({table})"))}
+        if not wanted <= have:
+            raise LedgerError(f"table {table} lacks columns {sorted(wanted - have)}; cannot migrate to v3")
+
+
 # Migrations from version N to N+1. Every version this project has shipped has an entry here.
-MIGRATIONS: dict[int, Callable[[Any], None]] = {1: _migrate_v1_to_v2}
+MIGRATIONS: dict[int, Callable[[Any], None]] = {1: _migrate_v1_to_v2, 2: _migrate_v2_to_v3}
 
 
 # Derived counters SQLite itself keeps current, so `status` reads a few rows instead of counting 100,000
-# runs or re-reading the registry on every call. Triggers catch every writer (the ORM, the registry's raw
-# SQL, a repair by hand), which counting in Python at each call site could not. Not part of the versioned
+# runs or re-reading the registry on every call. Triggers catch every writer (the ORM, the registry's SQL
+# in a write transaction, a repair by hand), which counting in Python at each call site could not. Not part of the versioned
 # schema: made (and seeded from the tables) at open when missing, so any ledger version gets them.
 COUNTER_TABLES = {
     # runs per state
@@ -204,6 +237,91 @@ def backup_refusal(dest: Path, live: Path) -> str | None:
     return None
 
 
+class WriteTx:
+    """One write transaction, opened with ``BEGIN IMMEDIATE``: ``with ledger.write() as tx:``.
+
+    For changes of several steps that must land whole (a promotion: the approval, the run's transition,
+    the deployment rows, the audit). IMMEDIATE takes the write lock before the first read, so a
+    read-check-write sequence (is the run still awaiting approval? then promote it) cannot interleave
+    with another writer's: that is what makes twenty concurrent approvals produce one promotion.
+
+    Run state and audit rows go through the ledger's own code (:meth:`transition_run`, :meth:`audit`),
+    so the life cycle's rules and the audit's shape hold here as everywhere. :meth:`execute`,
+    :meth:`one` and :meth:`all` run SQL for the registry's rows (deployments, their state, approvals,
+    model versions) in the same transaction. Side effects outside the database (the pointer symlink)
+    register an undo with :meth:`on_rollback`; it runs if the transaction does not commit, including
+    when COMMIT itself fails.
+    """
+
+    def __init__(self, ledger: Ledger):
+        self._ledger = ledger
+        self._undo: list[Callable[[], Any]] = []
+
+    def __enter__(self) -> WriteTx:
+        self._s = self._ledger._session()
+        try:
+            self._conn = self._s.connection()
+            self._conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            self._s.close()
+            raise
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            if exc_type is None:
+                try:
+                    self._commit()
+                    return
+                except BaseException:
+                    self._rollback()
+                    raise
+            self._rollback()
+        finally:
+            self._s.close()
+
+    def _commit(self) -> None:
+        self._s.commit()
+
+    def _rollback(self) -> None:
+        try:
+            self._s.rollback()
+        finally:
+            for fn in reversed(self._undo):
+                fn()
+
+    def on_rollback(self, fn: Callable[[], Any]) -> None:
+        self._undo.append(fn)
+
+    # -- the ledger's own writes ----------------------------------------------------------------------
+    def transition_run(self, run_id: int, dst: str, actor: str, reason: str | None = None, *,
+                       src: str | None = None, now: float | None = None, **fields: Any) -> dict | None:
+        """:meth:`Ledger.transition_run` in this transaction; with ``src``, only from that state
+        (None when the run has left it: another writer was first)."""
+        run = self._ledger._transition_run(self._s, run_id, dst, actor, reason, src, now, fields)
+        return run.model_dump() if run is not None else None
+
+    def audit(self, actor: str, action: str, entity: str, entity_id: object, *, ts: float | None = None,
+              src: str | None = None, dst: str | None = None, reason: str | None = None,
+              details: dict | None = None) -> None:
+        """An audit row in this transaction (:meth:`Ledger.audit`)."""
+        self._ledger._audit(self._s, actor, action, entity, entity_id, src=src, dst=dst, reason=reason,
+                            details=details, ts=ts)
+        self._s.flush()  # in order with the SQL around it
+
+    # -- the registry's rows ------------------------------------------------------------------------
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        """Run one statement (``?`` parameters); the result has ``rowcount`` and ``lastrowid``."""
+        return self._conn.exec_driver_sql(sql, params)
+
+    def one(self, sql: str, params: Any = ()) -> Any:
+        """The first row of a query (a tuple-like row), or None."""
+        return self._conn.exec_driver_sql(sql, params).first()
+
+    def all(self, sql: str, params: Any = ()) -> list[Any]:
+        return list(self._conn.exec_driver_sql(sql, params).all())
+
+
 class Ledger:
     def __init__(self, path: Path | str):
         self.path = Path(path)
@@ -297,6 +415,10 @@ class Ledger:
         # expire_on_commit=False: rows stay readable after commit (model_dump of an expired row is empty).
         return Session(self.engine, expire_on_commit=False)
 
+    def write(self) -> WriteTx:
+        """One write transaction for a change of several steps: ``with ledger.write() as tx: ...``."""
+        return WriteTx(self)
+
     # -- audit ------------------------------------------------------------------------------------
     @staticmethod
     def _audit(
@@ -310,10 +432,11 @@ class Ledger:
         dst: str | None = None,
         reason: str | None = None,
         details: dict | None = None,
+        ts: float | None = None,
     ) -> None:
         s.add(
             AuditRow(
-                ts=_now(),
+                ts=_now() if ts is None else ts,
                 actor=actor,
                 action=action,
                 entity=entity,
@@ -441,28 +564,42 @@ class Ledger:
     def transition_run(self, run_id: int, dst: str, actor: str, reason: str | None = None, **fields: Any) -> dict:
         """Move a run to dst (raises IllegalTransition) and write the audit row, in one transaction."""
         with self._session() as s:
-            run = s.get(Run, run_id)
-            if run is None:
-                raise NotFound(f"no such run: {run_id}")
-            src = run.state
-            check_run_transition(run_id, src, dst)
-            now = _now()
-            run.state, run.reason, run.updated_at = str(dst), reason, now
-            if dst == RunState.running and run.started_at is None:
-                run.started_at = now
-            if dst in (RunState.failed, RunState.cancelled, RunState.rejected, RunState.awaiting_approval,
-                       RunState.succeeded):
-                run.finished_at = now
-            for k, v in fields.items():
-                setattr(run, k, v)
-            s.add(run)
-            self._audit(s, actor, "transition", "run", run_id, src=src, dst=str(dst), reason=reason)
-            if dst in RUN_ENDS_SKIPPING_STAGES:
-                # Same transaction: no reader ever sees an ended run with stages still waiting to run.
-                self._skip_pending(s, run_id, actor, f"run {dst}: {reason}" if reason else f"run {dst}")
+            run = self._transition_run(s, run_id, dst, actor, reason, None, None, fields)
+            assert run is not None  # no expected source state: moved or raised
             s.commit()
             s.refresh(run)
             return run.model_dump()
+
+    def _transition_run(self, s: Session, run_id: int, dst: str, actor: str, reason: str | None,
+                        src: str | None, now: float | None, fields: dict[str, Any]) -> Run | None:
+        """The one run transition, in session ``s``: every writer of run state comes through here.
+
+        With ``src``, conditional: None (and nothing written) when the run is no longer in ``src``.
+        """
+        run = s.get(Run, run_id)
+        if run is None:
+            raise NotFound(f"no such run: {run_id}")
+        if src is not None and run.state != src:
+            check_run_transition(run_id, src, dst)  # an illegal request raises even when another writer was first
+            return None
+        src = run.state
+        check_run_transition(run_id, src, dst)
+        now = _now() if now is None else now
+        run.state, run.reason, run.updated_at = str(dst), reason, now
+        if dst == RunState.running and run.started_at is None:
+            run.started_at = now
+        if dst in (RunState.failed, RunState.cancelled, RunState.rejected, RunState.awaiting_approval,
+                   RunState.succeeded):
+            run.finished_at = now
+        for k, v in fields.items():
+            setattr(run, k, v)
+        s.add(run)
+        self._audit(s, actor, "transition", "run", run_id, src=src, dst=str(dst), reason=reason, ts=now)
+        if dst in RUN_ENDS_SKIPPING_STAGES:
+            # Same transaction: no reader ever sees an ended run with stages still waiting to run.
+            self._skip_pending(s, run_id, actor, f"run {dst}: {reason}" if reason else f"run {dst}")
+        s.flush()
+        return run
 
     def _skip_pending(self, s: Session, run_id: int, actor: str, reason: str) -> list[Stage]:
         """Mark every pending stage of ``run_id`` skipped (each with its audit row), in session ``s``."""
@@ -684,114 +821,7 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), default=str)
 
 
-# -- score monitoring (called on the ledger thread by the poller) -----------------------------------
-SAMPLE_COLS = ("agent_id", "eval_id", "ts", "weighted_score", "status", "rubric", "task_id", "tier", "ingested_at",
-               "model_version")
-
-
-def ingest_polls(ledger: Ledger, polls: list[dict]) -> int:
-    """Write a batch of agents' new samples with their new cursors and health, in ONE transaction.
-
-    Samples and cursor move together: a crash either keeps both or neither, and replayed
-    evaluations are dropped by the (agent_id, eval_id) unique key, so nothing is duplicated or lost.
-    Each sample is tagged with the model version it was graded on: the evaluation's own
-    ``model_version`` when the platform sends one, else the poll's ``model_version`` (the model the
-    agents listing gave at the start of the cycle), else the agent's ``model`` in the ledger.
-    Uses the DB-API connection directly: executemany is ~10x faster than ORM inserts here.
-    """
-    now = _now()
-    rows = []
-    # A fleet has a handful of distinct rubrics: encode each once, not once per sample (500,000 json.dumps
-    # in a 10,000-agent cycle). Keyed by its items in order, so the text is exactly json.dumps's; only for
-    # the contract's shape (string keys, boolean values), where equal keys cannot encode differently.
-    texts: dict[tuple, str] = {}
-
-    def rubric_text(rubric: Any) -> str | None:
-        if rubric is None:
-            return None
-        key = tuple(rubric.items()) if isinstance(rubric, dict) else ()
-        if not key or not all(type(k) is str and type(v) is bool for k, v in key):
-            return json.dumps(rubric)
-        text_ = texts.get(key)
-        if text_ is None:
-            text_ = texts[key] = json.dumps(rubric)
-        return text_
-
-    for p in polls:
-        listed = p.get("model_version") or None
-        for smp in p["samples"]:
-            rows.append((p["agent_id"], smp["eval_id"], smp["ts"], smp["weighted_score"], smp["status"],
-                         rubric_text(smp["rubric"]), smp["task_id"], smp["tier"], now,
-                         smp.get("model_version") or listed, p["agent_id"]))
-    raw = ledger.engine.raw_connection()
-    try:
-        cur = raw.cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        before = raw.total_changes
-        cur.executemany(
-            f"INSERT OR IGNORE INTO score_samples ({', '.join(SAMPLE_COLS)}) VALUES ({', '.join('?' * 9)}, "
-            "coalesce(?, (SELECT nullif(model, '') FROM agents WHERE id = ?)))",
-            rows,
-        )
-        inserted = raw.total_changes - before
-        cur.executemany(
-            "UPDATE agents SET eval_cursor = coalesce(?, eval_cursor), health = ?, last_polled_at = ?, updated_at = ? "
-            "WHERE id = ?",
-            [(p.get("cursor"), json.dumps(p["health"]), now, now, p["agent_id"]) for p in polls],
-        )
-        raw.commit()
-        return inserted
-    except BaseException:
-        raw.rollback()
-        raise
-    finally:
-        raw.close()
-
-
-def agent_cursors(ledger: Ledger) -> dict[str, dict]:
-    with ledger.engine.connect() as conn:
-        rows = conn.execute(text("SELECT id, eval_cursor, health, profile FROM agents")).all()
-    return {r[0]: {"cursor": r[1], "health": json.loads(r[2]) if r[2] else None, "profile": r[3]} for r in rows}
-
-
-def recent_samples(ledger: Ledger, agent_id: str, n: int) -> list[tuple]:
-    """The last n samples of an agent, oldest first: (ts, score, status, rubric_json, eval_id)."""
-    with ledger.engine.connect() as conn:
-        rows = conn.execute(
-            text("SELECT ts, weighted_score, status, rubric, eval_id FROM score_samples WHERE agent_id = :a "
-                 "ORDER BY ts DESC, eval_id DESC LIMIT :n"),
-            {"a": agent_id, "n": n},
-        ).all()
-    return list(reversed(rows))
-
-
-def epoch_filter(epoch: dict) -> tuple[str, list]:
-    """SQL condition (and parameters) selecting an agent's samples in ``epoch``; mirrors
-    :meth:`pr1d.monitor.signals.Epoch.counts`, with the agent id as the first parameter."""
-    sql, params = "agent_id = ?", [epoch["agent_id"]]
-    if epoch.get("since_ts") is not None:
-        sql, params = sql + " AND ts > ?", [*params, epoch["since_ts"]]
-    if epoch.get("version") is not None:
-        sql += " AND (model_version = ? OR model_version IS NULL)" if epoch.get("change") is None \
-            else " AND model_version = ?"
-        params.append(epoch["version"])
-    return sql, params
-
-
-SAMPLE_READ = "SELECT ts, weighted_score, status, rubric, eval_id, model_version FROM score_samples WHERE "
-
-
-def first_samples(ledger: Ledger, epoch: dict, n: int) -> list[tuple]:
-    """The first n samples of ``epoch`` (see :func:`monitor_snapshot`), oldest first:
-    (ts, score, status, rubric_json, eval_id, model_version)."""
-    where, params = epoch_filter(epoch)
-    raw = ledger.engine.raw_connection()
-    try:
-        return raw.cursor().execute(SAMPLE_READ + where + " ORDER BY ts, eval_id LIMIT ?", (*params, n)).fetchall()
-    finally:
-        raw.close()
-
-
+# -- triggers (the monitor's decisions, with their evidence) ---------------------------------------
 def record_trigger(ledger: Ledger, agent_id: str, signal: str, job_kind: str, evidence: dict,
                    suppressed: str | None) -> int:
     from .models import TriggerRow
@@ -827,143 +857,6 @@ def trigger(ledger: Ledger, trigger_id: int) -> dict | None:
     with ledger._session() as s:
         row = s.get(TriggerRow, trigger_id)
         return row.model_dump() if row is not None else None
-
-
-def sample_count(ledger: Ledger, agent_id: str | None = None) -> int:
-    with ledger.engine.connect() as conn:
-        if agent_id:
-            return int(conn.execute(text("SELECT count(*) FROM score_samples WHERE agent_id = :a"), {"a": agent_id}).scalar())
-        return int(conn.execute(text("SELECT count(*) FROM score_samples")).scalar())
-
-
-_EPOCH_SQL = (
-    "SELECT d.agent_id, d.id, d.version_id, d.action, d.ts, s.since_ts, s.body FROM deployments d "
-    "JOIN (SELECT agent_id, max(id) AS mid FROM deployments WHERE agent_id IN ({marks}) "
-    "AND action IN ('promote', 'rollback') GROUP BY agent_id) m ON d.id = m.mid "
-    "LEFT JOIN deployment_state s ON s.deployment_id = d.id"
-)
-
-
-def platform_name(version_id: str, body: Any) -> str:
-    """The name the platform knows a deployed version by, which tags its samples: the ``model_version`` the
-    profile push sent (``deployment_state.body``), else the version id."""
-    if isinstance(body, str | bytes):
-        try:
-            body = json.loads(body)
-        except ValueError:
-            body = None
-    name = body.get("model_version") if isinstance(body, dict) else None
-    return name if isinstance(name, str) and name else version_id
-
-
-def _epoch(agent_id: str, model: str | None, dep: tuple | None) -> dict:
-    """The version an agent's signals judge: its newest promotion or rollback (the platform's name for the
-    deployed version, samples after the deployment's ``since_ts``), else the model the platform lists."""
-    if dep is None:
-        version = model or None
-        return {"agent_id": agent_id, "key": f"model:{version or ''}", "version": version, "since_ts": None,
-                "started_at": None, "change": None}
-    _aid, dep_id, version_id, action, ts, since_ts, body = dep
-    return {"agent_id": agent_id, "key": f"deployment:{dep_id}", "version": platform_name(version_id, body),
-            "since_ts": since_ts, "started_at": ts, "change": action}
-
-
-def monitor_snapshot(ledger: Ledger, agent_ids: list[str], history: int) -> dict[str, dict]:
-    """Everything the signal evaluation needs for many agents, read in a few queries on one connection.
-
-    Per agent: its ``epoch`` (the version in service since its last change, :func:`_epoch`), the last
-    ``history`` ``samples`` of that epoch, the stored ``baseline`` and ``monitor`` state, and
-    ``fold``: the epoch's samples after the stored sequential test's cursor (all of them when the state
-    belongs to another epoch), for the monitor to fold. Sample rows are
-    (ts, score, status, rubric, eval_id, model_version), oldest first, with the rubric decoded: once per
-    distinct JSON text, shared by the rows that carry it (a fleet has a handful of distinct rubrics, and
-    decoding each row's was a tenth of the evaluation's time at 10,000 agents). Treat it as read-only.
-    """
-    out: dict[str, dict] = {}
-    rubrics: dict[str, Any] = {}
-
-    def decoded(rows: list[tuple]) -> list[tuple]:
-        out_rows = []
-        for ts, score, status, rubric, eval_id, version in rows:
-            if isinstance(rubric, str):
-                text_, rubric = rubric, rubrics.get(rubric)
-                if rubric is None:
-                    rubric = rubrics[text_] = json.loads(text_)
-            out_rows.append((ts, score, status, rubric, eval_id, version))
-        return out_rows
-
-    raw = ledger.engine.raw_connection()
-    try:
-        cur = raw.cursor()
-        for i in range(0, len(agent_ids), 500):
-            chunk = agent_ids[i : i + 500]
-            marks = ",".join("?" * len(chunk))
-            for aid, profile, hold, hold_reason, baseline, model, monitor in cur.execute(
-                f"SELECT id, profile, hold, hold_reason, baseline, model, monitor FROM agents WHERE id IN ({marks})",
-                chunk,
-            ).fetchall():
-                out[aid] = {"id": aid, "profile": profile or "", "hold": bool(hold), "hold_reason": hold_reason,
-                            "baseline": json.loads(baseline) if baseline else None, "active": None, "last_end": None,
-                            "model": model or "", "monitor": json.loads(monitor) if monitor else None, "dep": None}
-            for row in cur.execute(_EPOCH_SQL.format(marks=marks), chunk).fetchall():
-                if row[0] in out:
-                    out[row[0]]["dep"] = row
-            for aid, rid, state in cur.execute(
-                f"SELECT agent_id, id, state FROM runs WHERE agent_id IN ({marks}) AND state IN "
-                "('queued','running','interrupted','awaiting_approval')", chunk
-            ).fetchall():
-                if aid in out:
-                    out[aid]["active"] = {"id": rid, "state": state}
-            for aid, last in cur.execute(
-                f"SELECT agent_id, max(coalesce(finished_at, updated_at)) FROM runs WHERE agent_id IN ({marks}) "
-                "AND state NOT IN ('queued','running','interrupted','awaiting_approval') GROUP BY agent_id", chunk
-            ).fetchall():
-                if aid in out:
-                    out[aid]["last_end"] = last
-        for aid, a in out.items():
-            epoch = a["epoch"] = _epoch(aid, a["model"], a.pop("dep"))
-            where, params = epoch_filter(epoch)
-            rows = decoded(cur.execute(SAMPLE_READ + where + " ORDER BY ts DESC, eval_id DESC LIMIT ?",
-                                       (*params, history)).fetchall()[::-1])
-            a["samples"] = rows
-            state = a["monitor"] if isinstance(a["monitor"], dict) and a["monitor"].get("epoch") == epoch["key"] else None
-            seq = (state or {}).get("fail_seq") or {}
-            cursor = (seq["last_ts"], seq.get("last_eval_id") or "") if seq.get("last_ts") is not None else None
-            complete = len(rows) < history  # the read holds every sample of the epoch
-            if cursor is None and complete:
-                a["fold"] = rows
-            elif cursor is not None and (complete or (rows and (rows[0][0], rows[0][4]) <= cursor)):
-                a["fold"] = [r for r in rows if (r[0], r[4]) > cursor]
-            else:  # a backlog larger than the read (first fold of an epoch, or a long outage): read it all
-                extra, xp = ("", []) if cursor is None else (" AND ts >= ?", [cursor[0]])
-                a["fold"] = [r for r in decoded(cur.execute(SAMPLE_READ + where + extra + " ORDER BY ts, eval_id",
-                                                            (*params, *xp)).fetchall())
-                             if cursor is None or (r[0], r[4]) > cursor]
-    finally:
-        raw.close()
-    return out
-
-
-def save_monitor_state(ledger: Ledger, updates: list[tuple[str, dict | None, dict, dict | None]]) -> None:
-    """(agent_id, baseline or None to keep, signals, monitor state) for many agents, in one transaction."""
-    if not updates:
-        return
-    now = _now()
-    raw = ledger.engine.raw_connection()
-    try:
-        cur = raw.cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        cur.executemany(
-            "UPDATE agents SET baseline = coalesce(?, baseline), signals = ?, monitor = ?, updated_at = ? WHERE id = ?",
-            [(json.dumps(b) if b else None, json.dumps(sig), json.dumps(m) if m else None, now, aid)
-             for aid, b, sig, m in updates],
-        )
-        raw.commit()
-    except BaseException:
-        raw.rollback()
-        raise
-    finally:
-        raw.close()
 
 
 def ledger_bytes(path: Path) -> int:

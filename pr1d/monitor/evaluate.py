@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from ..config import MonitorConfig
 from ..ledger import store
+from ..ledger.samples import first_samples, monitor_snapshot, save_monitor_state
 from ..ledger.store import Conflict, Ledger
 from ..pipeline.plans import UnknownPlan, plan_for
 from .rules import ActiveRun, AgentState, decide
@@ -112,7 +113,7 @@ def _compact(evidence: dict) -> dict:
 
 
 def _evaluate_chunk(ledger: Ledger, agent_ids: list[str], mcfg: MonitorConfig, now: float, history: int) -> list:
-    snap = store.monitor_snapshot(ledger, agent_ids, history)
+    snap = monitor_snapshot(ledger, agent_ids, history)
     updates: list[tuple[str, dict | None, dict, dict]] = []
     decisions = []
     for agent_id in agent_ids:
@@ -129,7 +130,7 @@ def _evaluate_chunk(ledger: Ledger, agent_ids: list[str], mcfg: MonitorConfig, n
         if base is None:
             # Not frozen for this version yet: its first K platform scores, computed once and then kept
             # until the next promotion or rollback (never the gate's expectation: pr1's own grading).
-            base = compute_baseline(_samples(store.first_samples(ledger, a["epoch"], scfg.baseline_k * 2)), scfg)
+            base = compute_baseline(_samples(first_samples(ledger, a["epoch"], scfg.baseline_k * 2)), scfg)
             new_baseline = {**base.to_dict(), "epoch": epoch.key} if base else None
         results = evaluate_all(samples, base, scfg, epoch=epoch, fail_seq=seq)
         # The version judged goes with each signal, so the console can say "insufficient data (new version)".
@@ -144,7 +145,7 @@ def _evaluate_chunk(ledger: Ledger, agent_ids: list[str], mcfg: MonitorConfig, n
         if d.job_kind is not None:
             d.evidence["epoch"] = epoch.to_dict()
             decisions.append((agent_id, d, rcfg))
-    store.save_monitor_state(ledger, updates)
+    save_monitor_state(ledger, updates)
     return decisions
 
 

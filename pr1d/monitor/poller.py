@@ -4,7 +4,7 @@
   not httpx: a third of the client CPU per request, which at 10,000 agents was most of the poll cycle);
 - retries with exponential backoff and full jitter on timeouts, 5xx, 429 and resets, honouring
   Retry-After; never on other 4xx (a bad token will not fix itself);
-- cursors persisted per agent together with the samples (see ledger.store.ingest_polls);
+- cursors persisted per agent together with the samples (see ledger.samples.ingest_polls);
 - every item validated: a bad item is skipped and counted with its reason, the rest of the page kept;
 - missing data is not a low score: a failed poll records an error in health and creates no sample.
 """
@@ -24,9 +24,12 @@ from typing import Any, NamedTuple
 import aiohttp
 
 from ..config import ScoringConfig
-from ..daemon.metrics import HTTP_BUCKETS, Histogram
+from .histogram import Histogram
 
 log = logging.getLogger("pr1d.poller")
+
+# Latency bucket bounds (seconds): a scoring API call is tens of ms when healthy and up to the timeout when not.
+HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 STATUSES = ("pass", "fail", "error")
 

@@ -13,6 +13,9 @@ library that prints cannot corrupt the protocol.
     {"type": "error",    "ts": float, "message": str, "kind": str}
     {"type": "heartbeat","ts": float}
 
+A ``result``'s outputs are the stage's own record, plus the run-control keys the daemon acts on
+(:class:`StageVerdict`: ``stop_run``, ``final_state``, ``final_reason``, ``register``, ``gate``).
+
 Exit codes: 0 = done (a `result` event must precede it), 75 = stopped on request after
 checkpointing (the stage is `interrupted`, resumable), anything else = failed (the last `error`
 event says why).
@@ -21,7 +24,9 @@ event says why).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 EXIT_OK = 0
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: "try again later" -- resumable
@@ -58,3 +63,56 @@ def validate_event(ev: Any) -> dict[str, Any]:
     if t == "metric" and not math.isfinite(float(ev["value"])):
         raise EventError(f"metric {ev['name']!r}: value is not finite")
     return ev
+
+
+# -- run control: the part of a stage's result the daemon acts on -----------------------------------------
+
+class StopRun(BaseModel):
+    """A stage that ends the run here (a gate said no): the state the run ends in and why."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    state: Literal["rejected", "failed"] = "rejected"
+    reason: str | None = None
+
+
+class Registration(BaseModel):
+    """A candidate the daemon registers as a model version of the run's agent before the run ends."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    candidate: str
+    parent_id: str | None = None
+    dataset_version: str | None = None
+    config_hash: str | None = None
+    policy: dict[str, Any] | None = None
+    base: str | None = None  # the model in service when the agent had no version yet: registered first
+
+
+class StageVerdict(BaseModel):
+    """The run-control part of a stage's ``result`` outputs; every other key is the stage's own record.
+
+    ``stop_run`` ends the run after this stage; on the last stage, ``final_state`` / ``final_reason`` say how
+    the run ends (default ``succeeded``, "all stages done") and ``register`` asks for the candidate to be
+    registered first. ``gate`` is the evidence stored with the run's end.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    stop_run: StopRun | None = None
+    final_state: Literal["succeeded", "awaiting_approval", "rejected"] = "succeeded"
+    final_reason: str = "all stages done"
+    # "register" on the wire (BaseModel has a method of that name).
+    registration: Registration | None = Field(None, alias="register")
+    gate: dict[str, Any] | None = None
+
+    @classmethod
+    def from_result(cls, outputs: dict[str, Any] | None) -> StageVerdict:
+        """Parse a stage's result outputs; :class:`EventError` names the bad run-control key."""
+        try:
+            keys = {f.alias or name for name, f in cls.model_fields.items()}
+            return cls.model_validate({k: v for k, v in (outputs or {}).items() if k in keys})
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = ".".join(str(x) for x in err["loc"])
+            raise EventError(f"stage result: run-control key {loc!r}: {err['msg']} (got {err.get('input')!r})") from None

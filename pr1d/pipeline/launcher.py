@@ -15,43 +15,14 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .events import EXIT_INTERRUPTED, EXIT_OK, MAX_EVENT_BYTES, EventError, validate_event
+from .spec import StageSpec
 
 log = logging.getLogger("pr1d.launcher")
-
-
-@dataclass
-class StageSpec:
-    run_id: int
-    stage_id: int
-    stage: str
-    run_dir: Path
-    stage_dir: Path
-    checkpoint_dir: Path
-    params: dict[str, Any]
-    resume: bool
-    heartbeat_s: float
-    agent_id: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "stage_id": self.stage_id,
-            "stage": self.stage,
-            "agent_id": self.agent_id,
-            "run_dir": str(self.run_dir),
-            "stage_dir": str(self.stage_dir),
-            "checkpoint_dir": str(self.checkpoint_dir),
-            "params": self.params,
-            "resume": self.resume,
-            "heartbeat_s": self.heartbeat_s,
-            **self.extra,
-        }
 
 
 @dataclass
@@ -106,8 +77,7 @@ class StageProcess:
 
     async def start(self) -> None:
         self.spec.stage_dir.mkdir(parents=True, exist_ok=True)
-        spec_path = self.spec.stage_dir / "spec.json"
-        spec_path.write_text(json.dumps(self.spec.to_json(), indent=2))
+        spec_path = self.spec.dump(self.spec.stage_dir / "spec.json")
         r, w = os.pipe()
         logf = open(self.log_path, "ab")
         env = dict(os.environ, PR1_EVENT_FD=str(w), PR1_DAEMON_PID=str(os.getpid()), PYTHONUNBUFFERED="1")

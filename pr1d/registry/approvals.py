@@ -2,7 +2,7 @@
 
 ``approve`` records the approval (the user comes from the socket's peer credentials) and, once
 ``approvals_required`` distinct users have approved, promotes the run's model version in the same
-``BEGIN IMMEDIATE`` transaction. The write lock is taken before the run's state is read, so
+ledger write transaction (``BEGIN IMMEDIATE``, :meth:`pr1d.ledger.store.Ledger.write`). The write lock is taken before the run's state is read, so
 concurrent approvals of one run serialize: exactly one sees ``awaiting_approval`` with a full quorum
 and promotes; the others find ``promoted`` and get a Conflict. An approval window that has passed
 (``ttl_s`` since the run began awaiting approval) rejects the run with reason ``approval_expired``.
@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from ..ledger.states import RunState
-from ..ledger.store import Conflict, Ledger, NotFound
+from ..ledger.store import Conflict, Ledger, NotFound, WriteTx
 from ..rpc.schema import gate_inconclusive, gate_reasons, gate_uplift_text
 from .config import ApprovalConfig, RegistryConfig
-from .deploy import deployment_info, json_cell, promote_in_tx, transition_run_in_tx
-from .tables import WriteTx
-from .versions import verify_version, version_for_run
+from .deploy import deployment_info, promote_in_tx
+from .push import sync_agent_blocking
+from .versions import json_cell, verify_version, version_for_run
 
 EXPIRED = "approval_expired"
 
@@ -92,11 +92,11 @@ def _entered_at(tx: WriteTx, run_id: int) -> float:
 
 def _expire_in_tx(tx: WriteTx, run_id: int, ttl_s: float, now: float) -> bool:
     entered = _entered_at(tx, run_id)
-    return transition_run_in_tx(
-        tx, run_id, RunState.awaiting_approval, RunState.rejected, "daemon",
+    return tx.transition_run(
+        run_id, RunState.rejected, "daemon",
         f"{EXPIRED}: no approval within {ttl_s:g}s (awaiting since {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(entered))} UTC)",
-        now,
-    )
+        src=RunState.awaiting_approval, now=now,
+    ) is not None
 
 
 def _approvals(tx: WriteTx, run_id: int) -> list[dict]:
@@ -143,7 +143,7 @@ def approve(
         verify_version(ledger, models_root, run["agent_id"], version["id"])
     now = time.time() if now is None else now
     expired = False
-    with WriteTx(ledger) as tx:
+    with ledger.write() as tx:
         row = tx.one("SELECT agent_id, state, gate FROM runs WHERE id = ?", (run_id,))
         if row is None:
             raise NotFound(f"no such run: {run_id}")
@@ -179,8 +179,6 @@ def approve(
                        f"the run is now rejected ({EXPIRED})")
     if result.promoted:
         if pusher is not None:
-            from .push import sync_agent_blocking  # push.py imports deploy.py: imported late
-
             sync_agent_blocking(ledger, agent_id, pusher, registry)
         result.deployment = deployment_info(ledger, dep_id)
     return result
@@ -189,13 +187,13 @@ def approve(
 def reject(ledger: Ledger, run_id: int, user: str, reason: str) -> dict:
     """``awaiting_approval -> rejected`` by ``user``, conditional so it cannot race an approval."""
     now = time.time()
-    with WriteTx(ledger) as tx:
+    with ledger.write() as tx:
         row = tx.one("SELECT state FROM runs WHERE id = ?", (run_id,))
         if row is None:
             raise NotFound(f"no such run: {run_id}")
-        if row[0] != RunState.awaiting_approval or not transition_run_in_tx(
-            tx, run_id, RunState.awaiting_approval, RunState.rejected, user, reason, now
-        ):
+        if row[0] != RunState.awaiting_approval or tx.transition_run(
+            run_id, RunState.rejected, user, reason, src=RunState.awaiting_approval, now=now
+        ) is None:
             raise Conflict(f"run {run_id} is {row[0]}, not awaiting_approval")
     return ledger.get_run(run_id)
 
@@ -211,7 +209,7 @@ def expire_approvals(ledger: Ledger, cfg: ApprovalConfig | None = None, now: flo
         ).all()]
     expired = []
     for run_id in due:
-        with WriteTx(ledger) as tx:  # one transaction each: an approval racing it either wins or loses whole
+        with ledger.write() as tx:  # one transaction each: an approval racing it either wins or loses whole
             if now - _entered_at(tx, run_id) > cfg.ttl_s and _expire_in_tx(tx, run_id, cfg.ttl_s, now):
                 expired.append(run_id)
     return expired

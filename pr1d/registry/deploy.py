@@ -1,6 +1,6 @@
-"""Deployments: promote, rollback, the ``current`` pointer, profile-push bookkeeping and start-up repair.
+"""Deployments: promote, rollback, the ``current`` pointer and start-up repair.
 
-One deployment = one SQL transaction (``BEGIN IMMEDIATE``) that appends the ``deployments`` row,
+One deployment = one ledger write transaction (:meth:`pr1d.ledger.store.Ledger.write`) that appends the ``deployments`` row,
 moves ``agents.current_version``, resets the monitor's baseline and state, moves the run (``awaiting_approval ->
 promoted``, or ``promoted -> rolled_back`` for the withdrawn version), writes the audit rows and, last,
 swaps the pointer symlink ``<models>/<agent>/current`` with ``os.replace``. If the transaction does not
@@ -10,7 +10,7 @@ of truth).
 
 The profile push to the agent manager happens *after* the commit, and never makes a deployment half
 done: the deployment is recorded with ``profile_pushed = false`` and the push is retried with backoff
-until the agent manager acknowledges it (:mod:`pr1d.registry.push`). Only an agent's newest
+until the agent manager acknowledges it (:mod:`pr1d.registry.push`, which also keeps the push bookkeeping). Only an agent's newest
 deployment is ever pushed, so a rollback recorded while a promotion's push is pending supersedes it.
 """
 
@@ -23,11 +23,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ..ledger.states import RunState, check_run_transition
-from ..ledger.store import Conflict, Ledger, NotFound
+from ..ledger.states import RunState
+from ..ledger.store import Conflict, Ledger, NotFound, WriteTx
 from .config import RegistryConfig
-from .tables import WriteTx
-from .versions import RegistryError, agent_dir, check_name, remove_tree, verify_version
+from .push import pending_pushes, profile_body, sync_agent_blocking
+from .versions import RegistryError, agent_dir, check_name, json_cell, remove_tree, verify_version
 
 POINTER = "current"
 
@@ -104,25 +104,6 @@ def swap_pointer(adir: Path, target: str | None, *, check: bool = True) -> str |
 # -- helpers on one transaction ----------------------------------------------------------------------
 
 
-def profile_body(version_id: str, meta: dict | None, cfg: RegistryConfig) -> dict:
-    """The agent manager's profile body for a version: profile name, model version, execution policy."""
-    meta = meta or {}
-    return {
-        "profile": meta.get("profile") or cfg.profile_name,
-        "model_version": meta.get("served_as") or version_id,
-        "policy": dict(meta.get("policy") or {}),
-    }
-
-
-def json_cell(raw: Any) -> Any:
-    if raw is None or isinstance(raw, dict | list):
-        return raw
-    try:
-        return json.loads(raw)
-    except (TypeError, ValueError):
-        return None  # a broken JSON cell must not stop a deployment (rollback is the emergency path)
-
-
 def _expected_from_gate(gate: Any) -> float | None:
     gate = json_cell(gate)
     if not isinstance(gate, dict):
@@ -193,20 +174,6 @@ def _deploy_in_tx(
     return dep_id
 
 
-def transition_run_in_tx(tx: WriteTx, run_id: int, src: str, dst: str, actor: str, reason: str | None, now: float) -> bool:
-    """Conditional ``src -> dst``: True if this transaction moved it (another writer may have first)."""
-    check_run_transition(run_id, src, dst)
-    # finished_at as Ledger.transition_run keeps it: set when a run ends by a decision, kept otherwise.
-    ends = dst in (RunState.rejected, RunState.cancelled, RunState.failed)
-    cur = tx.execute(
-        "UPDATE runs SET state = ?, reason = ?, updated_at = ?, finished_at = CASE WHEN ? THEN ? ELSE finished_at END "
-        "WHERE id = ? AND state = ?", (dst, reason, now, ends, now, run_id, src))
-    if cur.rowcount != 1:
-        return False
-    tx.audit(actor, "transition", "run", run_id, ts=now, src=src, dst=dst, reason=reason)
-    return True
-
-
 def promote_in_tx(
     tx: WriteTx, models_root: Path, run_id: int, version_id: str, actor: str, reason: str, cfg: RegistryConfig,
     now: float,
@@ -218,7 +185,7 @@ def promote_in_tx(
     agent_id, state, gate = row
     if state != RunState.awaiting_approval:
         raise Conflict(f"run {run_id} is {state}, not awaiting_approval")
-    transition_run_in_tx(tx, run_id, RunState.awaiting_approval, RunState.promoted, actor, reason, now)
+    tx.transition_run(run_id, RunState.promoted, actor, reason, src=RunState.awaiting_approval, now=now)
     return _deploy_in_tx(tx, models_root, agent_id, version_id, action="promote", actor=actor, reason=reason,
                          run_id=run_id, expected=_expected_from_gate(gate), cfg=cfg, now=now)
 
@@ -248,11 +215,9 @@ def promote(
     run = ledger.get_run(run_id)
     if cfg.verify_on_deploy:
         verify_version(ledger, models_root, run["agent_id"], version_id)
-    with WriteTx(ledger) as tx:
+    with ledger.write() as tx:
         dep_id = promote_in_tx(tx, models_root, run_id, version_id, actor, reason, cfg, time.time())
     if pusher is not None:
-        from .push import sync_agent_blocking  # push.py builds on this module: imported late
-
         sync_agent_blocking(ledger, run["agent_id"], pusher, cfg)
     return deployment_info(ledger, dep_id)
 
@@ -276,7 +241,7 @@ def record_initial(
     cfg = cfg or RegistryConfig()
     if cfg.verify_on_deploy:
         verify_version(ledger, models_root, agent_id, version_id)
-    with WriteTx(ledger) as tx:
+    with ledger.write() as tx:
         if tx.one("SELECT 1 FROM deployments WHERE agent_id = ? LIMIT 1", (agent_id,)) is not None:
             return None
         dep_id = _deploy_in_tx(tx, models_root, agent_id, version_id, action="initial", actor=actor, reason=reason,
@@ -354,7 +319,7 @@ def rollback(
             "AND expected_score IS NOT NULL ORDER BY deployment_id DESC LIMIT 1", (agent_id, target)
         ).first()
     now = time.time()
-    with WriteTx(ledger) as tx:
+    with ledger.write() as tx:
         latest = tx.one("SELECT id, run_id FROM deployments WHERE agent_id = ? ORDER BY id DESC LIMIT 1", (agent_id,))
         if latest is None or latest[0] != history[-1][0]:
             raise Conflict(f"agent {agent_id}: deployments changed while rolling back; run the rollback again")
@@ -362,150 +327,13 @@ def rollback(
         if withdrawn_run is not None:
             st = tx.one("SELECT state FROM runs WHERE id = ?", (withdrawn_run,))
             if st is not None and st[0] == RunState.promoted:
-                transition_run_in_tx(tx, withdrawn_run, RunState.promoted, RunState.rolled_back, actor,
-                                f"rolled back: {reason}", now)
+                tx.transition_run(withdrawn_run, RunState.rolled_back, actor, f"rolled back: {reason}",
+                                  src=RunState.promoted, now=now)
         dep_id = _deploy_in_tx(tx, models_root, agent_id, target, action="rollback", actor=actor, reason=reason,
                                run_id=withdrawn_run, expected=exp[0] if exp else None, cfg=cfg, now=now)
     if pusher is not None:
-        from .push import sync_agent_blocking  # push.py builds on this module: imported late
-
         sync_agent_blocking(ledger, agent_id, pusher, cfg)
     return deployment_info(ledger, dep_id)
-
-
-# -- push bookkeeping -------------------------------------------------------------------------------
-
-_PENDING_SQL = (
-    "SELECT d.id, d.agent_id, d.version_id, d.ts, d.action, s.body, s.push_attempts, s.push_error, "
-    "s.last_attempt_at FROM deployments d "
-    "JOIN (SELECT agent_id, max(id) AS mid FROM deployments GROUP BY agent_id) m ON d.id = m.mid "
-    "LEFT JOIN deployment_state s ON s.deployment_id = d.id WHERE d.profile_pushed = 0"
-)
-
-
-def next_attempt_at(attempts: int, last_attempt_at: float | None, cfg: RegistryConfig) -> float:
-    """When a failed push is due again: exponential backoff from ``push_retry_base_s``, capped."""
-    if not attempts or last_attempt_at is None:
-        return 0.0
-    return last_attempt_at + min(cfg.push_retry_max_s, cfg.push_retry_base_s * 2 ** min(attempts - 1, 30))
-
-
-def pending_pushes(ledger: Ledger, cfg: RegistryConfig | None = None, agent_id: str | None = None) -> list[dict]:
-    """Each agent's newest deployment whose profile the agent manager has not acknowledged yet.
-
-    Older unacknowledged deployments are superseded and never pushed: pushing them late could leave
-    the agent manager on a version the pointer no longer names.
-    """
-    cfg = cfg or RegistryConfig()
-    sql, params = _PENDING_SQL, ()
-    if agent_id is not None:
-        sql, params = sql + " AND d.agent_id = ?", (agent_id,)
-    with ledger.engine.connect() as conn:
-        rows = conn.exec_driver_sql(sql + " ORDER BY d.id", params).all()
-        out = []
-        for dep_id, agent, version, ts, action, body, attempts, err, last in rows:
-            body = json_cell(body)
-            if body is None:  # a deployment recorded without registry state: rebuild its body
-                meta = conn.exec_driver_sql("SELECT meta FROM model_versions WHERE id = ?", (version,)).scalar()
-                body = profile_body(version, json_cell(meta), cfg)
-            out.append({
-                "deployment": dep_id, "agent": agent, "version": version, "action": action, "since": ts,
-                "attempts": attempts or 0, "last_error": err, "last_attempt_at": last,
-                "next_attempt_at": next_attempt_at(attempts or 0, last, cfg), "body": body,
-            })
-    return out
-
-
-def mark_pushed(ledger: Ledger, deployment_id: int, *, actor: str = "daemon") -> None:
-    """The agent manager acknowledged ``deployment_id``'s profile."""
-    now = time.time()
-    with WriteTx(ledger) as tx:
-        row = tx.one("SELECT agent_id, version_id, profile_pushed FROM deployments WHERE id = ?", (deployment_id,))
-        if row is None:
-            raise NotFound(f"no such deployment: {deployment_id}")
-        if row[2]:
-            return
-        tx.execute("UPDATE deployments SET profile_pushed = 1 WHERE id = ?", (deployment_id,))
-        tx.execute(
-            "UPDATE deployment_state SET pushed_at = ?, last_attempt_at = ?, push_attempts = push_attempts + 1, "
-            "push_error = NULL WHERE deployment_id = ?", (now, now, deployment_id),
-        )
-        tx.audit(actor, "profile_pushed", "deployment", deployment_id, ts=now,
-                 details={"agent": row[0], "version": row[1]})
-
-
-def record_push_failure(ledger: Ledger, deployment_id: int, error: str) -> None:
-    """One failed push attempt (counted for the backoff; the error shows in status)."""
-    now = time.time()
-    with WriteTx(ledger) as tx:
-        tx.execute(
-            "UPDATE deployment_state SET push_attempts = push_attempts + 1, push_error = ?, last_attempt_at = ? "
-            "WHERE deployment_id = ?", (error[:500], now, deployment_id),
-        )
-
-
-def agent_manager_drift(ledger: Ledger, listing: list[dict], fetched_at: float,
-                        cfg: RegistryConfig | None = None) -> list[dict]:
-    """Agents the agent manager lists with another model or profile than the deployment it acknowledged.
-
-    ``listing`` is the platform's agent list (``id``, ``model``, ``profile``) as fetched at ``fetched_at``.
-    Only an agent's newest deployment counts, only once acknowledged before the listing was fetched (a
-    push acknowledged since may not show in it yet), and never an ``initial`` one: pr1 did not put it
-    there. A model or profile the listing leaves empty is not judged. An agent manager that restarted
-    without its state, or a hand edit, shows up here.
-    """
-    cfg = cfg or RegistryConfig()
-    seen = {a["id"]: a for a in listing if isinstance(a, dict) and a.get("id")}
-    if not seen:
-        return []
-    with ledger.engine.connect() as conn:
-        rows = conn.exec_driver_sql(
-            "SELECT d.id, d.agent_id, d.version_id, d.action, s.body, s.pushed_at FROM deployments d "
-            "JOIN (SELECT agent_id, max(id) AS mid FROM deployments GROUP BY agent_id) m ON d.id = m.mid "
-            "LEFT JOIN deployment_state s ON s.deployment_id = d.id "
-            "WHERE d.profile_pushed = 1 AND d.action != 'initial' ORDER BY d.id"
-        ).all()
-        out = []
-        for dep_id, agent, version, action, body, pushed_at in rows:
-            have = seen.get(agent)
-            if have is None or (pushed_at is not None and pushed_at > fetched_at):
-                continue
-            body = json_cell(body)
-            if body is None:
-                meta = conn.exec_driver_sql("SELECT meta FROM model_versions WHERE id = ?", (version,)).scalar()
-                body = profile_body(version, json_cell(meta), cfg)
-            want = (body.get("model_version"), body.get("profile"))
-            got = (have.get("model") or "", have.get("profile") or "")
-            # A field the platform leaves empty is unknown, not different: judge what it does report.
-            if any(g and g != w for g, w in zip(got, want, strict=True)):
-                out.append({"deployment": dep_id, "agent": agent, "version": version, "action": action,
-                            "deployed": {"model": want[0], "profile": want[1]},
-                            "reported": {"model": got[0], "profile": got[1]}})
-    return out
-
-
-def mark_for_repush(ledger: Ledger, drift: dict, *, actor: str = "daemon") -> bool:
-    """Push ``drift["deployment"]`` again (see :func:`agent_manager_drift`): it becomes pending, with the
-    drift as its last error, and the push loop sends it at once. False when it is no longer the agent's
-    newest acknowledged deployment (a newer one is pushed in its place anyway)."""
-    now = time.time()
-    dep_id = drift["deployment"]
-    rep, dep = drift["reported"], drift["deployed"]
-    error = (f"agent manager reported {rep['model'] or '(no model)'}/{rep['profile'] or '(no profile)'} "
-             f"instead of the acknowledged {dep['model']}/{dep['profile']}; pushing it again")
-    with WriteTx(ledger) as tx:
-        row = tx.one("SELECT agent_id, profile_pushed FROM deployments WHERE id = ?", (dep_id,))
-        if row is None or not row[1]:
-            return False
-        newest = tx.one("SELECT max(id) FROM deployments WHERE agent_id = ?", (row[0],))
-        if newest is None or newest[0] != dep_id:
-            return False
-        tx.execute("UPDATE deployments SET profile_pushed = 0 WHERE id = ?", (dep_id,))
-        tx.execute("UPDATE deployment_state SET push_error = ?, push_attempts = 0, last_attempt_at = NULL "
-                   "WHERE deployment_id = ?", (error, dep_id))
-        tx.audit(actor, "agent_manager_drift", "deployment", dep_id, ts=now, reason=error,
-                 details={"agent": row[0], "version": drift["version"], "reported": rep, "deployed": dep})
-    return True
 
 
 # -- reading history --------------------------------------------------------------------------------

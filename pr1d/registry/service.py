@@ -17,9 +17,9 @@ from ..ledger.store import Ledger
 from ..notify import drift_event, push_failing_event, rollback_event, sparse_repeat
 from . import approvals as _approvals
 from . import deploy as _deploy
+from . import push as _push
 from .push import AsyncHttpPusher, ProfileSync
 from .status import RegistryStatusCache
-from .tables import ensure_schema
 from .watch import WatchConfig, check_watches
 
 log = logging.getLogger("pr1d.registry")
@@ -59,8 +59,7 @@ class RegistryService:
 
     # -- life cycle -----------------------------------------------------------------------------------
     async def start(self) -> dict:
-        """Create missing tables, make pointers agree with the ledger, retry pushes left pending."""
-        await self._db(ensure_schema, self.ledger)
+        """Make pointers agree with the ledger, retry pushes left pending."""
         rep = await self._db(_deploy.reconcile, self.ledger, self.models_root)
         for r in rep["repaired"]:
             log.warning("registry: repaired agent %s at start: %s", r["agent"], r)
@@ -130,7 +129,7 @@ class RegistryService:
     async def check_agent_manager(self, listing: list[dict], fetched_at: float) -> list[dict]:
         """Compare the platform's agent list with what it acknowledged (each poll cycle); push a drifted
         agent's deployment again (``registry.repush_on_drift``) or warn. Returns one entry per drift."""
-        drift = await self._db(_deploy.agent_manager_drift, self.ledger, listing, fetched_at, self.registry)
+        drift = await self._db(_push.agent_manager_drift, self.ledger, listing, fetched_at, self.registry)
         drifted = {d["deployment"] for d in drift}
         for dep in [k for k in self._repushes if k not in drifted]:
             del self._repushes[dep]  # in agreement again: a later drift starts a fresh count
@@ -143,7 +142,7 @@ class RegistryService:
             n = self._repushes.get(d["deployment"], 0)
             if self.registry.repush_on_drift and n < MAX_REPUSHES:
                 self._repushes[d["deployment"]] = n + 1
-                if not await self._db(_deploy.mark_for_repush, self.ledger, d):
+                if not await self._db(_push.mark_for_repush, self.ledger, d):
                     continue  # superseded meanwhile: the newer deployment is pushed instead
                 log.warning("%s: pushing it again", what)
                 self._publish("alert", {"kind": "agent_manager_drift", "agent": d["agent"],
@@ -188,7 +187,7 @@ class RegistryService:
     async def retry_pushes(self, respect_backoff: bool = True) -> list[dict]:
         """The scheduled job: retry every pending push that is due (all of them at start)."""
         if not respect_backoff:
-            pending = await self._db(_deploy.pending_pushes, self.ledger, self.registry)
+            pending = await self._db(_push.pending_pushes, self.ledger, self.registry)
             return await self._sync_agents(sorted({p["agent"] for p in pending}))
         outs = await self.sync.sync_due()
         self._publish_pushed(outs)

@@ -6,7 +6,8 @@ import time
 
 from ..ledger.store import Ledger, change_count
 from .approvals import ApprovalConfig, pending_approvals
-from .deploy import RegistryConfig, pending_pushes
+from .config import RegistryConfig
+from .push import pending_pushes
 from .watch import watch_status
 
 

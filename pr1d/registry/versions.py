@@ -26,11 +26,11 @@ import struct
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import text
 
 from ..ledger.store import Conflict, Ledger, LedgerError, NotFound
-from .tables import WriteTx
 
 # Agent ids and version ids become directory names: letters, digits, ".", "_", "-", not starting with a dot.
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
@@ -343,7 +343,7 @@ def register_version(
     meta = {"files": files, "tree_sha256": tree, "policy": checked_policy(policy), "profile": profile,
             "served_as": served_as, "source": str(src)}
     try:
-        with WriteTx(ledger) as tx:
+        with ledger.write() as tx:
             prior = tx.one("SELECT meta FROM model_versions WHERE id = ?", (vid,))
             if prior is not None:
                 prior_meta = json.loads(prior[0]) if prior[0] else {}
@@ -377,6 +377,16 @@ def register_version(
             remove_tree(dest)  # the ledger refused it: leave no orphan folder behind
         raise
     return ledger.model_version(vid)
+
+
+def json_cell(raw: Any) -> Any:
+    """A JSON cell of a ledger row, decoded (None when it does not parse)."""
+    if raw is None or isinstance(raw, dict | list):
+        return raw
+    try:
+        return json.loads(raw)
+    except (TypeError, ValueError):
+        return None  # a broken JSON cell must not stop a deployment (rollback is the emergency path)
 
 
 def version_for_run(ledger: Ledger, run_id: int) -> dict:

@@ -21,10 +21,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..ledger.store import Ledger, platform_name
+from ..ledger.samples import platform_name
+from ..ledger.store import Ledger
 from .config import WatchConfig
-from .deploy import json_cell
-from .tables import WriteTx
+from .versions import json_cell
 
 WatchState = Literal["ok", "short", "insufficient"]
 
@@ -170,7 +170,7 @@ def check_watches(ledger: Ledger, cfg: WatchConfig | None = None, now: float | N
         record = {"state": res.state, "complete": res.complete, "evidence": res.evidence, "updated_at": now,
                   "reference": ref.to_dict() if ref is not None and ref.n >= cfg.min_samples else None,
                   "alert": alert_text(agent, version, res) if res.state == "short" else None}
-        with WriteTx(ledger) as tx:
+        with ledger.write() as tx:
             tx.execute("UPDATE deployment_state SET watch = ? WHERE deployment_id = ?", (json.dumps(record), dep_id))
             if newly_short:
                 tx.audit("daemon", "watch_short", "deployment", dep_id, ts=now, reason=record["alert"],

@@ -30,16 +30,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sqlite3
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..data.targeted import DEFAULT_COMPLIANCE_KEYS
 from ..evaluate.backtest import REPORT_SCHEMA, RUBRIC_CHECKS, SIDES, figure_data, rubric_checks, summarize
-from .base import Worker, run_stage, writing
+from ..params import BacktestParams, params_from
+from ..pipeline.files import writing
+from ..pipeline.spec import StageSpec
+from .base import Worker, run_stage
 
 REPORT_NAME = "backtest.json"
 FIGURE_NAME = "backtest.png"
@@ -47,69 +48,14 @@ PNG_KEY = "pr1-backtest-figure"  # PNG text chunk holding the plotted numbers, f
 TEXT_LIMIT = 4000  # characters of each answer kept in the report (enough to read a 224-token answer)
 
 
-@dataclass
-class BacktestConfig:
-    """The stage's parameters (run params; unknown keys belong to other stages and are ignored)."""
-
-    candidate: str | None = field(
-        default=None, metadata={"help": "candidate model folder (default: the run's newest rl, else sft, candidate)"}
-    )
-    base: str | None = field(
-        default=None,
-        metadata={"help": "model in service when the agent has no registry pointer yet (default: params.model)"},
-    )
-    policy: dict | None = field(
-        default=None,
-        metadata={"help": "the candidate's ParallelExecutionPolicy as a dict (default: candidate/policy.json, "
-                          "else the default policy)"},
-    )
-    window: int = field(default=200, metadata={"help": "newest gradebook tasks of this agent to replay (0: none)"})
-    n_per_tier: int = field(default=50, metadata={"help": "held-out GSM-lite problems per tier (0: none)"})
-    tiers: list | None = field(default=None, metadata={"help": "GSM-lite tiers to replay (default: all)"})
-    seed: int = field(default=0, metadata={"help": "sampling seed, the same for both models"})
-    max_new_tokens: int = field(
-        default=224, metadata={"help": "token budget of plain generation (a policy brings its own budget)"}
-    )
-    batch_size: int = field(default=32, metadata={"help": "prompts per generation call (one progress step)"})
-    threads: int = field(default=2, metadata={"help": "torch CPU threads"})
-    critic: bool = field(default=True, metadata={"help": "ask the platform's critic about every final answer"})
-    # Not `guardrails`: run params are shared by every stage of a run, and the trigger's `guardrails` (mix
-    # exemplars into the dataset, false unless compliance fired) would silently switch these probes off.
-    guardrail_probes: bool = field(
-        default=True,
-        metadata={"help": "replay the guardrail exemplars ([dataset] guardrails_dir) as source guardrail, "
-                          "the probes the gate's compliance checks read"},
-    )
-    guardrail_phrases: list = field(
-        default_factory=list, metadata={"help": "phrases that fail the no_guardrail_violation compliance check"}
-    )
-
-    def __post_init__(self) -> None:
-        for name in ("window", "n_per_tier"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ValueError(f"{name} must be an integer >= 0 (0 replays none of that source)")
-        if self.window == 0 and self.n_per_tier == 0 and not self.guardrail_probes:
-            raise ValueError("nothing to replay: set window > 0 (gradebook), n_per_tier > 0 (GSM-lite) or "
-                             "guardrail_probes = true")
-        for name in ("max_new_tokens", "batch_size", "threads"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be an integer >= 1")
-        if self.policy is not None and not isinstance(self.policy, dict):
-            raise ValueError("policy must be a ParallelExecutionPolicy dict, e.g. {\"branch_count\": 4}")
-        if not all(isinstance(g, str) for g in self.guardrail_phrases):
-            raise ValueError("guardrail_phrases must be a list of phrases (strings)")
-
-    @classmethod
-    def names(cls) -> set[str]:
-        return {f.name for f in dataclasses.fields(cls)}
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> BacktestConfig:
-        names = cls.names()
-        kw = {k: v for k, v in params.items() if k in names}
-        if kw.get("base") is None and params.get("model"):
-            kw["base"] = params["model"]  # the SFT stage's name for the same folder
-        return cls(**kw)
+def backtest_params(spec: StageSpec) -> BacktestParams:
+    """The stage's parameters: the run's params that are :class:`BacktestParams` fields over the config's
+    ``[training.backtest]`` (the other run params are other stages'); ``params.model`` is the SFT stage's
+    name for ``base``."""
+    run = {k: v for k, v in spec.params.items() if k in BacktestParams.model_fields}
+    if run.get("base") is None and spec.params.get("model"):
+        run["base"] = spec.params["model"]
+    return params_from(BacktestParams, {**spec.training, **run}, "backtest")
 
 
 # -- 1. who is compared ---------------------------------------------------------------------------------
@@ -124,10 +70,11 @@ def find_candidate(run_dir: Path) -> Path | None:
     return None
 
 
-def models_root(spec: dict) -> Path | None:
-    if spec.get("models_root"):
-        return Path(spec["models_root"])
-    return Path(spec["state_dir"]) / "models" if spec.get("state_dir") else None
+def models_root(spec: StageSpec) -> Path | None:
+    reg = spec.registry
+    if reg.models_root:
+        return Path(reg.models_root)
+    return Path(reg.state_dir) / "models" if reg.state_dir else None
 
 
 def registered_policy(state_dir: str | None, version_id: str) -> dict | None:
@@ -150,7 +97,7 @@ def registered_policy(state_dir: str | None, version_id: str) -> dict | None:
     return (meta.get("policy") or None) if isinstance(meta, dict) else None
 
 
-def resolve_sides(w: Worker, cfg: BacktestConfig) -> dict[str, dict[str, Any]]:
+def resolve_sides(w: Worker, cfg: BacktestParams) -> dict[str, dict[str, Any]]:
     """Path, version, policy and source of the candidate and of the model in service."""
     from ..inference.policy import ParallelExecutionPolicy
     from ..registry.deploy import read_pointer
@@ -169,15 +116,15 @@ def resolve_sides(w: Worker, cfg: BacktestConfig) -> dict[str, dict[str, Any]]:
     else:
         cand_policy, how = ParallelExecutionPolicy(), "default"
 
-    agent = w.spec.get("agent_id")
+    agent = w.spec.agent_id or None
     root = models_root(w.spec)
     vid = read_pointer(root, agent) if root is not None and agent else None
     if vid is not None:
         inc_path, source = version_dir(root, agent, vid), f"registry ({root}/{agent}/current)"
-        raw = registered_policy(w.spec.get("state_dir"), vid)
-    elif w.spec.get("model_in_service"):
+        raw = registered_policy(w.spec.registry.state_dir or None, vid)
+    elif w.spec.registry.model_in_service:
         # The daemon found the agent's original model under [registry] base_models_dir.
-        inc_path, source, raw = Path(w.spec["model_in_service"]), "base model ([registry] base_models_dir)", None
+        inc_path, source, raw = Path(w.spec.registry.model_in_service), "base model ([registry] base_models_dir)", None
     elif cfg.base:
         inc_path, source, raw = Path(cfg.base), "params.base", None
     else:
@@ -247,7 +194,7 @@ def gradebook_tasks(state_dir: str | None, agent: str | None, window: int) -> tu
     return tasks, stats
 
 
-def guardrail_tasks(spec: dict) -> list[dict]:
+def guardrail_tasks(spec: StageSpec) -> list[dict]:
     """The shipped guardrail exemplars as replay tasks (``[dataset] guardrails_dir``, else config/guardrails/).
 
     Loading is strict: a broken exemplar file stops the backtest with the file and the reason, as it
@@ -255,7 +202,7 @@ def guardrail_tasks(spec: dict) -> list[dict]:
     """
     from ..data.guardrails import GUARDRAIL_TIER, load_guardrails, resolve_guardrails_dir
 
-    directory = resolve_guardrails_dir((spec.get("dataset") or {}).get("guardrails_dir") or None)
+    directory = resolve_guardrails_dir(spec.dataset.guardrails_dir or None)
     return [{"id": f"guardrail:{ex.id}", "task_id": f"guardrail:{ex.id}", "source": "guardrail",
              "tier": GUARDRAIL_TIER, "question": ex.question, "answer": ex.answer, "rule": ex.rule,
              "forbid": list(ex.forbid)} for ex in load_guardrails(directory)]
@@ -286,12 +233,12 @@ def trained_tasks(run_dir: Path) -> tuple[set[str], set[str], list[str]]:
     return ids, questions, [str(p) for p in files]
 
 
-def replay_tasks(w: Worker, cfg: BacktestConfig) -> tuple[list[dict], dict]:
+def replay_tasks(w: Worker, cfg: BacktestParams) -> tuple[list[dict], dict]:
     """Gradebook, GSM-lite and guardrail tasks, without any the run trained on (``replay.excluded`` says which)."""
     from ..evaluate.backtest import exclude_trained
     from ..evaluate.gsm_lite import EVAL_SEED, TIERS, eval_split
 
-    tasks, gb = gradebook_tasks(w.spec.get("state_dir"), w.spec.get("agent_id"), cfg.window)
+    tasks, gb = gradebook_tasks(w.spec.registry.state_dir or None, w.spec.agent_id or None, cfg.window)
     tiers = tuple(cfg.tiers or TIERS)
     # GSM-lite's held-out split is never training data by construction; it goes through the same filter anyway.
     gsm = [{**t, "id": f"gsm:{t['id']}", "task_id": t["id"], "source": "gsm_lite"}
@@ -313,7 +260,7 @@ def replay_tasks(w: Worker, cfg: BacktestConfig) -> tuple[list[dict], dict]:
 # -- 3. run both models ------------------------------------------------------------------------------------
 
 
-def answer_all(w: Worker, side: str, info: dict, prompts: list[str], cfg: BacktestConfig, step0: int,
+def answer_all(w: Worker, side: str, info: dict, prompts: list[str], cfg: BacktestParams, step0: int,
                total: int) -> list:
     """One Completion per prompt from one model: forked engine under its policy, else plain greedy.
 
@@ -347,15 +294,16 @@ def critic_verdicts(w: Worker, tasks: list[dict], grades: dict[str, list]) -> tu
     One client for both sides: its cache answers a repeated (question, answer) once, and an outage
     costs one timeout, not one per side.
     """
-    url = w.spec.get("scoring_url")
+    scoring = w.spec.scoring
     none = {s: [None] * len(tasks) for s in SIDES}
-    if not url:
-        return none, {"status": "no scoring_url: critic not asked"}
+    if not scoring.url:
+        return none, {"status": "no scoring url: critic not asked"}
     from ..train.critic import CriticClient
 
-    token = os.environ.get(str(w.spec.get("token_env") or "PR1_SCORING_TOKEN")) or None
+    # The token as every stage reads it (the variable, else the file); the timeout is [scoring] timeout_s.
+    token = scoring.token()
     try:
-        client = CriticClient(url, token, timeout=10.0)
+        client = CriticClient(scoring.url, token, timeout=scoring.timeout_s)
     except ValueError as e:  # a scoring_url the critic cannot use: the report says so, the backtest goes on
         return none, {"status": f"critic not asked: {e}"}
     out: dict[str, list] = {}
@@ -437,15 +385,14 @@ def main(w: Worker) -> dict:
     import torch
 
     from ..data.parallel_format import measure_batch
-    from ..evaluate.gate import GateConfig
     from ..evaluate.grading import grade
     from ..evaluate.gsm_lite import format_prompt
 
     started = time.monotonic()
     # Run params over the config's [training.backtest] defaults (a typo there is refused).
-    cfg = BacktestConfig.from_params(w.stage_params(known=BacktestConfig.names()))
+    cfg = backtest_params(w.spec)
     # The CI settings are the gate's, so the report's intervals are the ones the gate reasons with.
-    gate_cfg = GateConfig.model_validate(w.spec.get("gate") or {})
+    gate_cfg = w.spec.gate
     torch.set_num_threads(cfg.threads)
 
     sides = resolve_sides(w, cfg)
@@ -472,7 +419,7 @@ def main(w: Worker) -> dict:
         verdicts, critic = {s: [None] * len(tasks) for s in SIDES}, {"status": "off (params.critic = false)"}
 
     # The platform's rubric keys, checked on every answer (a key without a check here is reported as such).
-    keys = [str(k) for k in (w.spec.get("compliance_keys") or DEFAULT_COMPLIANCE_KEYS)]
+    keys = [str(k) for k in (w.spec.scoring.compliance_keys or DEFAULT_COMPLIANCE_KEYS)]
     items = []
     for i, t in enumerate(tasks):
         item: dict[str, Any] = {"id": t["id"], "task_id": t["task_id"], "source": t["source"], "tier": t["tier"],
@@ -497,7 +444,7 @@ def main(w: Worker) -> dict:
     report: dict[str, Any] = {
         "schema": REPORT_SCHEMA,
         "run_id": w.run_id,
-        "agent_id": w.spec.get("agent_id"),
+        "agent_id": w.spec.agent_id or None,
         "created_at": time.time(),
         **{s: {**{k: v for k, v in sides[s].items() if k != "policy"},
                "policy": sides[s]["policy"].to_dict() if sides[s]["policy"] is not None else None,

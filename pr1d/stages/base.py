@@ -27,16 +27,17 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from ..pipeline.events import EXIT_INTERRUPTED, EXIT_OK
+from ..pipeline.spec import ORPHAN_GRACE_S, Limits, SpecError, StageSpec
 
 PR_SET_PDEATHSIG = 1
-# How long a stage may take to checkpoint after its daemon died before it ends itself (a worker once
-# deadlocked between its threads on the way out and outlived a SIGKILLed daemon).
-ORPHAN_GRACE_S = 60.0
+P = TypeVar("P", bound=BaseModel)
 
 
 class Interrupted(Exception):
@@ -113,14 +114,14 @@ def sha256_file(path: Path | str, bufsize: int = 1 << 20) -> str:
 
 class Worker:
     def __init__(self, spec_path: str | Path):
-        self.spec: dict[str, Any] = json.loads(Path(spec_path).read_text())
-        self.params: dict[str, Any] = self.spec.get("params", {})
-        self.run_id: int = self.spec["run_id"]
-        self.stage_dir = Path(self.spec["stage_dir"])
-        self.run_dir = Path(self.spec["run_dir"])
-        self.checkpoint_dir = Path(self.spec["checkpoint_dir"])
+        self.spec: StageSpec = StageSpec.load(spec_path)
+        self.params: dict[str, Any] = dict(self.spec.params)
+        self.run_id: int = self.spec.run_id
+        self.stage_dir = self.spec.stage_dir
+        self.run_dir = self.spec.run_dir
+        self.checkpoint_dir = self.spec.checkpoint_dir
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        self.resume: bool = bool(self.spec.get("resume"))
+        self.resume: bool = self.spec.resume
         self.stop_requested = threading.Event()
         self._lock = threading.Lock()
         # Under `accelerate launch` every rank runs this stage; only the main process (global rank 0) talks
@@ -129,7 +130,7 @@ class Worker:
         self.is_main = self.rank == 0
         self._out = _event_stream() if self.is_main else None
         self._silent = False
-        self._apply_limits(self.spec.get("limits") or {})
+        self._apply_limits(self.spec.limits)
         # Signals reach stop_requested through a pipe and a relay thread, never directly: see _on_term.
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -137,37 +138,30 @@ class Worker:
         self._arm_parent_death()
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
-        hb = float(self.spec.get("heartbeat_s", 5.0))
-        threading.Thread(target=self._heartbeat, args=(hb,), daemon=True, name="pr1-heartbeat").start()
+        threading.Thread(target=self._heartbeat, args=(self.spec.heartbeat_s,), daemon=True,
+                         name="pr1-heartbeat").start()
 
-    def stage_params(self, known: set[str] | None = None) -> dict[str, Any]:
-        """The run's params over the config's ``[training.<stage>]`` defaults (spec ``defaults``).
+    def stage_params(self, model: type[P], where: str = "") -> P:
+        """The stage's parameter model from the config's ``[training.<stage>]`` defaults (spec ``training``)
+        under the run's params that are fields of ``model`` (run params are shared by every stage of a run;
+        the other keys are other stages', and the trigger refused any no stage reads). Raises
+        :class:`pr1d.params.ParamsError` naming the bad key."""
+        from ..params import params_from
 
-        A default the stage does not know (``known``) is a typo in the config: refused with the key and
-        what is known, instead of being silently ignored. Run params are shared by every stage of a run,
-        so they are not checked here.
-        """
-        defaults = dict(self.spec.get("defaults") or {})
-        if known is not None:
-            unknown = sorted(set(defaults) - set(known))
-            if unknown:
-                raise ValueError(
-                    f"[training.{self.spec.get('stage', '?')}] has unknown key(s) {', '.join(unknown)}; "
-                    f"known: {', '.join(sorted(known))}"
-                )
-        return {**defaults, **self.params}
+        run = {k: v for k, v in self.params.items() if k in model.model_fields}
+        return params_from(model, {**self.spec.training, **run}, where or self.spec.stage)
 
     # -- life cycle --------------------------------------------------------------------------------
     @staticmethod
-    def _apply_limits(limits: dict) -> None:
+    def _apply_limits(limits: Limits) -> None:
         """Resource limits from the daemon's config: a stage that runs out fails with a clear error."""
         import resource
 
-        if limits.get("memory_mb"):
-            b = int(limits["memory_mb"]) << 20
+        if limits.memory_mb:
+            b = limits.memory_mb << 20
             resource.setrlimit(resource.RLIMIT_AS, (b, b))
-        if limits.get("file_mb"):
-            b = int(limits["file_mb"]) << 20
+        if limits.file_mb:
+            b = limits.file_mb << 20
             resource.setrlimit(resource.RLIMIT_FSIZE, (b, b))
             # Without this the kernel kills us with SIGXFSZ; ignored, the write fails with EFBIG and
             # the stage reports which file, like a full disk (ENOSPC) does.
@@ -186,7 +180,7 @@ class Worker:
         if expected and os.getppid() != int(expected) and not _alive(int(expected)):
             self.stop_requested.set()
         if expected:
-            grace = float(self.spec.get("orphan_grace_s", ORPHAN_GRACE_S))
+            grace = self.spec.orphan_grace_s
             threading.Thread(target=self._orphan_watchdog, args=(int(expected), grace), daemon=True,
                              name="pr1-orphan-watchdog").start()
 
@@ -282,18 +276,6 @@ class Worker:
         raise Interrupted()
 
 
-@contextlib.contextmanager
-def writing(path: Path | str) -> Iterator[None]:
-    """Name the file in any OSError raised while writing it: a full disk (ENOSPC) or a file-size limit
-    (EFBIG) from a plain write() carries no file name, and "which file" is the operator's first question."""
-    try:
-        yield
-    except OSError as e:
-        if getattr(e, "filename", None):
-            raise
-        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
-
-
 def _sha256_dir(root: Path) -> str:
     """Content hash of a folder: its files' relative paths and bytes, in sorted order."""
     h = hashlib.sha256()
@@ -307,7 +289,15 @@ def run_stage(main: Callable[[Worker], dict | None]) -> None:
     if len(sys.argv) != 2:
         print(f"usage: python -m {main.__module__} SPEC.json", file=sys.stderr)
         sys.exit(2)
-    w = Worker(sys.argv[1])
+    try:
+        w = Worker(sys.argv[1])
+    except SpecError as e:  # before any event stream is set up: say why on stderr and, if possible, the pipe
+        print(f"stage failed: {e}", file=sys.stderr)
+        with contextlib.suppress(Exception):
+            out = _event_stream()
+            out.write(json.dumps({"type": "error", "ts": time.time(), "message": str(e), "kind": "spec"}) + "\n")
+            out.flush()
+        sys.exit(1)
     try:
         outputs = main(w) or {}
         w.emit("result", outputs=outputs)

@@ -1,14 +1,15 @@
 """`dataset` stage: the fleet's best graded work (or, targeted, the agent's failing tasks) → a verified SFT dataset.
 
-Params (each documented in docs/dataset.md; :func:`dataset_settings` resolves them): branches (2),
-mode ("parallel" | "sequential"), min_score ([dataset] min_score), max_records, mix ({tier: weight}),
-seed (0), since (gradebook cursor), kb (true), targeted (false; implied by the run kind
-``targeted-sft``), guardrails (false; implied by targeted), guardrail_share ([dataset] guardrail_share),
-max_failing_tasks (256), critic_min_confidence (0.9).
+Params: the fields of :class:`pr1d.params.DatasetParams` (each documented in docs/dataset.md;
+:func:`dataset_settings` resolves them): branches (2), mode ("parallel" | "sequential"), min_score
+([dataset] min_score), max_records, mix (tier=share,... or a table: the form the sft stage reads too),
+seed (0), since (gradebook cursor), kb (true), targeted (false; implied by the run kind ``targeted-sft``),
+guardrails (false; implied by targeted), guardrail_share ([dataset] guardrail_share), max_failing_tasks
+(256), critic_min_confidence (0.9).
 
-Spec (written by the daemon; no secret in it): "scoring_url", "agent_id", "run_kind", "token_env" and
-"token_file" (where the bearer token is: the variable first, then the file, as the daemon reads it),
-"field_map", "compliance_keys", "dataset" (the [dataset] config section), "kb", "state_dir".
+Spec (:class:`pr1d.pipeline.spec.StageSpec`, written by the daemon; no secret in it): ``scoring`` (the URL,
+where the bearer token is, field_map, compliance_keys), ``agent_id``, ``run_kind``, ``dataset`` (the
+[dataset] config section), ``kb``, ``registry.state_dir``.
 
 Writes <stage_dir>/dataset/{records.jsonl,manifest.json}; returns
 {"dataset_version": content_hash, "records": n, "drops": {...}}.
@@ -21,19 +22,16 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pr1d.data.builder import MODES, build_dataset, record_stats, write_dataset
+from pr1d.data.builder import build_dataset, record_stats, write_dataset
 from pr1d.data.gradebook import fetch_gradebook
 
+from ..kb.config import KBConfig
+from ..params import DatasetParams, params_from
+from ..pipeline.spec import StageSpec
 from .base import Worker, run_stage
 
-# Defaults of the targeted-SFT knobs that are params only (not config): how many failing tasks one run
-# targets (newest first), and how sure the critic must be before a recovered answer is trained on.
-DEFAULT_MAX_FAILING_TASKS = 256
-DEFAULT_CRITIC_MIN_CONFIDENCE = 0.9
-DEFAULT_GUARDRAIL_SHARE = 0.25
 
-
-def dataset_settings(spec: Mapping[str, Any]) -> dict[str, Any]:
+def dataset_settings(spec: StageSpec) -> dict[str, Any]:
     """The build's settings from a stage spec: run params over the [dataset] config section over defaults.
 
     Pure, so the rules are table-tested: a ``targeted-sft`` run (or ``targeted = true``) builds the
@@ -41,47 +39,35 @@ def dataset_settings(spec: Mapping[str, Any]) -> dict[str, Any]:
     compliance fired, whatever job won) adds exemplars to an ordinary dataset. Where the exemplars and the
     teacher live is config only: a run parameter must not point a worker at other files or hosts.
     """
-    p = dict(spec.get("params") or {})
-    ds = dict(spec.get("dataset") or {})
-    mode = str(p.get("mode", "parallel"))
-    if mode not in MODES:
-        raise ValueError(f"param mode={mode!r}: expected one of {MODES}")
-    targeted = spec.get("run_kind") == "targeted-sft" or bool(p.get("targeted", False))
-    guardrails = targeted or bool(p.get("guardrails", False))
-    if guardrails and mode != "parallel":
+    p = params_from(DatasetParams, {k: v for k, v in spec.params.items() if k in DatasetParams.model_fields},
+                    "dataset params")
+    ds = spec.dataset
+    targeted = spec.run_kind == "targeted-sft" or p.targeted
+    guardrails = targeted or p.guardrails
+    if guardrails and p.mode != "parallel":
         raise ValueError("guardrail exemplars are Parallel traces: a targeted or guardrail dataset needs mode=parallel")
-    max_records = p.get("max_records")
     return {
-        "branches": int(p.get("branches", 2)),
-        "mode": mode,
-        "min_score": float(p.get("min_score", ds.get("min_score", 0.9))),
-        "max_records": int(max_records) if max_records is not None else None,
-        "mix": p.get("mix"),
-        "seed": int(p.get("seed", 0)),
-        "since": p.get("since"),
-        "kb": bool(p.get("kb", True)),
+        "branches": p.branches,
+        "mode": p.mode,
+        "min_score": p.min_score if p.min_score is not None else ds.min_score,
+        "max_records": p.max_records,
+        "mix": p.mix,
+        "seed": p.seed,
+        "since": p.since,
+        "kb": p.kb,
         "targeted": targeted,
         "guardrails": guardrails,
-        "guardrail_share": float(p.get("guardrail_share", ds.get("guardrail_share", DEFAULT_GUARDRAIL_SHARE))),
-        "guardrails_dir": str(ds.get("guardrails_dir") or ""),
-        "max_failing_tasks": int(p.get("max_failing_tasks", DEFAULT_MAX_FAILING_TASKS)),
-        "critic_min_confidence": float(p.get("critic_min_confidence", DEFAULT_CRITIC_MIN_CONFIDENCE)),
-        "teacher_url": str(ds.get("teacher_url") or ""),
-        "teacher_model": str(ds.get("teacher_model") or ""),
+        "guardrail_share": p.guardrail_share if p.guardrail_share is not None else ds.guardrail_share,
+        "guardrails_dir": ds.guardrails_dir,
+        "max_failing_tasks": p.max_failing_tasks,
+        "critic_min_confidence": p.critic_min_confidence,
+        "teacher_url": ds.teacher_url,
+        "teacher_model": ds.teacher_model,
     }
 
 
-def scoring_token(spec: Mapping[str, Any]) -> str | None:
-    """The bearer token, read as the daemon reads it (``Config.scoring_token``): the variable named by
-    "token_env", else the file named by "token_file". Only the names travel in the spec, never the token."""
-    from ..config import Config
-
-    return Config(scoring={"token_env": spec.get("token_env") or "PR1_SCORING_TOKEN",
-                           "token_file": spec.get("token_file") or ""}).scoring_token()
-
-
 def kb_contexts(
-    kb_cfg: Mapping[str, Any] | None,
+    kb_cfg: KBConfig | Mapping[str, Any] | None,
     state_dir: str | Path | None,
     questions: list[str],
     out: dict[str, Any],
@@ -97,9 +83,7 @@ def kb_contexts(
     if not kb_cfg or not state_dir:
         out["status"] = "no kb configured"
         return {}
-    from ..kb.config import KBConfig
-
-    cfg = KBConfig.model_validate(dict(kb_cfg))
+    cfg = kb_cfg if isinstance(kb_cfg, KBConfig) else KBConfig.model_validate(dict(kb_cfg))
     if cfg.store == "sqlite":
         from ..kb.factory import sqlite_path
 
@@ -151,13 +135,13 @@ def _generator(s: Mapping[str, Any]) -> Any:
 def _fleet_entries(w: Worker, s: dict[str, Any], url: str, token: str | None, fetch_stats: dict) -> tuple[list, Any, Any]:
     """The fleet's entries at or above min_score: the daemon's nightly copy, then the delta pulled now."""
     # Deliberately NOT filtered by agent_id: the dataset is the whole fleet's best work across tiers
-    # (spec["agent_id"] names the agent being trained, not the source of its examples).
+    # (spec.agent_id names the agent being trained, not the source of its examples).
     since = s["since"]
     local: list = []
-    if since is None and w.spec.get("state_dir"):
+    if since is None and w.spec.registry.state_dir:
         from ..data.gradebook import LocalGradebook
 
-        book = LocalGradebook(Path(w.spec["state_dir"]) / "gradebook")
+        book = LocalGradebook(Path(w.spec.registry.state_dir) / "gradebook")
         local = [e for e in book.load() if float(e.get("score", 0)) >= s["min_score"]]
         since = book.cursor()
     entries, cursor = fetch_gradebook(url, token, since=since, min_score=s["min_score"], stats=fetch_stats)
@@ -185,12 +169,12 @@ def _targeted(w: Worker, s: dict, url: str, token: str | None, fleet: list, exem
         select_failing,
     )
 
-    agent = str(w.spec.get("agent_id") or "")
+    agent = w.spec.agent_id
     if not agent:
         raise ValueError("a targeted dataset needs the spec's 'agent_id'")
     ev_stats: dict = {}
-    evals, ev_cursor = fetch_evaluations(url, token, agent, field_map=w.spec.get("field_map") or {}, stats=ev_stats)
-    keys = tuple(w.spec.get("compliance_keys") or DEFAULT_COMPLIANCE_KEYS)
+    evals, ev_cursor = fetch_evaluations(url, token, agent, field_map=w.spec.scoring.field_map, stats=ev_stats)
+    keys = tuple(w.spec.scoring.compliance_keys or DEFAULT_COMPLIANCE_KEYS)
     failing = select_failing(evals, keys, s["max_failing_tasks"])
     w.log(f"targeted: {len(failing)} failing tasks in {len(evals)} evaluations of {agent}")
     own, _ = fetch_gradebook(url, token, agent_id=agent, min_score=0.0)
@@ -209,7 +193,7 @@ def _targeted(w: Worker, s: dict, url: str, token: str | None, fleet: list, exem
     tasks, unverified = apply_verdicts(tasks, verdicts, s["critic_min_confidence"])
     drops["unverified"] += unverified
     kb_stats: dict = {}
-    contexts = (kb_contexts(w.spec.get("kb"), w.spec.get("state_dir"), sorted({t["question"] for t in tasks}),
+    contexts = (kb_contexts(w.spec.kb, w.spec.registry.state_dir, sorted({t["question"] for t in tasks}),
                             kb_stats, warn=lambda m: w.log(m, level="warning")) if s["kb"] else {})
     records, stats = build_targeted_dataset(
         tasks, exemplars, share=s["guardrail_share"], branches=s["branches"], seed=s["seed"],
@@ -227,10 +211,10 @@ def _targeted(w: Worker, s: dict, url: str, token: str | None, fleet: list, exem
 
 def main(w: Worker) -> dict:
     s = dataset_settings(w.spec)
-    url = w.spec.get("scoring_url")
+    url = w.spec.scoring.url
     if not url:
-        raise ValueError("spec has no 'scoring_url'")
-    token = scoring_token(w.spec)
+        raise ValueError("spec has no scoring url (the daemon's [scoring] base_url)")
+    token = w.spec.scoring.token()
     exemplars: list = []
     if s["guardrails"]:  # before any network: a bad exemplar file is a config error, found first
         from pr1d.data.guardrails import load_guardrails, resolve_guardrails_dir
@@ -248,13 +232,13 @@ def main(w: Worker) -> dict:
 
     w.progress(1, 3, message=f"building {kind} records from {len(entries)} entries")
     source = {"since": since, "until": cursor, "min_score": s["min_score"], "agent_id": None,
-              "scoring_url": url, "for_agent": w.spec.get("agent_id")}
+              "scoring_url": url, "for_agent": w.spec.agent_id or None}
     try:
         if s["targeted"]:
             records, stats = _targeted(w, s, url, token, entries, exemplars, generator, source)
         else:
             kb_stats: dict = {}
-            contexts = (kb_contexts(w.spec.get("kb"), w.spec.get("state_dir"), sorted({e["question"] for e in entries}),
+            contexts = (kb_contexts(w.spec.kb, w.spec.registry.state_dir, sorted({e["question"] for e in entries}),
                                     kb_stats, warn=lambda m: w.log(m, level="warning")) if s["kb"] else {})
             records, stats = build_dataset(
                 entries, branches=s["branches"], mode=s["mode"], mix=s["mix"], seed=s["seed"],

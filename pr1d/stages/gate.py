@@ -4,7 +4,7 @@ Reads the run's newest ``*-backtest/backtest.json``, builds both sides' :class:`
 items (:func:`pr1d.evaluate.backtest.gate_inputs`: per-answer correctness, rubric checks and parallel
 measures, never the report's summary; a report of another schema is refused), decides with
 :func:`gate_decision` (correctness paired per task, per tier, safety, bounds) under the
-daemon's ``[gate]`` config (spec extra ``gate``) and returns :func:`gate_outputs`: a fail stops the run
+daemon's ``[gate]`` config (spec section ``gate``) and returns :func:`gate_outputs`: a fail stops the run
 ``rejected`` with the reasons; pass and inconclusive finish it ``awaiting_approval``. On those two the
 result also carries ``register``: what the daemon (the ledger's only writer) registers as a model
 version of the agent *before* the run reaches ``awaiting_approval``, so that ``pr1ctl approve RUN``
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..evaluate.backtest import gate_inputs
-from ..evaluate.gate import GateConfig, gate_decision, gate_outputs
+from ..evaluate.gate import gate_decision, gate_outputs
 from .base import Worker, run_stage, sha256_file
 
 REPORT_GLOB = "*-backtest/backtest.json"
@@ -72,7 +72,7 @@ def main(w: Worker) -> dict:
     if path is None or not path.is_file():
         raise ValueError(f"no backtest report in {w.run_dir}: the gate needs a backtest stage before it")
     report = json.loads(path.read_text())
-    cfg = GateConfig.model_validate(w.spec.get("gate") or {})
+    cfg = w.spec.gate
     w.progress(0, 1, message="deciding")
     candidate, incumbent = gate_inputs(report)
     result = gate_decision(candidate, incumbent, cfg)

@@ -1,6 +1,6 @@
 """`kb_ingest` stage: load documents into the configured knowledge base (embedding happens here, not in pr1d).
 
-Spec params: path (file or folder of .md/.txt/.jsonl). Spec extras: kb (the [kb] config), state_dir.
+Spec params: path (file or folder of .md/.txt/.jsonl). Spec sections: kb (the [kb] config), registry.state_dir.
 """
 
 from __future__ import annotations
@@ -12,14 +12,16 @@ from .base import Worker, run_stage
 
 
 def main(w: Worker) -> dict:
-    from ..kb.config import KBConfig
     from ..kb.discovery import create_service_discovery
     from ..kb.embed import Embedder
     from ..kb.factory import open_cache, open_store
     from ..kb.ingest import ingest_path
     from ..kb.protocol import KBError
 
-    cfg = KBConfig.model_validate(w.spec["kb"])
+    if w.spec.kb is None or not w.spec.registry.state_dir:
+        raise ValueError("the kb_ingest spec needs the kb section and registry.state_dir")
+    cfg = w.spec.kb
+    state_dir = Path(w.spec.registry.state_dir)
     path = Path(w.params["path"])
     if not path.exists():
         raise FileNotFoundError(f"no such file or folder: {path}")
@@ -29,7 +31,7 @@ def main(w: Worker) -> dict:
         cache = open_cache(cfg, endpoints)
         embedder = Embedder(cfg.embedding_model, cache=cache, device=cfg.embedding_device,
                             batch_size=cfg.embedding_batch_size, ttl_s=cfg.cache_ttl_s)
-        store = open_store(cfg, state_dir=Path(w.spec["state_dir"]), endpoints=endpoints, dim=embedder.dim)
+        store = open_store(cfg, state_dir=state_dir, endpoints=endpoints, dim=embedder.dim)
 
         def progress(done: int, total: int, name: str) -> None:
             w.progress(done, total, message=name)

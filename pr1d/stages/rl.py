@@ -1,18 +1,18 @@
 """The `rl` stage: GRPO with the curriculum (ParallelRLTrainer) from the run's SFT candidate; writes ``candidate/``.
 
-Hyperparameters are :class:`pr1d.train.grpo.RLStageConfig` fields, layered (later wins; unknown keys fail
+Hyperparameters are :class:`pr1d.params.RLParams` fields, layered (later wins; unknown keys fail
 the stage with the list of known ones):
 
-1. the config's ``[training.rl]`` defaults (spec ``defaults``);
+1. the config's ``[training.rl]`` defaults (spec ``training``);
 2. the config's ``[rewards]`` section (spec ``rewards``) as the base of ``rewards``;
-3. in a run of kind ``rl`` only: the run's flat params that are RLStageConfig fields. A ``full`` run's
+3. in a run of kind ``rl`` only: the run's flat params that are RLParams fields. A ``full`` run's
    flat params are the sft stage's too (its ``lr`` of 1e-3 would wreck RL), so there they are not read;
-4. ``params.rl``: a mapping of RLStageConfig fields, for any run kind.
+4. ``params.rl``: a mapping of RLParams fields, for any run kind.
 
 The starting model: the run's newest ``NN-sft/candidate``, else ``params.model``, else the agent's model in
-service (spec ``model_in_service``). ``params.cpu`` trains on CPU even when CUDA is available. Spec
-``scoring_url``, ``token_env`` and ``token_file`` (where the bearer token is: that variable, else that
-file) reach the platform's critic when ``critic`` is true.
+service (spec ``registry.model_in_service``). ``params.cpu`` trains on CPU even when CUDA is available. The
+spec's ``scoring`` section (the URL, and where the bearer token is) reaches the platform's critic when
+``critic`` is true.
 
 The held-out GSM-lite accuracy per tier is measured before training (kept in ``eval_before.json`` so a
 resumed stage does not measure it twice) and on the saved RL model after, both on the *selection split*
@@ -38,27 +38,23 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .base import Worker, run_stage, writing
+from ..params import RLParams, params_from
+from ..pipeline.files import writing
+from ..pipeline.spec import Scoring, StageSpec
+from .base import Worker, run_stage
 from .sft_gate import find_candidate
 
 
-def stage_config(spec: dict[str, Any], params: dict[str, Any]):
-    """The :class:`RLStageConfig` of a stage spec (see the module docstring for the layers)."""
-    import dataclasses
-
-    from pr1d.train.grpo import RLStageConfig
-
-    names = {f.name for f in dataclasses.fields(RLStageConfig)}
-    defaults = dict(spec.get("defaults") or {})
-    unknown = sorted(set(defaults) - names)
-    if unknown:
-        raise ValueError(f"[training.rl] has unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-    flat = {k: v for k, v in params.items() if k in names} if spec.get("run_kind") == "rl" else {}
+def stage_config(spec: StageSpec) -> RLParams:
+    """The :class:`RLParams` of a stage spec (see the module docstring for the layers)."""
+    defaults = params_from(RLParams, spec.training, "[training.rl]").model_dump(exclude_unset=True)
+    params = spec.params
+    flat = {k: v for k, v in params.items() if k in RLParams.model_fields} if spec.run_kind == "rl" else {}
     nested = dict(params.get("rl") or {})
     merged = {**defaults, **flat, **nested}
-    merged["rewards"] = {**(spec.get("rewards") or {}), **defaults.get("rewards", {}), **flat.get("rewards", {}),
-                         **nested.get("rewards", {})}
-    return RLStageConfig.from_params(merged)
+    merged["rewards"] = {**spec.rewards.model_dump(mode="json"), **defaults.get("rewards", {}),
+                         **flat.get("rewards", {}), **nested.get("rewards", {})}
+    return params_from(RLParams, merged, "rl")
 
 
 def start_model(w: Worker) -> tuple[Path, str]:
@@ -68,8 +64,8 @@ def start_model(w: Worker) -> tuple[Path, str]:
         return cand, "sft candidate"
     if w.params.get("model"):
         return Path(w.params["model"]), "params.model"
-    if w.spec.get("model_in_service"):
-        return Path(w.spec["model_in_service"]), "model in service"
+    if w.spec.registry.model_in_service:
+        return Path(w.spec.registry.model_in_service), "model in service"
     raise ValueError(
         "the rl stage needs a model: run an sft stage before it, set params.model, or give the agent a model "
         "in service"
@@ -99,16 +95,13 @@ def choose_candidate(before: dict | None, after: dict | None, max_tier_drop: flo
     return True, f"RL model {a:.1%} >= its start {b:.1%} overall, no tier down more than {max_tier_drop * 100:.1f} points"
 
 
-def make_critic(spec: dict[str, Any], cfg):
-    """The critic client at the spec's scoring URL; the token is read as the daemon reads it."""
+def make_critic(scoring: Scoring, cfg: RLParams):
+    """The critic client at the platform's scoring URL, with the token read the one way (:meth:`Scoring.token`)."""
     from pr1d.train.rewards import make_critic as build
 
-    from .dataset import scoring_token
-
-    url = spec.get("scoring_url")
-    if not url:
-        raise ValueError("critic is on but the spec has no scoring_url (the daemon's [scoring] base_url)")
-    return build(cfg.reward_config(), url, scoring_token(spec))
+    if not scoring.url:
+        raise ValueError("critic is on but the spec has no scoring url (the daemon's [scoring] base_url)")
+    return build(cfg.reward_params(), scoring.url, scoring.token())
 
 
 def main(w: Worker) -> dict:
@@ -118,11 +111,11 @@ def main(w: Worker) -> dict:
     from pr1d.train.grpo import copy_policy, last_checkpoint, train_grpo
     from pr1d.train.sft import evaluate_model, save_candidate
 
-    cfg = stage_config(w.spec, w.params)
+    cfg = stage_config(w.spec)
     start, source = start_model(w)
     w.log(f"starting from {start} ({source})")
     torch.set_num_threads(cfg.threads)
-    critic = make_critic(w.spec, cfg) if cfg.critic else None
+    critic = make_critic(w.spec.scoring, cfg) if cfg.critic else None
 
     def on_event(kind: str, fields: dict[str, Any]) -> None:
         if kind == "progress":

@@ -1,9 +1,10 @@
 """The `sft` stage: Parallel SFT of the agent's model with TRL; writes the candidate into ``candidate/``.
 
-Params: ``model`` (base model folder, required), ``data`` (records JSONL; default: the run's
-``NN-dataset/dataset/records.jsonl``, else generated from the GSM-lite training split), plus every
-:class:`pr1d.train.sft.SFTStageConfig` field (``parallel_format``, ``branches``, ``finetune``, ``max_steps``,
-...). ``eval_per_tier`` > 0 also scores the candidate (the gate stage compares it with the base).
+Params: ``model`` (base model folder; default: the agent's model in service), ``data`` (records JSONL;
+default: the run's ``NN-dataset/dataset/records.jsonl``, else generated from the GSM-lite training split),
+``cpu``, plus every :class:`pr1d.params.SFTParams` field (``parallel_format``, ``branches``, ``finetune``,
+``max_steps``, ``mix``, ...) over the config's ``[training.sft]``. ``eval_per_tier`` > 0 also scores the
+candidate (the gate stage compares it with the base).
 
 SIGTERM: the trainer saves a checkpoint at the current step and the stage exits 75; with ``"resume": true``
 (or a checkpoint already in the stage's checkpoint folder) training continues from it with the optimizer,
@@ -16,7 +17,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .base import Worker, run_stage, writing
+from ..params import SFTParams
+from ..pipeline.files import writing
+from .base import Worker, run_stage
 
 
 def find_dataset(run_dir: Path) -> Path | None:
@@ -45,12 +48,8 @@ def write_training_tasks(records: list[dict[str, Any]], path: Path) -> None:
 
 
 def main(w: Worker) -> dict:
-    import dataclasses
+    from pr1d.train.sft import curriculum_records, load_records, save_candidate, train_sft
 
-    from pr1d.train.sft import SFTStageConfig, curriculum_records, load_records, save_candidate, train_sft
-
-    known = {f.name for f in dataclasses.fields(SFTStageConfig)} | {"model", "data", "cpu"}
-    p = w.stage_params(known)
     if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
         # Each FSDP rank holds a shard: the candidate needs the shards gathered by every rank at once, which
         # this stage does not do yet. Refuse before hours of GPU time rather than save a partial model.
@@ -58,22 +57,25 @@ def main(w: Worker) -> dict:
             "the sft stage does not save a candidate under FSDP yet: use config/accelerate/1node-8gpu-ddp.yaml "
             "(LoRA, as in config/profiles/qwen2.5-7b.toml); see docs/multi_gpu.md"
         )
+    p = w.params
     # The model to fine-tune: params.model, else the one the agent runs now (the daemon resolves the
     # agent's current registry version, or its original model under [registry] base_models_dir).
-    p.setdefault("model", w.spec.get("model_in_service"))
-    if not p.get("model"):
+    model_path = p.get("model") or w.spec.registry.model_in_service
+    if not model_path:
         raise ValueError(
             "the sft stage needs a model: set params.model, or give the agent a model in service (a registry "
             "version, or its original model under [registry] base_models_dir/<model name>)"
         )
     # In a run the sft_gate stage scores base and candidate side by side; the stage's own evaluation is for
     # runs that ask for it (params.eval_per_tier), so a curriculum does not score the candidate twice.
-    cfg = SFTStageConfig.from_params({"eval_per_tier": 0, **p})
+    cfg = w.stage_params(SFTParams, "sft")
+    if "eval_per_tier" not in w.spec.training and "eval_per_tier" not in p:
+        cfg = cfg.model_copy(update={"eval_per_tier": 0})
     data = Path(p["data"]) if p.get("data") else find_dataset(w.run_dir)
     records, sources = curriculum_records(load_records(data) if data is not None else [], cfg)
     w.log(
         f"{sources['dataset']} records from {data or 'no dataset'} + {sources['generated']} generated "
-        f"GSM-lite training problems (mix {cfg.mix}) = {len(records)}"
+        f"GSM-lite training problems (mix {','.join(f'{t}={v:g}' for t, v in cfg.mix.items())}) = {len(records)}"
     )
     if w.is_main:
         write_training_tasks(records, w.stage_dir / TRAINING_TASKS)
@@ -90,7 +92,7 @@ def main(w: Worker) -> dict:
 
     resume = w.resume or last_checkpoint(w.checkpoint_dir) is not None
     model, tokenizer, summary = train_sft(
-        p["model"],
+        model_path,
         records,
         w.checkpoint_dir,
         cfg,

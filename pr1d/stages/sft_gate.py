@@ -1,9 +1,9 @@
 """The `sft_gate` stage: score base and SFT candidate on the same held-out GSM-lite problems, then gate.
 
-Params: ``base`` (base model folder, required), ``candidate`` (default: the run's ``NN-sft/candidate``),
-``n_per_tier`` (default 50), ``threshold`` (0.05), ``mode`` (``absolute`` | ``relative``),
-``tiers`` (default all), ``max_new_tokens`` (224); defaults from ``[training.sft_gate]``; ``base`` defaults
-to the run's ``model`` param, else the agent's model in service. Returns ``{"sft_gate": evidence}`` when
+Params: the fields of :class:`pr1d.params.SFTGateParams` (``base``, ``candidate`` (default: the run's
+``NN-sft/candidate``), ``n_per_tier``, ``threshold``, ``mode`` (``absolute`` | ``relative``), ``tiers``,
+``max_new_tokens``, ``threads``) over ``[training.sft_gate]``; ``base`` defaults to the run's ``model``
+param, else the agent's model in service. Returns ``{"sft_gate": evidence}`` when
 the candidate clears the bar, else that plus ``{"stop_run": {"state": "rejected", "reason":
 "sft_uplift_below_threshold"}, "gate": evidence}``.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..params import SFTGateParams
 from .base import Worker, run_stage
 
 
@@ -28,24 +29,23 @@ def main(w: Worker) -> dict:
     from pr1d.inference.generate import load_model
     from pr1d.train.sft import evaluate_model
 
-    p = w.stage_params({"base", "candidate", "n_per_tier", "threshold", "mode", "tiers", "max_new_tokens", "threads"})
-    p.setdefault("base", p.get("model") or w.spec.get("model_in_service"))
-    if not p.get("base"):
+    p = w.stage_params(SFTGateParams)
+    base = p.base or w.params.get("model") or w.spec.registry.model_in_service
+    if not base:
         raise ValueError("the sft_gate stage needs params.base (the base model folder) or a model in service")
-    cand_path = Path(p["candidate"]) if p.get("candidate") else find_candidate(w.run_dir)
+    cand_path = Path(p.candidate) if p.candidate else find_candidate(w.run_dir)
     if cand_path is None:
         raise ValueError("no candidate: set params.candidate or run an sft stage before this one")
-    n = int(p.get("n_per_tier", 50))
-    tiers = tuple(p.get("tiers") or TIERS)
-    max_new = int(p.get("max_new_tokens", 224))
-    torch.set_num_threads(int(p.get("threads", 2)))
+    n = p.n_per_tier
+    tiers = tuple(p.tiers or TIERS)
+    torch.set_num_threads(p.threads)
     reports = {}
-    for i, (name, path) in enumerate((("base", p["base"]), ("candidate", cand_path))):
+    for i, (name, path) in enumerate((("base", base), ("candidate", cand_path))):
         if w.stop_requested.is_set():
             w.interrupt()  # nothing worth checkpointing: evaluation restarts from scratch
         w.progress(i, 2, message=f"evaluating {name}")
         model, tok = load_model(path)
-        reports[name] = evaluate_model(model, tok, n, tiers=tiers, max_new_tokens=max_new)
+        reports[name] = evaluate_model(model, tok, n, tiers=tiers, max_new_tokens=p.max_new_tokens)
         for tier, acc in reports[name]["accuracy"].items():
             w.metric(f"gate.{name}.{tier}", acc)
         w.metric(f"gate.{name}.parallel_adherence", reports[name]["parallel_adherence"])
@@ -54,8 +54,8 @@ def main(w: Worker) -> dict:
         reports["base"]["accuracy"],
         reports["candidate"]["accuracy"],
         n,
-        threshold=float(p.get("threshold", 0.05)),
-        mode=p.get("mode", "absolute"),
+        threshold=p.threshold,
+        mode=p.mode,
     )
     evidence = {
         **decision.evidence,

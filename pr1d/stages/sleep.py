@@ -12,7 +12,8 @@ import json
 import os
 import time
 
-from .base import Worker, run_stage, writing
+from ..pipeline.files import writing
+from .base import Worker, run_stage
 
 
 def main(w: Worker) -> dict:

@@ -1,6 +1,6 @@
 """Curriculum decisions for GRPO: tier promotion (easy -> medium -> hard), explore/verify phases, stop criteria.
 
-All pure: each decision is a function of recorded numbers and a :class:`CurriculumConfig`, tested
+All pure: each decision is a function of recorded numbers and a :class:`CurriculumParams`, tested
 against tables of cases; the RL stage worker only feeds them what it measured and writes what they
 return (tier transitions and the stop reason go to the ledger through the stage's events).
 """
@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
+
+from pr1d.params import CurriculumParams
 
 __all__ = [
     "STOP_REASONS",
-    "CurriculumConfig",
     "Phase",
     "StopDecision",
     "TierScheduler",
@@ -28,94 +29,6 @@ __all__ = [
 ]
 
 STOP_REASONS = ("step_budget", "time_budget", "plateau", "reward_stable")
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
-
-
-@dataclass(frozen=True)
-class CurriculumConfig:
-    """Thresholds of the RL curriculum: tier promotion, explore/verify phases and stop criteria."""
-
-    tiers: tuple[str, ...] = field(default=("easy", "medium", "hard"), metadata=_help(
-        "Tiers in training order; the scheduler starts at the first and never goes back."))
-    promote_accuracy: float = field(default=0.8, metadata=_help(
-        "Move to the next tier once the current tier's accuracy over the last window reaches this."))
-    accuracy_window: int = field(default=64, metadata=_help(
-        "Completions per accuracy window: the tier's rolling accuracy is measured over consecutive "
-        "windows of this many graded completions."))
-    tier_plateau_windows: int = field(default=3, metadata=_help(
-        "Move up also when the last this-many accuracy windows improved on the best earlier window by "
-        "less than tier_min_improvement (the tier has plateaued)."))
-    tier_min_improvement: float = field(default=0.01, metadata=_help(
-        "Smallest accuracy gain (absolute, on the 0..1 scale) that counts as progress on a tier."))
-    explore_segments: int = field(default=1, metadata=_help(
-        "Segments (epochs or trainer segments) of each explore phase, before the verify phase."))
-    verify_segments: int = field(default=1, metadata=_help("Segments of each verify phase."))
-    explore_temperature: float = field(default=1.0, metadata=_help(
-        "Sampling temperature in explore segments (higher: more varied paths)."))
-    explore_generations: int = field(default=8, metadata=_help(
-        "Completions per prompt (GRPO group size) in explore segments."))
-    verify_temperature: float = field(default=0.7, metadata=_help(
-        "Sampling temperature in verify segments (conservative)."))
-    verify_generations: int = field(default=4, metadata=_help("Completions per prompt in verify segments."))
-    plateau_windows: int = field(default=3, metadata=_help(
-        "Stop when the evaluation score has not improved by stop_min_improvement over this many "
-        "evaluation windows."))
-    stop_min_improvement: float = field(default=0.01, metadata=_help(
-        "Smallest evaluation-score gain (absolute, 0..1 scale: 0.01 is 1 point) that counts as improvement."))
-    reward_window: int = field(default=20, metadata=_help(
-        "Steps over which the variance of the mean step reward is measured for reward_stable."))
-    reward_variance: float = field(default=0.02, metadata=_help(
-        "Stop when the variance of the step reward over the last reward_window steps is below this and "
-        "the reward no longer rises (the window's second half less than stop_min_improvement above its "
-        "first; 0 turns the criterion off)."))
-    min_steps: int = field(default=50, metadata=_help(
-        "Neither plateau nor reward_stable stops training before this many steps (a flat start is not "
-        "convergence)."))
-    max_steps: int = field(default=0, metadata=_help("Step budget: stop at this many steps (0: no budget)."))
-    max_seconds: float = field(default=0.0, metadata=_help(
-        "Time budget: stop once training has run this long, in seconds (0: no budget)."))
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "tiers", tuple(self.tiers))
-        if not self.tiers or len(set(self.tiers)) != len(self.tiers):
-            raise ValueError(f"curriculum.tiers must be a non-empty list of distinct names, got {list(self.tiers)}")
-        for name in ("promote_accuracy", "tier_min_improvement", "stop_min_improvement"):
-            v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f"curriculum.{name} is on the 0..1 accuracy scale; got {v}")
-        for name in ("accuracy_window", "tier_plateau_windows", "explore_segments", "verify_segments",
-                     "plateau_windows", "reward_window"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"curriculum.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("explore_generations", "verify_generations"):
-            if getattr(self, name) < 2:
-                raise ValueError(
-                    f"curriculum.{name} must be >= 2: GRPO's advantage compares completions of one prompt, "
-                    f"got {getattr(self, name)}"
-                )
-        for name in ("explore_temperature", "verify_temperature"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"curriculum.{name} must be > 0 (sampling), got {getattr(self, name)}")
-        if self.explore_temperature < self.verify_temperature:
-            raise ValueError(
-                "curriculum.explore_temperature must be >= verify_temperature (explore samples wider); got "
-                f"{self.explore_temperature} < {self.verify_temperature}"
-            )
-        if self.reward_variance < 0 or self.min_steps < 0 or self.max_steps < 0 or self.max_seconds < 0:
-            raise ValueError("curriculum.reward_variance, min_steps, max_steps and max_seconds must be >= 0")
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any] | None) -> CurriculumConfig:
-        """Build from stage spec params; unknown keys are refused with the list of known ones."""
-        data = dict(data or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"curriculum: unknown key(s) {unknown}; known keys: {sorted(known)}")
-        return cls(**data)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -142,7 +55,7 @@ def plateaued(scores: Sequence[float], windows: int, min_improvement: float) -> 
 # --------------------------------------------------------------------------------------------------
 
 
-def tier_move(window_accuracies: Sequence[float], cfg: CurriculumConfig) -> str | None:
+def tier_move(window_accuracies: Sequence[float], cfg: CurriculumParams) -> str | None:
     """Why the current tier is done (``"threshold"`` or ``"plateau"``), or None to stay.
 
     ``window_accuracies`` are the tier's accuracies over consecutive full windows, oldest first.
@@ -179,8 +92,8 @@ class TierScheduler:
     from the recorded transitions with ``start_tier``.
     """
 
-    def __init__(self, cfg: CurriculumConfig | None = None, *, start_tier: str | None = None) -> None:
-        self.cfg = cfg or CurriculumConfig()
+    def __init__(self, cfg: CurriculumParams | None = None, *, start_tier: str | None = None) -> None:
+        self.cfg = cfg or CurriculumParams()
         tier = start_tier if start_tier is not None else self.cfg.tiers[0]
         if tier not in self.cfg.tiers:
             raise ValueError(f"start_tier {tier!r} is not one of the curriculum tiers {list(self.cfg.tiers)}")
@@ -237,7 +150,7 @@ class Phase:
     num_generations: int
 
 
-def explore_verify_phase(segment: int, cfg: CurriculumConfig) -> Phase:
+def explore_verify_phase(segment: int, cfg: CurriculumParams) -> Phase:
     """The phase of ``segment`` (0-based epoch or trainer segment): explore first, then verify, cycling.
 
     With ``explore_segments = 2`` and ``verify_segments = 1``: E E V E E V ...
@@ -277,7 +190,7 @@ class StopDecision:
         return asdict(self)
 
 
-def stop_decision(history: TrainingHistory, cfg: CurriculumConfig) -> StopDecision | None:
+def stop_decision(history: TrainingHistory, cfg: CurriculumParams) -> StopDecision | None:
     """The first stop criterion that holds, or None to go on.
 
     Budgets come first (they are promises to the operator); plateau and reward stability are judged

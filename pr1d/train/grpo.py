@@ -1,7 +1,7 @@
 """ParallelRLTrainer: TRL GRPO on GSM-lite with the reward adapters, the tier curriculum and explore/verify phases.
 
 ``python -m pr1d.train.grpo --model PATH --out DIR [--max-steps N] [--lr X] [--reward KEY=VALUE ...]
-[--curriculum KEY=VALUE ...] [--critic-url URL] [--resume]`` (every field of :class:`RLStageConfig` is a flag).
+[--curriculum KEY=VALUE ...] [--critic-url URL] [--resume]`` (every field of :class:`RLParams` is a flag).
 
 One training step, in the order :meth:`ParallelRLTrainer._generate_and_score_completions` runs it:
 
@@ -35,17 +35,15 @@ that sampled. TRL's ``rollout_func`` is not used: see docs/runbooks/parallel-rl.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
-import os
 import random
 import shutil
 import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +52,10 @@ from torch.utils.data import SequentialSampler
 from trl import GRPOConfig, GRPOTrainer
 
 from pr1d.data.parallel_format import measure_batch
-from pr1d.evaluate.gsm_lite import TIERS, format_prompt, train_split
+from pr1d.evaluate.gsm_lite import format_prompt, train_split
+from pr1d.params import RLParams, add_param_arguments, params_from_args
 from pr1d.train.callbacks import EventCallback, EventFn
 from pr1d.train.curriculum import (
-    CurriculumConfig,
     Phase,
     StopDecision,
     TierScheduler,
@@ -66,145 +64,10 @@ from pr1d.train.curriculum import (
     explore_verify_phase,
     stop_decision,
 )
-from pr1d.train.rewards import RewardConfig, correctness_reward, decode_completions, make_reward_funcs
-from pr1d.train.sft import check_finetune_fields, field_help, load_trainable
+from pr1d.train.rewards import correctness_reward, decode_completions, make_reward_funcs
+from pr1d.train.sft import load_trainable
 
 STATE_FILE = "curriculum_state.json"  # written into every checkpoint folder next to TRL's own state
-# Stage defaults layered under the curriculum mapping. The curriculum module's accuracy window of 64
-# completions is one step of the default generation batch, so one lucky or unlucky batch (8 prompts)
-# would decide a tier move, and the plateau rule (3 windows without a 1-point gain over the best
-# earlier one) would compare single noisy batches. 256 is four steps.
-STAGE_CURRICULUM_DEFAULTS: dict[str, Any] = {"accuracy_window": 256}
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
-
-
-@dataclass
-class RLStageConfig:
-    """Hyperparameters of the rl stage (defaults: the recipe measured on the 1M demo model, issue 6)."""
-
-    finetune: str = field(default="full", metadata=_help(
-        "full (all weights; what was measured) or lora (adapter + trainable embeddings/lm_head)"))
-    lora_r: int = field(default=16, metadata=_help("LoRA rank"))
-    lora_alpha: int = field(default=32, metadata=_help("LoRA alpha"))
-    lora_dropout: float = field(default=0.0, metadata=_help("LoRA dropout"))
-    lora_target_modules: str = field(
-        default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
-        metadata=_help("comma-separated module names LoRA wraps"))
-    lr: float = field(default=2e-5, metadata=_help(
-        "learning rate (constant). 2e-5 lifted held-out medium 43% -> 51% on the demo model; 1e-4 broke easy facts"))
-    beta: float = field(default=0.0, metadata=_help(
-        "KL coefficient against the starting model (0: no reference model is loaded, no KL is measured)"))
-    temperature: float = field(default=1.0, metadata=_help(
-        "sampling temperature when explore_verify is off"))
-    num_generations: int = field(default=8, metadata=_help(
-        "completions per prompt (GRPO group size) when explore_verify is off"))
-    generation_batch: int = field(default=64, metadata=_help(
-        "completions generated and scored per optimizer step (prompts = generation_batch / group size)"))
-    micro_batch: int = field(default=64, metadata=_help(
-        "completions per forward/backward pass; generation_batch / micro_batch is the gradient accumulation"))
-    max_completion_length: int = field(default=224, metadata=_help(
-        "new tokens per completion at most (224 fits two Parallel paths of a hard problem)"))
-    max_steps: int = field(default=200, metadata=_help("step budget: optimizer steps at most"))
-    max_minutes: float = field(default=0.0, metadata=_help(
-        "time budget in minutes of training, summed over resumes (0: none)"))
-    start_tier: str = field(default="easy", metadata=_help("tier the curriculum starts on"))
-    tier_pool: int = field(default=2000, metadata=_help(
-        "GSM-lite training problems generated per tier (drawn from at random, with the run's seed)"))
-    explore_verify: bool = field(default=True, metadata=_help(
-        "alternate explore and verify segments (temperatures and group sizes from the curriculum config); "
-        "off: every step samples at temperature with num_generations"))
-    phase_steps: int = field(default=10, metadata=_help("optimizer steps per explore/verify segment"))
-    eval_every: int = field(default=20, metadata=_help(
-        "steps per evaluation window of the plateau stop (window score: accuracy of its sampled completions "
-        "on the current tier; the windows restart at a tier change)"))
-    curriculum: dict[str, Any] = field(default_factory=dict, metadata=_help(
-        "pr1d.train.curriculum.CurriculumConfig keys (tiers, promote_accuracy, explore_temperature, ...), "
-        "over the stage defaults {accuracy_window: 256}; the budgets are max_steps/max_minutes here"))
-    rewards: dict[str, Any] = field(default_factory=dict, metadata=_help(
-        "pr1d.train.rewards.RewardConfig keys (grade_weight, format_weight, diversity_weight, critic_weight, "
-        "alternating, grading, ...)"))
-    critic: bool = field(default=False, metadata=_help(
-        "add the critic-agreement reward term (POST /v1/critic/verify at the platform's scoring URL)"))
-    checkpoint_every: int = field(default=25, metadata=_help("save a resumable checkpoint every N steps"))
-    seed: int = field(default=0, metadata=_help("seeds the problem draws, the sampling and LoRA init"))
-    threads: int = field(default=2, metadata=_help("torch CPU threads"))
-    eval_per_tier: int = field(default=50, metadata=_help(
-        "held-out GSM-lite problems per tier scored before and after training, on the selection split the "
-        "gate never scores (0: skip, and keep_better cannot choose)"))
-    keep_better: bool = field(default=True, metadata=_help(
-        "hand on the RL model only when it is not worse than its starting model on that held-out check; "
-        "otherwise keep the SFT candidate (the RL model stays in rl_model_not_kept/) and say why"))
-    keep_max_tier_drop: float = field(default=0.05, metadata=_help(
-        "keep_better also refuses an RL model whose accuracy on any one tier fell by more than this "
-        "(a fraction: 0.05 = 5 points) even when the overall accuracy rose"))
-
-    def __post_init__(self) -> None:
-        check_finetune_fields(self)
-        if not self.lr > 0:
-            raise ValueError("lr must be > 0 (2e-5 is the measured default; 1e-4 broke easy facts)")
-        if self.beta < 0:
-            raise ValueError("beta must be >= 0 (0: no KL term and no reference model)")
-        if not self.temperature > 0:
-            raise ValueError("temperature must be > 0: GRPO needs sampled, varied completions")
-        for name in ("num_generations", "generation_batch", "micro_batch", "max_completion_length", "max_steps",
-                     "tier_pool", "phase_steps", "eval_every", "checkpoint_every", "threads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if self.num_generations < 2:
-            raise ValueError("num_generations must be >= 2: GRPO's advantage compares completions of one prompt")
-        if self.generation_batch % self.micro_batch:
-            raise ValueError(
-                f"generation_batch ({self.generation_batch}) must be a multiple of micro_batch ({self.micro_batch}):"
-                " the generated batch is split into micro-batches for the backward pass"
-            )
-        if not 0 <= self.keep_max_tier_drop <= 1:
-            raise ValueError("keep_max_tier_drop is a fraction of accuracy: 0 to 1 (0.05 = 5 points)")
-        if self.max_minutes < 0 or self.eval_per_tier < 0:
-            raise ValueError("max_minutes and eval_per_tier must be >= 0 (0 turns them off)")
-        for key in ("max_steps", "max_seconds"):
-            if key in self.curriculum:
-                raise ValueError(
-                    f"curriculum.{key} is set by the stage: use max_steps / max_minutes instead"
-                )
-        ccfg = self.curriculum_config()  # raises on unknown keys, with the list of known ones
-        if self.start_tier not in ccfg.tiers:
-            raise ValueError(f"start_tier {self.start_tier!r} is not one of the curriculum tiers {list(ccfg.tiers)}")
-        unknown = set(ccfg.tiers) - set(TIERS)
-        if unknown:
-            raise ValueError(f"curriculum tiers {sorted(unknown)} are not GSM-lite tiers; use some of {TIERS}")
-        sizes = {self.num_generations} if not self.explore_verify else {
-            ccfg.explore_generations, ccfg.verify_generations}
-        for g in sizes:
-            if self.generation_batch % g:
-                raise ValueError(
-                    f"generation_batch ({self.generation_batch}) must be a multiple of every group size used "
-                    f"({sorted(sizes)}): each prompt of a step gets exactly one full group"
-                )
-        self.reward_config()
-
-    def curriculum_config(self) -> CurriculumConfig:
-        """The curriculum thresholds: stage defaults, then ``curriculum``, then the stage's budgets."""
-        return CurriculumConfig.from_mapping({
-            **STAGE_CURRICULUM_DEFAULTS,
-            **self.curriculum,
-            "max_steps": self.max_steps,
-            "max_seconds": self.max_minutes * 60.0,
-        })
-
-    def reward_config(self) -> RewardConfig:
-        return RewardConfig.from_mapping(self.rewards)
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> RLStageConfig:
-        """From a stage spec's ``params.rl`` mapping; unknown keys are refused (a typo must not be a default)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(params) - names)
-        if unknown:
-            raise ValueError(f"rl: unknown key(s) {unknown}; known keys: {sorted(names)}")
-        return cls(**params)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -252,9 +115,9 @@ class Sampling:
 class CurriculumRun:
     """The curriculum's state during one run: tier scheduler, evaluation windows, step rewards, stop reason."""
 
-    def __init__(self, cfg: RLStageConfig, pools: dict[str, list[dict[str, str]]]) -> None:
+    def __init__(self, cfg: RLParams, pools: dict[str, list[dict[str, str]]]) -> None:
         self.cfg = cfg
-        self.ccfg = cfg.curriculum_config()
+        self.ccfg = cfg.curriculum_params()
         self.pools = pools
         self.scheduler = TierScheduler(self.ccfg, start_tier=cfg.start_tier)
         self.step_rewards: list[float] = []
@@ -538,7 +401,7 @@ def last_checkpoint(checkpoint_dir: str | Path) -> str | None:
     return get_last_checkpoint(str(d)) if d.is_dir() else None
 
 
-def grpo_args(cfg: RLStageConfig, output_dir: str | Path, use_cpu: bool) -> GRPOConfig:
+def grpo_args(cfg: RLParams, output_dir: str | Path, use_cpu: bool) -> GRPOConfig:
     """TRL's config for ``cfg``; CPU settings explicit, since TRL turns bf16 and gradient checkpointing on."""
     return GRPOConfig(
         output_dir=str(output_dir),
@@ -573,7 +436,7 @@ def grpo_args(cfg: RLStageConfig, output_dir: str | Path, use_cpu: bool) -> GRPO
 def build_trainer(
     model_path: str | Path,
     checkpoint_dir: str | Path,
-    cfg: RLStageConfig,
+    cfg: RLParams,
     *,
     on_event: EventFn | None = None,
     stop: threading.Event | None = None,
@@ -588,9 +451,9 @@ def build_trainer(
     model, tokenizer = load_trainable(model_path, cfg)  # reads the finetune/lora_* fields both configs share
     if use_cpu is None:
         use_cpu = not torch.cuda.is_available()
-    curriculum = CurriculumRun(cfg, tier_pools(cfg.curriculum_config().tiers, cfg.tier_pool, cfg.seed))
+    curriculum = CurriculumRun(cfg, tier_pools(cfg.curriculum_params().tiers, cfg.tier_pool, cfg.seed))
     # The alternating reward schedule reads TRL's trainer_state.global_step: the 0-based step being generated.
-    reward_funcs = make_reward_funcs(cfg.reward_config(), tokenizer, critic=critic)
+    reward_funcs = make_reward_funcs(cfg.reward_params(), tokenizer, critic=critic)
     callback = RLEventCallback(emit, stop)
     trainer = ParallelRLTrainer(
         model=model,
@@ -612,7 +475,7 @@ def build_trainer(
 def train_grpo(
     model_path: str | Path,
     checkpoint_dir: str | Path,
-    cfg: RLStageConfig,
+    cfg: RLParams,
     *,
     on_event: EventFn | None = None,
     stop: threading.Event | None = None,
@@ -656,7 +519,7 @@ def summarize(trainer: ParallelRLTrainer, callback: RLEventCallback, resumed_fro
         },
         "stop": stop,
         "critic": trainer.reward_metrics.to_dict(),
-        "config": asdict(trainer.curriculum.cfg),
+        "config": trainer.curriculum.cfg.model_dump(mode="json"),
     }
 
 
@@ -672,42 +535,14 @@ def copy_policy(model_path: str | Path, out_dir: str | Path) -> None:
 # -------------------------------------------------------------------------------------------------
 
 
-def _key_value(text: str) -> tuple[str, Any]:
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. format_weight=0.2)")
-    try:
-        value = json.loads(raw)  # numbers, booleans, lists, objects
-    except json.JSONDecodeError:
-        value = raw  # a bare string
-    return key.strip(), value
-
-
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per :class:`RLStageConfig` field; the two mappings as repeatable ``--reward KEY=VALUE``."""
-    for f in dataclasses.fields(RLStageConfig):
-        if f.name in ("curriculum", "rewards"):
-            flag = "--curriculum" if f.name == "curriculum" else "--reward"
-            parser.add_argument(flag, dest=f.name, type=_key_value, action="append", default=[], metavar="KEY=VALUE",
-                                help=field_help(f, " (repeatable; VALUE is JSON or a string)"))
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        help_ = field_help(f, f" (default: {f.default})")
-        if f.type in ("bool", bool):
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
-                                help=help_)
-        else:
-            typ = {"int": int, "float": float, "str": str}.get(str(f.type), str)
-            choices = ("full", "lora") if f.name == "finetune" else None
-            parser.add_argument(flag, dest=f.name, type=typ, default=f.default, choices=choices, help=help_)
+    """One flag per :class:`~pr1d.params.RLParams` field; the two tables as repeatable ``--reward KEY=VALUE``
+    and ``--curriculum KEY=VALUE``."""
+    add_param_arguments(parser, RLParams, tables={"rewards": "--reward", "curriculum": "--curriculum"})
 
 
-def config_from_args(args: argparse.Namespace) -> RLStageConfig:
-    names = {f.name for f in dataclasses.fields(RLStageConfig)}
-    values = {k: v for k, v in vars(args).items() if k in names}
-    values["curriculum"] = dict(values["curriculum"])
-    values["rewards"] = dict(values["rewards"])
-    return RLStageConfig(**values)
+def config_from_args(args: argparse.Namespace) -> RLParams:
+    return params_from_args(RLParams, args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -719,6 +554,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--critic-url", help="scoring API base URL for the critic term (with --critic)")
     parser.add_argument("--critic-token-env", default="PR1_SCORING_TOKEN",
                         help="environment variable holding the critic's bearer token")
+    parser.add_argument("--critic-token-file", default="",
+                        help="file holding the token, read when the variable is unset (as the daemon reads it)")
     add_config_arguments(parser)
     args = parser.parse_args(argv)
     try:
@@ -730,9 +567,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     critic = None
     if cfg.critic:
+        from pr1d.config import read_token
         from pr1d.train.rewards import make_critic
 
-        critic = make_critic(cfg.reward_config(), args.critic_url, os.environ.get(args.critic_token_env))
+        critic = make_critic(cfg.reward_params(), args.critic_url, read_token(args.critic_token_env,
+                                                                             args.critic_token_file))
 
     def show(kind: str, fields: dict[str, Any]) -> None:
         if kind == "progress" and (fields["step"] % 10 == 0 or fields["step"] == fields["total"]):

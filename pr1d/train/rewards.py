@@ -1,4 +1,4 @@
-"""GRPO rewards: pure reward terms, their config, Parallel-R1's alternating schedule, and the TRL adapters.
+"""GRPO rewards: pure reward terms (weighted per pr1d.params.RewardParams), Parallel-R1's alternating schedule, and the TRL adapters.
 
 Every term maps one completion (with the task's expected answer) to a number in [0, 1]; the adapters
 multiply it by its weight, so the per-function means TRL logs (``rewards/<name>/mean``) add up to the
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from typing import Any
 
 from pr1d.data.parallel_format import (
@@ -23,10 +23,11 @@ from pr1d.data.parallel_format import (
     path_diversity,
 )
 from pr1d.evaluate.grading import GradeWeights, answers_match, consensus_confidence, grade
+from pr1d.params import RewardParams
 
 __all__ = [
     "AlternatingSchedule",
-    "RewardConfig",
+    "alternating_schedule",
     "RewardFuncs",
     "RewardMetrics",
     "consensus_counts",
@@ -163,100 +164,16 @@ class AlternatingSchedule:
 
 
 # --------------------------------------------------------------------------------------------------
-# Config
+# Config (declared in pr1d.params: the `[rewards]` section and the rl stage's `rewards` table)
 # --------------------------------------------------------------------------------------------------
 
 
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
+def alternating_schedule(cfg: RewardParams) -> AlternatingSchedule:
+    """The alternating schedule ``cfg`` asks for (always-bonus when ``alternating`` is off)."""
+    return AlternatingSchedule(cfg.alternating, cfg.alternate_window, cfg.alternate_every)
 
 
-@dataclass(frozen=True)
-class RewardConfig:
-    """Weights and switches of the GRPO reward; the `[rewards]` config section, passed as stage params."""
-
-    grade_weight: float = field(default=1.0, metadata=_help(
-        "Weight of the shared grading score (pr1d.evaluate.grading: correctness, format, consensus, compliance)."))
-    format_weight: float = field(default=0.2, metadata=_help(
-        "Weight of the format term: 1 when the Parallel-format validator accepts the completion, else 0."))
-    diversity_weight: float = field(default=0.1, metadata=_help(
-        "Weight of path diversity (1 - mean pairwise Jaccard similarity of a block's paths, in [0, 1])."))
-    critic_weight: float = field(default=0.2, metadata=_help(
-        "Weight of agreement with the platform's critic (POST /v1/critic/verify); the term exists only "
-        "when the stage has a critic URL, and is dropped for a step when the critic is unreachable."))
-    format_require_parallel: bool = field(default=True, metadata=_help(
-        "The format term also requires at least one <Parallel> block (a valid sequential answer gets 0)."))
-    alternating: bool = field(default=False, metadata=_help(
-        "Parallel-R1 stage-2 schedule: accuracy-only rewards (grade, critic) on most steps, the parallel "
-        "terms (format, diversity, parallel bonus) only in every alternate_every-th window."))
-    alternate_window: int = field(default=10, metadata=_help("Steps per window of the alternating schedule."))
-    alternate_every: int = field(default=5, metadata=_help(
-        "Every k-th window is a bonus window (5: 20% of steps, as in Parallel-R1)."))
-    parallel_bonus: float = field(default=0.5, metadata=_help(
-        "With alternating on: reward added in bonus windows to a valid completion with a <Parallel> block."))
-    grading: GradeWeights = field(default_factory=GradeWeights, metadata=_help(
-        "Weights of the grading columns (correctness, parallel_format, consensus_confidence, compliance)."))
-    guardrails: tuple[str, ...] = field(default=(), metadata=_help(
-        "Phrases a completion must never contain (case-insensitive); one fails the compliance column."))
-    critic_redis_url: str = field(default="", metadata=_help(
-        "Redis URL of the critic cache (redis://host:port/db); empty: an in-process LRU."))
-    critic_lru_size: int = field(default=100_000, metadata=_help(
-        "Entries of the in-process critic cache (also the fallback when Redis fails)."))
-    critic_timeout_s: float = field(default=10.0, metadata=_help("Timeout of one critic request, seconds."))
-    critic_cooldown_s: float = field(default=30.0, metadata=_help(
-        "After a failed critic request, steps within this many seconds skip the critic without trying."))
-
-    def __post_init__(self) -> None:
-        for name in ("grade_weight", "format_weight", "diversity_weight", "critic_weight", "parallel_bonus"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-                raise ValueError(f"rewards.{name} must be a number >= 0 (0 turns the term off), got {value!r}")
-        if self.grade_weight + self.format_weight + self.diversity_weight + self.critic_weight <= 0:
-            raise ValueError("rewards: every term has weight 0; set grade_weight (or another weight) above 0")
-        if isinstance(self.grading, Mapping):
-            object.__setattr__(self, "grading", GradeWeights(**self.grading))
-        if isinstance(self.guardrails, str):
-            raise ValueError("rewards.guardrails must be a list of phrases, not one string")
-        object.__setattr__(self, "guardrails", tuple(self.guardrails))
-        if any(not isinstance(g, str) or not g.strip() for g in self.guardrails):
-            raise ValueError("rewards.guardrails must hold non-empty strings")
-        if self.critic_lru_size < 0:
-            raise ValueError(f"rewards.critic_lru_size must be >= 0 (0: no cache), got {self.critic_lru_size}")
-        if not self.critic_timeout_s > 0 or not self.critic_cooldown_s >= 0:
-            raise ValueError("rewards.critic_timeout_s must be > 0 and critic_cooldown_s >= 0 (seconds)")
-        if self.critic_redis_url and not self.critic_redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(
-                f"rewards.critic_redis_url must be a redis://, rediss:// or unix:// URL (or empty), "
-                f"got {self.critic_redis_url!r}"
-            )
-        AlternatingSchedule(self.alternating, self.alternate_window, self.alternate_every)  # raises if invalid
-
-    @property
-    def schedule(self) -> AlternatingSchedule:
-        return AlternatingSchedule(self.alternating, self.alternate_window, self.alternate_every)
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any] | None) -> RewardConfig:
-        """Build from the `[rewards]` section (``Config().rewards.model_dump()``) or stage spec params.
-
-        Unknown keys are refused with the list of known ones: a typo must not silently fall back to a default.
-        """
-        data = dict(data or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"rewards: unknown key(s) {unknown}; known keys: {sorted(known)}")
-        return cls(**data)
-
-    def to_mapping(self) -> dict[str, Any]:
-        """The inverse of :meth:`from_mapping` (JSON-friendly: what a stage spec carries)."""
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["grading"] = self.grading.model_dump()
-        out["guardrails"] = list(self.guardrails)
-        return out
-
-
-def make_critic(cfg: RewardConfig, base_url: str, token: str | None = None):
+def make_critic(cfg: RewardParams, base_url: str, token: str | None = None):
     """A :class:`pr1d.train.critic.CriticClient` with the cache and timeouts of ``cfg``."""
     from pr1d.train.critic import CriticClient, make_critic_cache
 
@@ -327,7 +244,7 @@ def _as_text(completion: Any) -> str:
 
 
 def make_reward_funcs(
-    cfg: RewardConfig,
+    cfg: RewardParams,
     tokenizer,
     *,
     critic: Any = None,
@@ -343,7 +260,7 @@ def make_reward_funcs(
     :class:`pr1d.train.critic.CriticClient`). ``tokenizer`` decodes ``completion_ids`` with the tags
     kept; None falls back to TRL's tag-less texts (only for tests of the pure terms).
     """
-    schedule = cfg.schedule
+    schedule = alternating_schedule(cfg)
     metrics = RewardMetrics()
     funcs = RewardFuncs()
     funcs.metrics, funcs.schedule, funcs.critic = metrics, schedule, critic

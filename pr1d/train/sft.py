@@ -1,7 +1,7 @@
 """Parallel SFT: teach a GSM-lite model the Parallel format (or plain chains) with TRL's ``SFTTrainer``.
 
 ``python -m pr1d.train.sft --model PATH --data records.jsonl --out DIR [--parallel-format] [--branches N]
-[--finetune full|lora] [--max-steps N] [--cpu]`` (every field of :class:`SFTStageConfig` is a flag).
+[--finetune full|lora] [--max-steps N] [--cpu]`` (every field of :class:`SFTParams` is a flag).
 Without ``--data`` records are generated from the GSM-lite training split (``--n-train``).
 
 Records are JSON lines ``{"prompt", "completion", "tier", ...}``. We tokenise them ourselves exactly as
@@ -17,7 +17,6 @@ On CPU batches are dynamically padded and length-grouped (``train_sampling_strat
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import random
@@ -26,140 +25,14 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pr1d.evaluate.gsm_lite import TIERS, train_split
+from pr1d.params import SFTParams, add_param_arguments, params_from_args
 
 EventFn = Callable[[str, dict[str, Any]], None]
 PARALLEL_EVAL_TOKENS = 224
-
-
-def check_finetune_fields(cfg: Any) -> None:
-    """The fine-tuning fields the SFT and RL stage configs share: ``finetune`` and ``lora_*``."""
-    if cfg.finetune not in ("full", "lora"):
-        raise ValueError(f"finetune must be 'full' or 'lora', got {cfg.finetune!r}")
-    if cfg.lora_r < 1 or cfg.lora_alpha < 1:
-        raise ValueError("lora_r and lora_alpha must be >= 1")
-    if not 0 <= cfg.lora_dropout < 1:
-        raise ValueError("lora_dropout is a probability: use a value in [0, 1)")
-
-
-@dataclass
-class SFTStageConfig:
-    """Hyperparameters of the SFT stage (default: full fine-tuning, chosen by measurement)."""
-
-    parallel_format: bool = field(default=True, metadata={"help": "train on Parallel-format completions"})
-    branches: int = field(default=2, metadata={"help": "paths per <Parallel> block (>= 2)"})
-    finetune: str = field(
-        default="full",
-        metadata={"help": "full (all weights) or lora (adapter + trainable embeddings/lm_head)"},
-    )
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
-    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
-    lora_target_modules: str = field(
-        default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
-        metadata={"help": "comma-separated module names LoRA wraps"},
-    )
-    lr: float = field(default=1e-3, metadata={"help": "peak learning rate (cosine, 5% warm-up)"})
-    max_steps: int = field(
-        default=2000,
-        metadata={
-            "help": "optimizer steps (demo model, full fine-tuning: 800 steps left it below base, 1200 gave "
-            "+9 points, 2000 gave +21; benchmarks/curriculum_quality.md)"
-        },
-    )
-    batch_size: int = field(default=16, metadata={"help": "sequences per device step"})
-    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
-    max_length: int = field(default=320, metadata={"help": "truncate sequences to this many tokens"})
-    padding: str = field(
-        default="dynamic",
-        metadata={
-            "help": "dynamic (length-grouped batches, padded to the longest in the batch) or max_length (every "
-            "batch padded to max_length; the benchmark's baseline, 1.3x+ slower on mixed lengths)"
-        },
-    )
-    checkpoint_every: int = field(default=50, metadata={"help": "save a resumable checkpoint every N steps"})
-    seed: int = field(default=0, metadata={"help": "seeds data order, init of adapters and sampling"})
-    eval_per_tier: int = field(
-        default=50, metadata={"help": "held-out problems per tier for the eval (0: skip)"}
-    )
-    n_train: int = field(
-        default=8000,
-        metadata={
-            "help": "records to train on: a dataset with fewer is topped up with generated GSM-lite training "
-            "problems (tiers per --mix) to this many; also the size of the generated set when no data is given"
-        },
-    )
-    mix: str = field(
-        default="easy=0.35,medium=0.45,hard=0.2",
-        metadata={
-            "help": "tier mix of generated records (tier=share,...). Weighted to what the agent does not yet "
-            "master: the default trained medium from 19% to 82% on the demo model; the pretraining mix "
-            "(70% easy) lost 3 points"
-        },
-    )
-    threads: int = field(default=2, metadata={"help": "torch CPU threads"})
-    bf16: bool = field(
-        default=False,
-        metadata={
-            "help": "bf16 mixed precision (autocast; on for the 7B GPU profile). Off, `accelerate launch` "
-            "still applies its config's mixed_precision"
-        },
-    )
-    gradient_checkpointing: bool = field(
-        default=False,
-        metadata={
-            "help": "recompute activations in the backward pass: ~30% slower steps for far less activation "
-            "memory (on for the 7B profile's long sequences; no gain on the tiny CPU model)"
-        },
-    )
-
-    def __post_init__(self) -> None:
-        for name in ("bf16", "gradient_checkpointing"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if self.branches < 2:
-            raise ValueError("branches must be >= 2: a <Parallel> block needs at least two paths")
-        if self.padding not in ("dynamic", "max_length"):
-            raise ValueError(f"padding must be 'dynamic' or 'max_length', got {self.padding!r}")
-        check_finetune_fields(self)
-        if not self.lr > 0:
-            raise ValueError("lr must be > 0 (e.g. 1e-3 for full fine-tuning of the tiny model)")
-        for name in ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "threads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if self.max_length < 16:
-            raise ValueError("max_length must be >= 16 tokens: GSM-lite prompts alone take ~40")
-        if self.eval_per_tier < 0 or self.n_train < 1:
-            raise ValueError("eval_per_tier must be >= 0 and n_train >= 1")
-        self.tier_mix()  # validate early: a typo in --mix must not surface after the dataset was built
-
-    def tier_mix(self) -> dict[str, float]:
-        """``mix`` parsed: ``{"easy": 0.35, ...}``; raises ValueError that says what a valid mix looks like."""
-        out: dict[str, float] = {}
-        for part in filter(None, (x.strip() for x in self.mix.split(","))):
-            tier, _, share = part.partition("=")
-            try:
-                value = float(share)
-            except ValueError:
-                value = -1.0
-            if tier.strip() not in TIERS or value < 0:
-                raise ValueError(
-                    f"mix: {part!r} is not tier=share with a tier in {', '.join(TIERS)} and a share >= 0 "
-                    "(e.g. easy=0.35,medium=0.45,hard=0.2)"
-                )
-            out[tier.strip()] = value
-        if not out or sum(out.values()) <= 0:
-            raise ValueError("mix: give at least one tier with a share > 0 (e.g. easy=0.35,medium=0.45,hard=0.2)")
-        return out
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> SFTStageConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in params.items() if k in names})
 
 
 # -------------------------------------------------------------------------------------------------
@@ -182,7 +55,7 @@ def make_records(tasks: list[dict[str, Any]], parallel: bool, branches: int = 2)
 
 
 def curriculum_records(
-    records: list[dict[str, Any]], cfg: SFTStageConfig
+    records: list[dict[str, Any]], cfg: SFTParams
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """The training set: ``records`` (the dataset stage's verified traces) topped up to ``cfg.n_train`` with
     generated GSM-lite training problems, drawn per ``cfg.mix``, in the same format.
@@ -195,7 +68,7 @@ def curriculum_records(
     need = cfg.n_train - len(records)
     extra: list[dict[str, Any]] = []
     if need > 0:
-        tasks = train_split(need, seed=cfg.seed, mix=cfg.tier_mix())
+        tasks = train_split(need, seed=cfg.seed, mix=cfg.mix)
         extra = make_records(tasks, cfg.parallel_format, cfg.branches)
     out = list(records) + extra
     random.Random(cfg.seed).shuffle(out)
@@ -253,14 +126,14 @@ def sft_metrics(logs: dict[str, Any], state, elapsed: float) -> list[tuple[str, 
     return out
 
 
-def wrap_lora(model, cfg: SFTStageConfig):
+def wrap_lora(model, cfg: SFTParams):
     from peft import LoraConfig, get_peft_model
 
     lcfg = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
-        target_modules=[m.strip() for m in cfg.lora_target_modules.split(",") if m.strip()],
+        target_modules=cfg.target_modules(),
         # The tags are special tokens the base never used: their embeddings (and the tied output rows) must
         # learn, so these two are trained in full and saved with the adapter.
         modules_to_save=["embed_tokens", "lm_head"],
@@ -297,7 +170,7 @@ def train_sft(
     model_path: str | Path,
     records: list[dict[str, Any]],
     checkpoint_dir: str | Path,
-    cfg: SFTStageConfig,
+    cfg: SFTParams,
     *,
     on_event: EventFn | None = None,
     stop: threading.Event | None = None,
@@ -380,7 +253,7 @@ def train_sft(
         "tokens_seen": int(trainer.state.num_input_tokens_seen or 0),
         "train_loss": out.training_loss,
         "records": len(records),
-        "config": asdict(cfg),
+        "config": cfg.model_dump(mode="json"),
         # Under `accelerate launch`: which rank this is, of how many, and how many batches of each epoch
         # it drew (a rank that trains alone on everything shows world_size 1 and the full count).
         "rank": trainer.args.process_index,
@@ -488,29 +361,9 @@ def evaluate_model(
 # -------------------------------------------------------------------------------------------------
 
 
-def field_help(f: dataclasses.Field, suffix: str = "") -> str:
-    """A config field's ``metadata["help"]`` (plus ``suffix``) as an argparse help string.
-
-    argparse %-formats every help string (for ``%(default)s``), so a literal ``%`` such as
-    "5% warm-up" must be doubled; every config-dataclass flag goes through here so that no
-    help text can crash ``--help`` again.
-    """
-    return (f.metadata.get("help", "") + suffix).replace("%", "%%")
-
-
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per :class:`SFTStageConfig` field (``--max-steps``; booleans as ``--x/--no-x``)."""
-    for f in dataclasses.fields(SFTStageConfig):
-        flag = "--" + f.name.replace("_", "-")
-        help_ = field_help(f, f" (default: {f.default})")
-        if f.type in ("bool", bool):
-            parser.add_argument(
-                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=help_
-            )
-        else:
-            typ = {"int": int, "float": float, "str": str}.get(str(f.type), str)
-            choices = {"finetune": ("full", "lora"), "padding": ("dynamic", "max_length")}.get(f.name)
-            parser.add_argument(flag, dest=f.name, type=typ, default=f.default, choices=choices, help=help_)
+    """One flag per :class:`~pr1d.params.SFTParams` field (``--max-steps``; booleans as ``--x/--no-x``)."""
+    add_param_arguments(parser, SFTParams)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -522,9 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     add_config_arguments(parser)
     args = parser.parse_args(argv)
-    names = {f.name for f in dataclasses.fields(SFTStageConfig)}
     try:
-        cfg = SFTStageConfig(**{k: v for k, v in vars(args).items() if k in names})
+        cfg = params_from_args(SFTParams, args)
     except ValueError as exc:
         parser.error(str(exc))
     out = Path(args.out)

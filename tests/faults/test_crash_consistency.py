@@ -25,12 +25,11 @@ from pathlib import Path
 
 import pytest
 
-from pr1d.ledger import store
+from pr1d.ledger.samples import sample_count
 from pr1d.ledger.states import TERMINAL_RUN_STATES
 from pr1d.ledger.store import Ledger
 from pr1d.pipeline.plans import PLANS, stage_available
 from pr1d.registry.deploy import record_initial
-from pr1d.registry.tables import ensure_schema
 from pr1d.registry.versions import register_version
 from tests.conftest import BIN, pr1_env
 from tests.faults.invariants import check_invariants, live_workers, record_result, reliability_out  # noqa: F401
@@ -120,7 +119,7 @@ def test_kill_during_polling(tmp_path, daemon_factory, reliability_out):  # noqa
             time.sleep(delay)
             _sigkill(d)
             asked = sim.get("/_sim/state")["requests"].get("evaluations", 0) - before
-            n = _ledger_read(d.state_dir, lambda led: store.sample_count(led))
+            n = _ledger_read(d.state_dir, lambda led: sample_count(led))
             violations = _after_kill(d)
             # Landed mid-cycle: some agents' pages were asked for, and the cycle never committed.
             landed = 0 < asked and n < agents * per_agent
@@ -135,7 +134,7 @@ def test_kill_during_polling(tmp_path, daemon_factory, reliability_out):  # noqa
             rep = c.call("monitor.poll")  # waits for the start-up cycle, then one more: nothing new
         assert rep["ok"] and rep["inserted"] == 0, rep
         led = Ledger(d.state_dir / "ledger.sqlite")
-        count = store.sample_count(led)
+        count = sample_count(led)
         cursors = {a["eval_cursor"] for a in led.list_agents()}
         led.close()
         violations = check_invariants(d.state_dir, sim_url=sim.url)
@@ -242,7 +241,6 @@ def test_kill_inside_a_stage(point, tmp_path, daemon_factory, reliability_out, r
         sim.post("/_sim/faults", {"kind": "latency", "seconds": 1.0, "rate": 1.0, "endpoints": ["gradebook"]})
         d = daemon_factory(extra_env=_env(sim))
         led = Ledger(d.state_dir / "ledger.sqlite")
-        ensure_schema(led)
         led.upsert_agents([{"id": "agent-000", "model": BASE_MODEL, "profile": "default"}])
         # Created as the trigger would, with this entry's stages (the kind's whole plan may not exist yet).
         run, _ = led.create_run("agent-000", point.kind, "tester", params=params, stages=list(point.stages()),
@@ -304,7 +302,6 @@ def _registry_setup(state_dir: Path, tmp: Path, agents: list[str]) -> dict[str, 
     """Per agent: the base model as its initial deployment, and a candidate from a run awaiting approval
     (as the gate leaves it), written while the daemon is down, as registry_kit does for the registry tests."""
     led = Ledger(state_dir / "ledger.sqlite")
-    ensure_schema(led)
     led.upsert_agents([{"id": a, "model": BASE_MODEL, "profile": "default"} for a in agents])
     models = state_dir / "models"
     out = {}

@@ -30,7 +30,7 @@ import pytest
 
 from pr1d.data.gradebook import LocalGradebook, content_hash
 from pr1d.kb.ingest import BATCH
-from pr1d.ledger import store
+from pr1d.ledger.samples import sample_count
 from pr1d.ledger.store import Ledger
 from pr1d.registry.approvals import approve
 from pr1d.registry.push import HttpPusher
@@ -100,7 +100,7 @@ class Fleet:
     def samples(self) -> int:
         led = Ledger(self.d.state_dir / "ledger.sqlite")
         try:
-            return store.sample_count(led)
+            return sample_count(led)
         finally:
             led.close()
 

@@ -6,7 +6,7 @@ import sqlite3
 import threading
 import time
 
-from pr1d.ledger import store
+from pr1d.ledger import samples, store
 from pr1d.ledger.store import Ledger
 from tests.conftest import add_agents
 
@@ -39,7 +39,7 @@ def test_compaction_keeps_recent_windows_and_every_run(tmp_path):
     polls = [{"agent_id": a, "cursor": "c", "health": {},
               "samples": [{"eval_id": f"{a}-{i}", "ts": old + i, "weighted_score": 0.9, "status": "pass",
                            "rubric": None, "task_id": None, "tier": None} for i in range(1000)]} for a in ("a1", "a2")]
-    store.ingest_polls(led, polls)
+    samples.ingest_polls(led, polls)
     with led.engine.begin() as conn:
         from sqlalchemy import text
 
@@ -47,8 +47,8 @@ def test_compaction_keeps_recent_windows_and_every_run(tmp_path):
     run, _ = led.create_run("a1", "noop", "t")
     out = store.compact(led, samples_days=30, keep_per_agent=100, metrics_days=90, vacuum=True)
     assert out["samples_removed"] == 2 * 900
-    assert store.sample_count(led, "a1") == 100
-    newest = store.recent_samples(led, "a1", 1)[0]
+    assert samples.sample_count(led, "a1") == 100
+    newest = samples.recent_samples(led, "a1", 1)[0]
     assert newest[4] == "a1-999"  # the newest are the ones kept
     assert led.get_run(run["id"])["state"] == "queued"
     assert led.audit_log("ledger")[-1]["action"] == "compact"

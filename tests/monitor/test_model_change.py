@@ -13,12 +13,12 @@ import pytest
 
 from pr1d.config import MonitorConfig
 from pr1d.ledger import store
+from pr1d.ledger.samples import ingest_polls
 from pr1d.ledger.store import Ledger
 from pr1d.monitor.evaluate import evaluate_agents
 from pr1d.monitor.signals import FailSequence, Sample, SignalConfig, fail_sequence_update
 from pr1d.registry.approvals import approve
 from pr1d.registry.deploy import record_initial, rollback
-from pr1d.registry.tables import ensure_schema
 from pr1d.registry.versions import register_version
 from tests.registry.registry_kit import awaiting_run, make_model
 
@@ -39,14 +39,13 @@ class Platform:
             self.n += 1
             samples.append({"eval_id": f"ev-{self.n:05d}", "ts": self.ts, "weighted_score": sc, "status": status,
                             "rubric": rubric, "task_id": None, "tier": None})
-        store.ingest_polls(self.ledger, [{"agent_id": AGENT, "cursor": f"e:{self.n}", "samples": samples,
+        ingest_polls(self.ledger, [{"agent_id": AGENT, "cursor": f"e:{self.n}", "samples": samples,
                                           "model_version": listed, "health": {}}])
 
 
 @pytest.fixture
 def env(tmp_path):
     led = Ledger(tmp_path / "ledger.sqlite")
-    ensure_schema(led)
     led.upsert_agents([{"id": AGENT, "model": BASE, "profile": ""}])
     models = tmp_path / "models"
     base = register_version(led, models, AGENT, make_model(tmp_path / "base", 0), served_as=BASE)

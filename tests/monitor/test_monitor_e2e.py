@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pr1d.ledger import store
+from pr1d.ledger.samples import sample_count
 from pr1d.ledger.store import Ledger
 from tests.conftest import BIN, pr1_env
 
@@ -144,7 +145,7 @@ def test_steady_yields_nothing_over_a_long_run(sim_factory, tmp_path):
         burst(state, sim)
     assert triggers(state) == []
     led = Ledger(state / "ledger.sqlite")
-    assert store.sample_count(led) == 8 * 250 * len(led.list_agents())
+    assert sample_count(led) == 8 * 250 * len(led.list_agents())
     led.close()
 
 
@@ -185,7 +186,7 @@ def test_faults_never_trigger_show_in_status_and_recover(fault, sim_factory, tmp
     burst(state, sim)
     led = Ledger(state / "ledger.sqlite")
     after = led.list_agents()
-    n = store.sample_count(led)
+    n = sample_count(led)
     led.close()
     assert all(a["health"]["consecutive_failures"] == 0 for a in after)
     assert triggers(state) == []
@@ -210,7 +211,7 @@ def test_kill_mid_poll_no_duplicates_and_cursors_resume(sim_factory, tmp_path):
     sim.post("/_sim/faults", method="DELETE")
     burst(state, sim)
     led = Ledger(state / "ledger.sqlite")
-    assert store.sample_count(led) == 60 * 200
+    assert sample_count(led) == 60 * 200
     assert led.integrity_check() == "ok"
     assert {a["eval_cursor"] for a in led.list_agents()} == {"e:60"}
     led.close()
@@ -226,7 +227,7 @@ def test_bearer_token_from_secret_file_never_lands_in_state(sim_factory, tmp_pat
     # wrong token: a clear 401 in health, no samples, no triggers
     burst(state, sim, PR1_SCORING_TOKEN="wrong")
     led = Ledger(state / "ledger.sqlite")
-    assert store.sample_count(led) == 0
+    assert sample_count(led) == 0
     led.close()
     assert triggers(state) == []
     # the right one, from a file named in config

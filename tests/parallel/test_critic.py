@@ -14,10 +14,11 @@ from types import SimpleNamespace
 
 import pytest
 
+from pr1d.params import RewardParams
 from pr1d.sim.platform import Platform
 from pr1d.sim.scenarios import load_scenario
 from pr1d.train.critic import CACHE_PREFIX, CriticClient, critic_key, make_critic_cache
-from pr1d.train.rewards import RewardConfig, make_reward_funcs
+from pr1d.train.rewards import make_reward_funcs
 from tests.kb.conftest import RedisServer
 from tests.monitor.test_monitor_e2e import Sim
 
@@ -188,7 +189,7 @@ def _batch(n_correct: int):
 
 
 def _critic_func(client):
-    funcs = make_reward_funcs(RewardConfig(critic_weight=0.5), None, critic=client)
+    funcs = make_reward_funcs(RewardParams(critic_weight=0.5), None, critic=client)
     fn = next(f for f in funcs if f.__name__ == "reward_critic")
     return funcs, fn
 

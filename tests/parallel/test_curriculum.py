@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
-
 import pytest
 
+from pr1d.params import CurriculumParams, params_from
 from pr1d.train.curriculum import (
-    CurriculumConfig,
     Phase,
     TierScheduler,
     TrainingHistory,
@@ -17,7 +15,7 @@ from pr1d.train.curriculum import (
     tier_move,
 )
 
-CFG = CurriculumConfig(promote_accuracy=0.8, tier_plateau_windows=3, tier_min_improvement=0.01, accuracy_window=10)
+CFG = CurriculumParams(promote_accuracy=0.8, tier_plateau_windows=3, tier_min_improvement=0.01, accuracy_window=10)
 
 # --- plateau and tier_move --------------------------------------------------------------------------
 
@@ -112,20 +110,20 @@ PHASES = [
 
 @pytest.mark.parametrize(("explore", "verify", "segment", "name"), PHASES)
 def test_explore_verify_table(explore, verify, segment, name):
-    cfg = CurriculumConfig(explore_segments=explore, verify_segments=verify, explore_temperature=1.2,
+    cfg = CurriculumParams(explore_segments=explore, verify_segments=verify, explore_temperature=1.2,
                            explore_generations=8, verify_temperature=0.6, verify_generations=4)
     expected = Phase("explore", 1.2, 8) if name == "explore" else Phase("verify", 0.6, 4)
     assert explore_verify_phase(segment, cfg) == expected
 
 
 def test_explore_samples_wider_than_verify_by_default():
-    e, v = explore_verify_phase(0, CurriculumConfig()), explore_verify_phase(1, CurriculumConfig())
+    e, v = explore_verify_phase(0, CurriculumParams()), explore_verify_phase(1, CurriculumParams())
     assert e.temperature > v.temperature and e.num_generations > v.num_generations
 
 
 # --- stop criteria ------------------------------------------------------------------------------------
 
-STOP_CFG = CurriculumConfig(plateau_windows=3, stop_min_improvement=0.01, reward_window=5, reward_variance=0.02,
+STOP_CFG = CurriculumParams(plateau_windows=3, stop_min_improvement=0.01, reward_window=5, reward_variance=0.02,
                             min_steps=10, max_steps=100, max_seconds=600)
 NOISY = [0.1, 0.9, 0.2, 0.8, 0.3]  # variance 0.1
 FLAT = [0.50, 0.52, 0.49, 0.51, 0.50]  # variance 0.0001
@@ -160,7 +158,7 @@ def test_stop_criteria_table(name, history, reason):
 
 
 def test_budgets_and_variance_can_be_turned_off():
-    cfg = CurriculumConfig(max_steps=0, max_seconds=0, reward_variance=0, min_steps=0, reward_window=5)
+    cfg = CurriculumParams(max_steps=0, max_seconds=0, reward_variance=0, min_steps=0, reward_window=5)
     assert stop_decision(TrainingHistory(step=10**6, elapsed_s=10**6, rewards=FLAT), cfg) is None
 
 
@@ -177,11 +175,12 @@ def test_budgets_and_variance_can_be_turned_off():
 ])
 def test_config_errors_say_how_to_fix(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        CurriculumConfig(**kwargs)
+        CurriculumParams(**kwargs)
 
 
 def test_config_fields_are_documented_and_mapping_is_strict():
-    assert all(f.metadata.get("help") for f in fields(CurriculumConfig))
-    assert CurriculumConfig.from_mapping({"max_steps": 5, "tiers": ["easy", "hard"]}).tiers == ("easy", "hard")
+    assert all(f.description for f in CurriculumParams.model_fields.values())
+    assert params_from(CurriculumParams, {"max_steps": 5, "tiers": ["easy", "hard"]}, "curriculum").tiers == (
+        "easy", "hard")
     with pytest.raises(ValueError, match="unknown key.*max_step"):
-        CurriculumConfig.from_mapping({"max_step": 5})
+        params_from(CurriculumParams, {"max_step": 5}, "curriculum")

@@ -141,13 +141,13 @@ def test_mix_keeps_proportions(entries):
 
 
 def test_stage_end_to_end(sim, tmp_path):
-    spec = {"run_id": 1, "stage_dir": str(tmp_path / "stage"), "run_dir": str(tmp_path),
-            "checkpoint_dir": str(tmp_path / "ckpt"), "scoring_url": sim, "agent_id": "agent-000",
-            "token_env": "DATASET_TEST_TOKEN", "heartbeat_s": 60,
-            "params": {"branches": 2, "mode": "parallel", "min_score": 0.9}}
+    from pr1d.pipeline.spec import Scoring, StageSpec
+
     (tmp_path / "stage").mkdir()
-    spec_path = tmp_path / "spec.json"
-    spec_path.write_text(json.dumps(spec))
+    spec_path = StageSpec(run_id=1, stage="dataset", stage_dir=tmp_path / "stage", run_dir=tmp_path,
+                          checkpoint_dir=tmp_path / "ckpt", agent_id="agent-000", heartbeat_s=60,
+                          scoring=Scoring(url=sim, token_env="DATASET_TEST_TOKEN"),
+                          params={"branches": 2, "mode": "parallel", "min_score": 0.9}).dump(tmp_path / "spec.json")
     env = pr1_env(DATASET_TEST_TOKEN=TOKEN)
     env.pop("PR1_EVENT_FD", None)
     cp = subprocess.run([sys.executable, "-m", "pr1d.stages.dataset", str(spec_path)], capture_output=True,

@@ -40,6 +40,7 @@ from pr1d.data.targeted import (
     resolve_tasks,
     select_failing,
 )
+from pr1d.pipeline.spec import Registry, Scoring, StageSpec
 from pr1d.stages.dataset import dataset_settings
 from tests.conftest import BIN, REPO, add_agents, pr1_env
 
@@ -114,17 +115,35 @@ def test_guardrail_share_out_of_range(share):
     ({"dataset": {"teacher_url": "http://t"}, "params": {"teacher_url": "http://evil"}}, {"teacher_url": "http://t"}),
 ])
 def test_dataset_settings(spec, expected):
-    got = dataset_settings(spec)
+    got = dataset_settings(_spec(**spec))
     assert {k: got[k] for k in expected} == expected
 
 
 @pytest.mark.parametrize(("spec", "message"), [
     ({"run_kind": "targeted-sft", "params": {"mode": "sequential"}}, "needs mode=parallel"),
-    ({"params": {"mode": "tree"}}, "expected one of"),
+    ({"params": {"mode": "tree"}}, "'parallel' or 'sequential'"),
+    ({"params": {"mix": "easy=lots"}}, "mix: easy=-1.0 is not tier=share"),
 ])
 def test_dataset_settings_refuses(spec, message):
     with pytest.raises(ValueError, match=message):
-        dataset_settings(spec)
+        dataset_settings(_spec(**spec))
+
+
+@pytest.mark.parametrize("mix", ["easy=0.5,medium=0.5", {"easy": 0.5, "medium": 0.5}, {"easy": 1, "medium": 1}])
+def test_mix_param_has_one_form_for_the_dataset_and_sft_stages(mix):
+    """A run's params are shared by its dataset and sft stages: either form of `mix` works for both."""
+    from pr1d.params import SFTParams
+
+    got = dataset_settings(_spec(params={"mix": mix}))["mix"]
+    assert got == SFTParams.model_validate({"mix": mix}).mix
+    assert got["easy"] == got["medium"] and set(got) == {"easy", "medium"}
+
+
+def _spec(**fields) -> StageSpec:
+    """A dataset stage spec with ``fields`` (the rest the contract's defaults)."""
+    return StageSpec(run_id=1, stage="dataset", run_dir=Path("/nonexistent/run"),
+                     stage_dir=Path("/nonexistent/run/01-dataset"), checkpoint_dir=Path("/nonexistent/ckpt"),
+                     **fields)
 
 
 @pytest.mark.parametrize(("source", "verdict", "kept"), [
@@ -326,11 +345,10 @@ def test_recovered_answers_need_the_critic(sim):
 def _run_stage(tmp: Path, sim: TokenSim, params: dict, token_file: Path | None, **spec_extra) -> tuple:
     stage = tmp / "stage"
     stage.mkdir(parents=True)
-    spec = {"run_id": 1, "stage_dir": str(stage), "run_dir": str(tmp), "checkpoint_dir": str(tmp / "ckpt"),
-            "scoring_url": sim.url, "agent_id": AGENT, "run_kind": "targeted-sft", "heartbeat_s": 60,
-            "token_env": "PR1_TEST_UNSET_TOKEN", "token_file": str(token_file or ""), "params": params,
-            "state_dir": str(tmp / "state"), **spec_extra}
-    (tmp / "spec.json").write_text(json.dumps(spec))
+    StageSpec(run_id=1, stage="dataset", stage_dir=stage, run_dir=tmp, checkpoint_dir=tmp / "ckpt",
+              agent_id=AGENT, run_kind="targeted-sft", heartbeat_s=60, params=params,
+              scoring=Scoring(url=sim.url, token_env="PR1_TEST_UNSET_TOKEN", token_file=str(token_file or "")),
+              registry=Registry(state_dir=str(tmp / "state")), **spec_extra).dump(tmp / "spec.json")
     env = pr1_env()
     env.pop("PR1_EVENT_FD", None)
     env.pop("PR1_TEST_UNSET_TOKEN", None)

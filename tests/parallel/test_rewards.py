@@ -1,10 +1,9 @@
 """Reward terms as tables (diversity, format, consensus, correctness, critic), the alternating schedule,
-RewardConfig, and the TRL adapters run through a real GRPOTrainer's reward path with a real tokenizer."""
+RewardParams, and the TRL adapters run through a real GRPOTrainer's reward path with a real tokenizer."""
 
 from __future__ import annotations
 
 import socket
-from dataclasses import fields
 from types import SimpleNamespace
 
 import pytest
@@ -13,10 +12,10 @@ from hypothesis import strategies as st
 
 from pr1d.config import Config
 from pr1d.evaluate.grading import GradeWeights
+from pr1d.params import RewardParams, params_from
 from pr1d.train.critic import CriticResult
 from pr1d.train.rewards import (
     AlternatingSchedule,
-    RewardConfig,
     consensus_counts,
     consensus_reward,
     correctness_reward,
@@ -184,19 +183,18 @@ def test_alternating_schedule_refuses_bad_values(window, every, match):
         AlternatingSchedule(True, window, every)
 
 
-# --- RewardConfig ---------------------------------------------------------------------------------
+# --- RewardParams ---------------------------------------------------------------------------------
 
-def test_config_section_and_reward_config_agree():
-    section = Config().rewards.model_dump()
-    assert RewardConfig.from_mapping(section) == RewardConfig()
-    assert RewardConfig.from_mapping(RewardConfig().to_mapping()) == RewardConfig()
-    assert set(section) == {f.name for f in fields(RewardConfig)}
-    assert all(f.metadata.get("help") for f in fields(RewardConfig))
+def test_config_section_is_the_reward_params():
+    """One declaration: the [rewards] section is RewardParams, and every field says what it does."""
+    assert Config().rewards == RewardParams()
+    assert params_from(RewardParams, RewardParams().model_dump(mode="json"), "rewards") == RewardParams()
+    assert all(f.description for f in RewardParams.model_fields.values() if f.annotation is not GradeWeights)
 
 
 @pytest.mark.parametrize(("data", "match"), [
-    ({"grade_wieght": 1.0}, "unknown key.*grade_wieght.*known keys"),
-    ({"format_weight": -1.0}, "format_weight must be a number >= 0"),
+    ({"grade_wieght": 1.0}, r"unknown key.*grade_wieght.*known keys"),
+    ({"format_weight": -1.0}, "format_weight: Input should be greater than or equal to 0"),
     ({"grade_weight": 0, "format_weight": 0, "diversity_weight": 0, "critic_weight": 0}, "set grade_weight"),
     ({"alternate_every": 0}, "alternate_every"),
     ({"guardrails": "forbidden"}, "list of phrases"),
@@ -206,7 +204,7 @@ def test_config_section_and_reward_config_agree():
 ])
 def test_reward_config_errors_say_how_to_fix(data, match):
     with pytest.raises(ValueError, match=match):
-        RewardConfig.from_mapping(data)
+        params_from(RewardParams, data, "rewards")
 
 
 # --- TRL adapters ---------------------------------------------------------------------------------
@@ -218,15 +216,15 @@ def _call(fn, texts, step=0, **extra):
 
 
 def test_funcs_have_distinct_names_and_weight_zero_terms_are_left_out():
-    names = [f.__name__ for f in make_reward_funcs(RewardConfig(), None)]
+    names = [f.__name__ for f in make_reward_funcs(RewardParams(), None)]
     assert names == ["reward_grade", "reward_format", "reward_diversity"]  # no critic client: no critic term
-    names = [f.__name__ for f in make_reward_funcs(RewardConfig(diversity_weight=0, alternating=True), None,
+    names = [f.__name__ for f in make_reward_funcs(RewardParams(diversity_weight=0, alternating=True), None,
                                                    critic=object())]
     assert names == ["reward_grade", "reward_format", "reward_parallel_bonus", "reward_critic"]
 
 
 def test_weights_are_applied_inside_each_function():
-    funcs = {f.__name__: f for f in make_reward_funcs(RewardConfig(grade_weight=2.0, format_weight=0.5,
+    funcs = {f.__name__: f for f in make_reward_funcs(RewardParams(grade_weight=2.0, format_weight=0.5,
                                                                    diversity_weight=0.25), None)}
     diverse = block("alpha beta", "gamma delta 35") + "\nFinal Answer: 35"
     assert _call(funcs["reward_grade"], [GOOD, SEQ]) == pytest.approx([2.0, 2 * 0.8])
@@ -236,19 +234,19 @@ def test_weights_are_applied_inside_each_function():
 
 @pytest.mark.parametrize(("step", "bonus"), [(0, False), (39, False), (40, True), (49, True), (50, False)])
 def test_alternating_gates_the_parallel_terms_by_trainer_step(step, bonus):
-    funcs = {f.__name__: f for f in make_reward_funcs(RewardConfig(alternating=True), None)}
+    funcs = {f.__name__: f for f in make_reward_funcs(RewardParams(alternating=True), None)}
     for name in ("reward_format", "reward_diversity", "reward_parallel_bonus"):
         got = _call(funcs[name], [GOOD, SEQ], step=step)
         assert (got == [None, None]) is (not bonus), name
     assert _call(funcs["reward_parallel_bonus"], [GOOD, SEQ], step=step) == ([0.5, 0.0] if bonus else [None, None])
     assert _call(funcs["reward_grade"], [GOOD], step=step) == [1.0]  # accuracy terms never pause
     # step_fn overrides trainer_state (for trainers that segment training into several runs).
-    via_fn = {f.__name__: f for f in make_reward_funcs(RewardConfig(alternating=True), None, step_fn=lambda: step)}
+    via_fn = {f.__name__: f for f in make_reward_funcs(RewardParams(alternating=True), None, step_fn=lambda: step)}
     assert _call(via_fn["reward_format"], [GOOD], step=10_000) == ([1.0 * 0.2] if bonus else [None])
 
 
 def test_missing_dataset_column_is_a_clear_error():
-    (grade_fn, *_) = make_reward_funcs(RewardConfig(), None)
+    (grade_fn, *_) = make_reward_funcs(RewardParams(), None)
     with pytest.raises(ValueError, match="dataset column 'answer'"):
         grade_fn(prompts=["q"], completions=[GOOD], completion_ids=None)
 
@@ -296,7 +294,7 @@ def test_real_grpo_trainer_reward_path(tokenizer, tmp_path):
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"
     critic = CriticClient(dead, timeout=0.5)
-    funcs = make_reward_funcs(RewardConfig(), tokenizer, critic=critic)
+    funcs = make_reward_funcs(RewardParams(), tokenizer, critic=critic)
     args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=2, num_generations=2,
                       max_completion_length=8, bf16=False, use_cpu=True, gradient_checkpointing=False,
                       report_to=[], save_strategy="no", max_steps=1, logging_steps=1)

@@ -13,9 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pr1d.ledger import store
+from pr1d.ledger import samples
 from pr1d.ledger.store import Ledger
-from pr1d.registry.tables import ensure_schema
 from tests.conftest import BIN, pr1_env
 
 BASE_MODEL = "tiny-gsm-v1"  # what the shipped scenarios' agents run before any push
@@ -107,7 +106,6 @@ def ledger_fixture(tmp_path: Path) -> Iterator[Ledger]:
     """A fresh ledger holding the sim's agents (as the poller would register them; tests that need the
     sim itself ask for it, the others run without one)."""
     led = Ledger(tmp_path / "state" / "ledger.sqlite")
-    ensure_schema(led)
     led.upsert_agents(AGENTS)
     yield led
     led.close()
@@ -125,7 +123,7 @@ def ingest(ledger: Ledger, sim: Sim, agents: list[str] | None = None) -> int:
     from pr1d.config import ScoringConfig
     from pr1d.monitor.poller import Poller, agent_health
 
-    cursors = store.agent_cursors(ledger)
+    cursors = samples.agent_cursors(ledger)
     wanted = {a: cursors[a] for a in (agents or list(cursors))}
 
     async def go() -> tuple[list, list]:
@@ -138,7 +136,7 @@ def ingest(ledger: Ledger, sim: Sim, agents: list[str] | None = None) -> int:
     listed, polls = asyncio.run(go())
     assert not [p.error for p in polls if p.error]
     models = {a["id"]: a["model"] for a in listed}  # samples are tagged with the model the platform lists
-    return store.ingest_polls(ledger, [{"agent_id": p.agent_id, "cursor": p.cursor, "samples": p.samples,
+    return samples.ingest_polls(ledger, [{"agent_id": p.agent_id, "cursor": p.cursor, "samples": p.samples,
                                         "model_version": models.get(p.agent_id),
                                         "health": agent_health(wanted[p.agent_id]["health"], p)} for p in polls])
 

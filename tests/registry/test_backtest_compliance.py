@@ -91,7 +91,9 @@ def test_replay_leaves_out_the_runs_training_data(tmp_path: Path):
     """The stage's replay reads the run's dataset records and the SFT stage's training tasks (generated
     top-up included) and reports what it left out."""
     from pr1d.evaluate.gsm_lite import eval_split
-    from pr1d.stages.backtest import BacktestConfig, replay_tasks
+    from pr1d.params import BacktestParams
+    from pr1d.pipeline.spec import StageSpec
+    from pr1d.stages.backtest import replay_tasks
     from pr1d.stages.sft import TRAINING_TASKS, write_training_tasks
 
     run = tmp_path / "run"
@@ -108,8 +110,10 @@ def test_replay_leaves_out_the_runs_training_data(tmp_path: Path):
     write_training_tasks([{"id": "train-0-1:parallel", "task_id": "train-0-1",
                            "prompt": format_prompt(eval_split(2)[1]["question"].replace(" ", "  "))}],
                          run / "02-sft" / TRAINING_TASKS)
-    w = SimpleNamespace(spec={"state_dir": None, "agent_id": "a1", "dataset": {}}, run_dir=run)
-    tasks, replay = replay_tasks(w, BacktestConfig(window=0, n_per_tier=2))
+    spec = StageSpec(run_id=1, stage="backtest", agent_id="a1", run_dir=run, stage_dir=run / "03-backtest",
+                     checkpoint_dir=run / "ckpt")
+    w = SimpleNamespace(spec=spec, run_dir=run)
+    tasks, replay = replay_tasks(w, BacktestParams(window=0, n_per_tier=2))
     ex_ = replay["excluded"]
     assert (ex_["by_id"], ex_["by_question"]) == (1, 2)
     assert set(ex_["ids"]) == {f"gsm:{held_out['id']}", f"gsm:{eval_split(2)[1]['id']}", f"guardrail:{ex.id}"}
@@ -176,7 +180,12 @@ def test_the_triggers_guardrails_param_does_not_switch_the_probes_off():
     dataset) once turned the backtest's guardrail replay off in every triggered run, so the gate never saw
     the probes. The backtest's own switch has its own name."""
     pytest.importorskip("matplotlib")
-    from pr1d.stages.backtest import BacktestConfig
+    from pr1d.pipeline.spec import StageSpec
+    from pr1d.stages.backtest import backtest_params
 
-    assert BacktestConfig.from_params({"guardrails": False, "n_per_tier": 5}).guardrail_probes is True
-    assert BacktestConfig.from_params({"guardrail_probes": False, "n_per_tier": 5}).guardrail_probes is False
+    def params(run_params: dict):
+        return backtest_params(StageSpec(run_id=1, stage="backtest", run_dir=Path("/r"), stage_dir=Path("/r/s"),
+                                         checkpoint_dir=Path("/r/c"), params=run_params))
+
+    assert params({"guardrails": False, "n_per_tier": 5}).guardrail_probes is True
+    assert params({"guardrail_probes": False, "n_per_tier": 5}).guardrail_probes is False

@@ -46,12 +46,13 @@ WEAK_STEPS = 30
 def parallel_model(tiny_model: Path, tmp_path_factory) -> Path:
     """The shared tiny model (tests/model_fixtures.py) after a short Parallel SFT: it writes blocks."""
     from pr1d.evaluate.gsm_lite import train_split
-    from pr1d.train.sft import SFTStageConfig, make_records, save_candidate, train_sft
+    from pr1d.params import SFTParams
+    from pr1d.train.sft import make_records, save_candidate, train_sft
 
     tasks = train_split(4000, seed=0, mix={"easy": 1.0})
     random.Random(0).shuffle(tasks)
     work = tmp_path_factory.mktemp("parallel_model")
-    cfg = SFTStageConfig(max_steps=SFT_STEPS, batch_size=16, lr=1e-3, checkpoint_every=100_000, eval_per_tier=0)
+    cfg = SFTParams(max_steps=SFT_STEPS, batch_size=16, lr=1e-3, checkpoint_every=100_000, eval_per_tier=0)
     model, tok, _ = train_sft(tiny_model, make_records(tasks, parallel=True, branches=2), work / "ckpt", cfg)
     model.eval()
     save_candidate(model, tok, work / "candidate")
@@ -177,7 +178,6 @@ def test_worse_candidate_is_rejected_with_reasons_and_nothing_registered(daemon_
                                                                         parallel_model):
     from pr1d.ledger.store import Ledger
     from pr1d.registry.deploy import read_pointer, record_initial
-    from pr1d.registry.tables import ensure_schema
     from pr1d.registry.versions import register_version
 
     state = tmp_path / "state"
@@ -186,7 +186,6 @@ def test_worse_candidate_is_rejected_with_reasons_and_nothing_registered(daemon_
     copy_gradebook(sim, state)
     # In service: the parallel model, registered with its policy, as a promotion would have left it.
     led = Ledger(state / "ledger.sqlite")
-    ensure_schema(led)
     policy = {"branch_count": 2, "temperature": 0.7, "max_new_tokens": 224}
     served = register_version(led, state / "models", AGENT, parallel_model, policy=policy)
     record_initial(led, state / "models", AGENT, served["id"])

@@ -22,14 +22,12 @@ from registry_kit import (  # noqa: F401 (fixtures)
 )
 
 from pr1d.inference.policy import ParallelExecutionPolicy
-from pr1d.ledger.store import Conflict, NotFound
-from pr1d.registry import tables
+from pr1d.ledger.store import Conflict, NotFound, WriteTx
 from pr1d.registry.approvals import approve
 from pr1d.registry.deploy import (
     RegistryConfig,
     deployment_history,
     in_service_at,
-    pending_pushes,
     read_pointer,
     reconcile,
     record_initial,
@@ -37,7 +35,7 @@ from pr1d.registry.deploy import (
     rollback_target,
     swap_pointer,
 )
-from pr1d.registry.push import AsyncHttpPusher, HttpPusher, ProfileSync
+from pr1d.registry.push import AsyncHttpPusher, HttpPusher, ProfileSync, pending_pushes
 from pr1d.registry.status import registry_status
 from pr1d.registry.versions import RegistryError, UnsafeModel, manifest, register_version, version_dir
 
@@ -305,7 +303,7 @@ def test_failed_commit_puts_the_pointer_back(ledger, models, tmp_path, monkeypat
         seen.append(read_pointer(models, AGENT))  # the swap happened inside the transaction ...
         raise OSError("disk full")
 
-    monkeypatch.setattr(tables.WriteTx, "_commit", boom)
+    monkeypatch.setattr(WriteTx, "_commit", boom)
     with pytest.raises(OSError, match="disk full"):
         approve(ledger, models, run_id, "alice", "ok")
     monkeypatch.undo()
@@ -344,11 +342,11 @@ def test_crash_between_swap_and_commit_is_repaired_on_start(ledger, models, tmp_
     script = (
         "import os, signal, sys\n"
         "from pathlib import Path\n"
-        "from pr1d.ledger.store import Ledger\n"
-        "from pr1d.registry import tables, approvals\n"
+        "from pr1d.ledger.store import Ledger, WriteTx\n"
+        "from pr1d.registry import approvals\n"
         "def die(self):\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
-        "tables.WriteTx._commit = die\n"
+        "WriteTx._commit = die\n"
         f"led = Ledger(Path({str(ledger.path)!r}))\n"
         f"approvals.approve(led, Path({str(models)!r}), {run_id}, 'alice', 'ok')\n"
     )
@@ -491,3 +489,35 @@ def test_promote_directly_is_the_same_transaction(sim, ledger, models, tmp_path)
     with pytest.raises(Conflict, match="promoted, not awaiting_approval"):
         promote(ledger, models, run_id, v1["id"], "alice", "again")
     assert count(ledger, "SELECT count(*) FROM deployments WHERE action = 'promote'") == 1
+
+
+# -- module boundaries --------------------------------------------------------------------------------------------
+
+
+def test_push_never_imports_deploy():
+    """deploy.py builds on push.py (it pushes after a deployment); push.py must not need deploy.py back."""
+    import ast
+    import inspect
+
+    from pr1d.registry import deploy, push
+
+    tree = ast.parse(inspect.getsource(push))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)} | {
+        alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not {m for m in imported if m and m.rsplit(".", 1)[-1] == "deploy"}, imported
+    assert not any(getattr(v, "__name__", None) == deploy.__name__ or getattr(v, "__module__", None) == deploy.__name__
+                   for v in vars(push).values())
+    assert deploy.sync_agent_blocking is push.sync_agent_blocking  # and deploy does use push
+
+
+def test_only_the_ledger_writes_run_state_and_audit_rows():
+    """The registry moves runs and writes audit rows through the ledger's write transaction, never in SQL."""
+    import re
+    from pathlib import Path
+
+    import pr1d.registry
+
+    forbidden = re.compile(r"(UPDATE\s+runs\b|INSERT\s+(OR\s+\w+\s+)?INTO\s+(audit|runs|stages)\b)", re.IGNORECASE)
+    hits = [f"{p.name}: {m.group(0)}" for p in Path(pr1d.registry.__file__).parent.glob("*.py")
+            for m in forbidden.finditer(p.read_text())]
+    assert hits == []

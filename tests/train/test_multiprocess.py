@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pr1d.pipeline.launcher import StageProcess, StageSpec
+from pr1d.pipeline.launcher import StageProcess
+from pr1d.pipeline.spec import StageSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU_2PROC = ROOT / "config" / "accelerate" / "cpu-2proc.yaml"
@@ -25,11 +26,8 @@ RANK_VARS = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "OMPI_COMM_WORLD_RANK", "OMPI_C
 def _spec(tmp_path: Path, stage: str = "noop") -> Path:
     stage_dir = tmp_path / f"01-{stage}"
     stage_dir.mkdir(parents=True)
-    spec = {"run_id": 1, "stage_id": 1, "stage": stage, "run_dir": str(tmp_path), "stage_dir": str(stage_dir),
-            "checkpoint_dir": str(stage_dir / "checkpoints"), "params": {}, "resume": False, "heartbeat_s": 30}
-    path = stage_dir / "spec.json"
-    path.write_text(json.dumps(spec))
-    return path
+    return StageSpec(run_id=1, stage_id=1, stage=stage, run_dir=tmp_path, stage_dir=stage_dir,
+                     checkpoint_dir=stage_dir / "checkpoints", heartbeat_s=30).dump(stage_dir / "spec.json")
 
 
 def _run_with_pipe(cmd: list[str], env: dict[str, str]) -> tuple[int, list[dict]]:

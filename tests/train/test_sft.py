@@ -18,8 +18,8 @@ pytest.importorskip("peft")
 
 from pr1d.data.parallel_format import TAGS  # noqa: E402
 from pr1d.evaluate.gsm_lite import train_split  # noqa: E402
+from pr1d.params import SFTParams  # noqa: E402
 from pr1d.train.sft import (  # noqa: E402
-    SFTStageConfig,
     encode_records,
     evaluate_model,
     make_records,
@@ -47,9 +47,9 @@ def _tag_rows(model, tokenizer):
 
 def test_config_errors_say_how_to_fix():
     with pytest.raises(ValueError, match="at least two paths"):
-        SFTStageConfig(branches=1)
+        SFTParams(branches=1)
     with pytest.raises(ValueError, match="'full' or 'lora'"):
-        SFTStageConfig(finetune="qlora")
+        SFTParams(finetune="qlora")
 
 
 def test_cli_flags_mirror_config():
@@ -59,8 +59,13 @@ def test_cli_flags_mirror_config():
 
     p = argparse.ArgumentParser()
     add_config_arguments(p)
-    a = p.parse_args(["--no-parallel-format", "--branches", "3", "--finetune", "lora", "--max-steps", "7"])
+    assert "--max-steps" in p.format_help()  # help strings with "%" ("5% warm-up") must not break --help
+    a = p.parse_args(["--no-parallel-format", "--branches", "3", "--finetune", "lora", "--max-steps", "7",
+                      "--mix", "easy=1,hard=1"])
     assert (a.parallel_format, a.branches, a.finetune, a.max_steps) == (False, 3, "lora", 7)
+    from pr1d.params import params_from_args
+
+    assert params_from_args(SFTParams, a).mix == {"easy": 1.0, "hard": 1.0}
 
 
 def test_prompt_is_masked(tiny_model):
@@ -83,7 +88,7 @@ def test_full_sft_learns_format_and_keeps_accuracy(tiny_model, tmp_path):
     base, tok = load_model(tiny_model)
     before = evaluate_model(base, tok, EVAL_N, tiers=("easy",))
     tags_before = _tag_rows(base, tok)
-    cfg = SFTStageConfig(max_steps=1200, batch_size=16, lr=1e-3, checkpoint_every=5000, eval_per_tier=0)
+    cfg = SFTParams(max_steps=1200, batch_size=16, lr=1e-3, checkpoint_every=5000, eval_per_tier=0)
     model, tok, summary = train_sft(tiny_model, _records(8000), tmp_path / "ckpt", cfg)
     assert summary["steps"] == 1200 and summary["final_loss"] < summary["first_loss"]
     model.eval()
@@ -109,7 +114,7 @@ def test_lora_trains_tags_freezes_base_and_reloads(tiny_model, tmp_path):
     base, tok = load_model(tiny_model)
     frozen = {k: v.clone() for k, v in base.state_dict().items()}
     tags_before = _tag_rows(base, tok)
-    cfg = SFTStageConfig(finetune="lora", max_steps=40, lr=2e-3, checkpoint_every=1000, eval_per_tier=0)
+    cfg = SFTParams(finetune="lora", max_steps=40, lr=2e-3, checkpoint_every=1000, eval_per_tier=0)
     model, tok, _ = train_sft(tiny_model, _records(640), tmp_path / "ckpt", cfg)
     model.eval()
     # The frozen base weights did not move; the LoRA factors and the tag embeddings did.

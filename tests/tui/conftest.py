@@ -235,13 +235,11 @@ def seed_registry(state_dir: Path, src: Path, sim: Sim, *, promoted: bool) -> di
     from pr1d.ledger.store import Ledger
     from pr1d.registry.deploy import promote, record_initial
     from pr1d.registry.push import HttpPusher
-    from pr1d.registry.tables import ensure_schema
     from pr1d.registry.versions import register_version
 
     led = Ledger(state_dir / "ledger.sqlite")
     models = state_dir / "models"  # the daemon's default [registry] models_dir
     try:
-        ensure_schema(led)
         led.upsert_agents(AGENTS)
         base = register_version(led, models, REG_AGENT, make_model(src / "base", 0), served_as=BASE_MODEL,
                                 profile="default")
