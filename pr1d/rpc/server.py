@@ -3,7 +3,7 @@
 Every connection has a bounded outgoing queue drained by its own writer task, so a client that
 stops reading is disconnected instead of holding daemon memory, and one bad client never blocks
 another. Bad input gets a JSON-RPC error; input we cannot resync from (an over-long line) closes
-the connection. Batches and notifications follow JSON-RPC 2.0 as written (tests/test_jsonrpc_spec.py
+the connection. Batches and notifications follow JSON-RPC 2.0 as written (tests/rpc/test_jsonrpc_spec.py
 replays the specification's examples).
 """
 

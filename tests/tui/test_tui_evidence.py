@@ -10,7 +10,7 @@ from textual.widgets import DataTable, Footer, TabbedContent
 from pr1tui.screens.dashboard import SIGNAL_LOOK, DashboardScreen, alert_lines, signals_legend
 from pr1tui.screens.help import HelpScreen
 from pr1tui.screens.run_detail import TAB_KEYS, RunDetailScreen
-from tests import test_ctl_evidence
+from tests.ctl import test_ctl_evidence
 from tests.tui.conftest import wait_for
 from tests.tui.test_tui_pilot import RecordingApp, plain, ready
 

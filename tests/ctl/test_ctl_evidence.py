@@ -18,8 +18,7 @@ from pr1d import explain
 from pr1d.evaluate.gate import GateInput, GateItem, gate_decision
 from pr1d.monitor.rules import AgentState, RuleConfig, decide
 from pr1d.monitor.signals import Sample, SignalConfig, compute_baseline, evaluate_all
-
-from .conftest import BIN, add_agents, pr1_env
+from tests.conftest import BIN, add_agents, pr1_env
 
 T0 = 1767261600.0  # 2026-01-01 10:00 UTC: every sample's time is an offset from this
 WIGGLE = (0.004, -0.006, 0.002, 0.007, -0.003, -0.001)

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from .conftest import add_agents
+from tests.conftest import add_agents
 
 USER = "pr1-test-viewer"
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import BIN, pr1_env
+from tests.conftest import BIN, pr1_env
 
 pytest.importorskip("torch")
 

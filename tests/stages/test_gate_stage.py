@@ -20,11 +20,11 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("trl")
 pytest.importorskip("matplotlib")
 
-from registry_kit import Sim  # noqa: E402
 from test_backtest import check_report_picture  # noqa: E402
 
 from tests.conftest import add_agents  # noqa: E402
 from tests.model_fixtures import TINY_CONFIG  # noqa: E402  (the tiny model's recipe, one place)
+from tests.registry.registry_kit import Sim  # noqa: E402
 
 AGENT = "agent-000"  # an agent of the sim's fleet: its gradebook entries are the history replayed
 # Gate settings for a test-sized backtest: fewer items than production, fewer resamples.

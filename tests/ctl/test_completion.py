@@ -11,8 +11,7 @@ import pytest
 from pr1d.cli import build_parser as pr1d_parser
 from pr1d.completion import bash_script, command_tree, zsh_script
 from pr1d.ctl import build_parser as ctl_parser
-
-from .conftest import BIN, pr1_env
+from tests.conftest import BIN, pr1_env
 
 PROGRAMS = {"pr1d": ["completion"], "pr1ctl": ["completion"], "pr1tui": ["--completion"]}
 

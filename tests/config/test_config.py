@@ -11,8 +11,8 @@ import pytest
 
 from pr1d.config import Config, ConfigError, config_markdown, config_toml, load_config
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).parent / "data" / "config"
+REPO = Path(__file__).resolve().parents[2]
+DATA = Path(__file__).parents[1] / "fixtures" / "config"
 
 
 def test_builtin_defaults_load_without_files():

@@ -237,7 +237,7 @@ def test_v1_ledger_migrates_to_the_current_version(tmp_path):
     Ledger(path).close()  # already current: opens without migrating again
 
 
-V2_FIXTURE = Path(__file__).parent / "data" / "ledger" / "v2_with_registry.sql"
+V2_FIXTURE = Path(__file__).parents[1] / "fixtures" / "ledger" / "v2_with_registry.sql"
 # Tables whose every row a migration must keep (the counters are derived; schema_meta changes on purpose).
 DATA_TABLES = ("agents", "score_samples", "triggers", "runs", "stages", "metrics", "artifacts", "model_versions",
                "deployments", "audit", "approvals", "deployment_state")

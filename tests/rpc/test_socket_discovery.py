@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 
 from pr1d.rpc.client import Candidate, NoDaemonFound, find_socket, probe_socket, socket_candidates
-
-from .conftest import BIN, add_agents, pr1_env
+from tests.conftest import BIN, add_agents, pr1_env
 
 USER = Path("/home/u/.local/state/pr1d/pr1d.sock")
 RUN = Path("/run/pr1d/pr1d.sock")
@@ -186,7 +185,7 @@ def test_a_second_unix_user_with_no_environment_reaches_the_daemon(daemon_factor
         d.start()
         assert os.stat(run / "pr1d.sock").st_gid == pw.pw_gid
         cp = subprocess.run([sys.executable, "-c", _AS_USER, str(pw.pw_uid), str(pw.pw_gid), str(run)],
-                            capture_output=True, text=True, timeout=60, cwd=str(Path(__file__).parents[1]))
+                            capture_output=True, text=True, timeout=60, cwd=str(Path(__file__).parents[2]))
         assert cp.returncode == 0, cp.stderr
         assert json.loads(cp.stdout)["pid"] == d.proc.pid
         d.stop()

@@ -34,7 +34,7 @@ from pr1d.cli import EXIT_CONFIG
 from pr1d.config import AuthConfig, DaemonConfig
 from pr1d.rpc.client import SOCKET_NAME, SYSTEMD_RUNTIME_DIR
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "pr1d.service"
 SYSUSERS = ROOT / "systemd" / "pr1d.sysusers.conf"
 TMPFILES = ROOT / "systemd" / "pr1d.tmpfiles.conf"

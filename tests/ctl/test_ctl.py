@@ -8,7 +8,7 @@ import pwd
 import subprocess
 import time
 
-from .conftest import BIN, add_agents, pr1_env
+from tests.conftest import BIN, add_agents, pr1_env
 
 
 def _ctl(*args, env=None):
@@ -98,8 +98,7 @@ def _awaiting_inconclusive(daemon_factory, tmp_path):
     from pr1d.ledger.store import Ledger
     from pr1d.registry.deploy import record_initial
     from pr1d.registry.versions import register_version
-
-    from .registry.registry_kit import awaiting_run, make_model
+    from tests.registry.registry_kit import awaiting_run, make_model
 
     sd = tmp_path / "state"
     sd.mkdir()

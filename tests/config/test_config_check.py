@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 
 from pr1d.cli import EXIT_CONFIG, main
+from tests.conftest import BIN, REPO, pr1_env
 
-from .conftest import BIN, REPO, pr1_env
-
-DATA = Path(__file__).parent / "data" / "config"
+DATA = Path(__file__).parents[1] / "fixtures" / "config"
 
 
 def _check(capsys, *args: str) -> tuple[int, list[str], list[str]]:

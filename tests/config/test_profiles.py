@@ -8,7 +8,7 @@ import pytest
 
 from pr1d.config import load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROFILES = sorted((ROOT / "config" / "profiles").glob("*.toml"))
 ACCELERATE = ROOT / "config" / "accelerate"
 

@@ -2,7 +2,7 @@
 
 The sim grades the agent with its real (bootstrapped, cached) model; the demo scenario hands it harder
 work from evaluation 150 on, and the drift signal must see the real dip and ask for the full curriculum.
-The whole loop to awaiting_approval and beyond is tests/test_e2e_loop.py. The signal and "next" tests
+The whole loop to awaiting_approval and beyond is tests/e2e/test_e2e_loop.py. The signal and "next" tests
 train nothing: `--until ready` on a stand-in model folder starts the sim and the daemon and grades nothing.
 """
 
@@ -26,8 +26,7 @@ from rich.console import Console
 
 from pr1d import demo
 from pr1d.ctl import build_parser
-
-from .conftest import BIN, pr1_env
+from tests.conftest import BIN, pr1_env
 
 needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
                                  reason="the demo's model training needs the [train] extra")

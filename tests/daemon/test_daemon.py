@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import BIN, add_agents, pr1_env
+from tests.conftest import BIN, add_agents, pr1_env
 
 
 def test_ready_notification_and_status_json(daemon_factory, state_dir):
@@ -268,7 +268,7 @@ def test_sighup_reload_refuses_invalid_config_and_keeps_running(daemon_factory, 
 
 @pytest.mark.parametrize("fixture", ["unknown_key", "wrong_type", "out_of_range", "not_toml"])
 def test_malformed_config_one_clear_line_and_nonzero_exit(fixture, state_dir):
-    path = Path(__file__).parent / "data" / "config" / f"{fixture}.toml"
+    path = Path(__file__).parents[1] / "fixtures" / "config" / f"{fixture}.toml"
     cp = subprocess.run([str(BIN / "pr1d"), "serve", "--state-dir", str(state_dir), "--config", str(path)],
                         capture_output=True, text=True, timeout=20, env=pr1_env())
     assert cp.returncode == 78

@@ -20,7 +20,7 @@ from pr1d.daemon.core import Daemon
 from pr1d.daemon.handlers import HandlerMismatch, Handlers, check_handlers, handler_name
 from pr1d.rpc import schema
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _public_coroutines(cls: type) -> set[str]:
