@@ -10,6 +10,7 @@ import json
 import sys
 import uuid
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from .rpc.client import Client, DaemonUnreachable, find_socket
@@ -178,7 +179,10 @@ def cmd_show(c: Client, a: argparse.Namespace, o: Out) -> int:
               s.get("error") or _stage_note(s, r["state"])]
              for s in r["stages"]])
     if r["artifacts"]:
-        o.table("artifacts", ["name", "kind", "sha256", "path"],
+        # A training stage's TensorBoard folder (report_to) sits in <run folder>/NN-stage/: say how to open them all.
+        boards = sorted({str(Path(x["path"]).parents[1]) for x in r["artifacts"] if x["kind"] == "tensorboard"})
+        o.table("artifacts" + (f" (curves: tensorboard --logdir {boards[0]})" if boards else ""),
+                ["name", "kind", "sha256", "path"],
                 [[x["name"], x["kind"], x["sha256"][:16], x["path"]] for x in r["artifacts"]])
     if r["metrics_last"]:
         o.kv("last metrics", sorted(r["metrics_last"].items()))

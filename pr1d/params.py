@@ -271,6 +271,13 @@ class CurriculumParams(_Params):
 # -------------------------------------------------------------------------------------------------
 
 
+# The experiment trackers `report_to` takes (transformers' names), each with the pip package it needs: a stage
+# checks the package is installed before it trains (pr1d.train.sft.check_reporters).
+Reporter = Literal["tensorboard", "trackio", "wandb", "mlflow"]
+REPORTERS: dict[str, str] = {
+    "tensorboard": "tensorboard", "trackio": "trackio", "wandb": "wandb", "mlflow": "mlflow"}
+
+
 class LoraParams(_Params):
     """What the SFT and RL stages share: full fine-tuning or a LoRA adapter, and the adapter's shape."""
 
@@ -284,6 +291,25 @@ class LoraParams(_Params):
         description="comma-separated module names LoRA wraps")
     seed: int = Field(0, description="seeds data order, sampling and the LoRA init")
     threads: int = Field(2, ge=1, description="torch CPU threads")
+    report_to: list[Reporter] = Field(
+        [], description="experiment trackers the trainer logs its curves to: tensorboard (event files in the "
+        "stage's tensorboard/ folder, an artifact of the run), trackio, wandb, mlflow (run name "
+        "`pr1-run<id>-<stage>`; their own env vars say where); a list, one name, or none (the default)")
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _reporters(cls, v: Any) -> Any:
+        # "tensorboard" (a --report-to flag, a --param) and "tensorboard,wandb" read as lists; "none" as [].
+        if isinstance(v, str):
+            v = [x.strip() for x in v.split(",") if x.strip()]
+        if not isinstance(v, list | tuple):
+            raise ValueError(f"expected a list of trackers or one name, got {v!r}")
+        names = [x.strip().lower() if isinstance(x, str) else x for x in v]
+        unknown = [x for x in names if x not in REPORTERS and x != "none"]
+        if unknown:
+            raise ValueError(f"unknown tracker(s) {', '.join(map(repr, unknown))}; use some of "
+                             f"{', '.join(REPORTERS)}, or none")
+        return list(dict.fromkeys(x for x in names if x != "none"))
 
     def target_modules(self) -> list[str]:
         return [m.strip() for m in self.lora_target_modules.split(",") if m.strip()]
@@ -451,7 +477,8 @@ class SFTGateParams(_Params):
     candidate: str | None = Field(None, description="candidate folder (default: the run's NN-sft/candidate)")
     n_per_tier: int = Field(50, ge=1, description="held-out GSM-lite problems per tier")
     threshold: float = Field(0.05, description="uplift the candidate must clear (absolute points or relative)")
-    mode: Literal["absolute", "relative"] = Field("absolute", description="how threshold is read")
+    # Not `mode`: run params are shared by a run's stages, and the dataset stage's `mode` is parallel|sequential.
+    uplift_mode: Literal["absolute", "relative"] = Field("absolute", description="how threshold is read")
     tiers: list[str] | None = Field(None, description="GSM-lite tiers scored (default: all)")
     max_new_tokens: int = Field(224, ge=1, description="token budget per answer")
     threads: int = Field(2, ge=1, description="torch CPU threads")
@@ -582,6 +609,15 @@ def validate_run_params(kind: str, params: Mapping[str, Any], stages: tuple[str,
         if unknown_rl:
             raise ParamsError(f"param rl: unknown key(s) {', '.join(unknown_rl)} for the rl stage; "
                               f"known: {', '.join(sorted(RLParams.model_fields))}")
+        params_from(RLParams, params["rl"], f"run kind {kind!r}, param rl")
+    # Values too, each stage's view as its worker will read it: a bad value is refused now, not after the
+    # stages before it have trained for minutes. (The config's [training.*] defaults were checked at load.)
+    for s in stages:
+        keys = STAGE_KEYS.get(s)
+        if keys is None or keys.model is None or not (keys.flat_model or kind == "rl"):
+            continue
+        params_from(keys.model, {k: v for k, v in params.items() if k in keys.model.model_fields},
+                    f"run kind {kind!r}, stage {s}")
 
 
 # -------------------------------------------------------------------------------------------------

@@ -97,6 +97,8 @@ def test_every_plan_stage_declares_its_run_keys():
     ("sleep", {"seconds": 0.5, "fail_at_step": 2}),
     ("backtest", {"candidate": "/c", "n_per_tier": 5, "backtest_report": "/r.json"}),
     ("noop", {}),
+    # the dataset's mode and the SFT gate's uplift_mode are two keys: a sequential run passes both stages
+    ("sft", {"mode": "sequential", "uplift_mode": "relative", "threshold": 0.1}),
 ])
 def test_run_params_a_stage_reads_are_accepted(kind, params):
     validate_run_params(kind, params)
@@ -110,6 +112,11 @@ def test_run_params_a_stage_reads_are_accepted(kind, params):
     ("noop", {"seconds": 1}, ["unknown param(s) seconds", "Its stages take no params"]),
     ("rl", {"rl": {"learning_rate": 1e-5}}, ["param rl: unknown key(s) learning_rate"]),
     ("rl", {"rl": 5}, ["param rl: expected a table"]),
+    # values are checked at trigger too, as the stage that reads the key would
+    ("sft", {"max_steps": -3}, ["stage sft", "max_steps"]),
+    ("sft", {"uplift_mode": "percent"}, ["stage sft_gate", "uplift_mode"]),
+    ("sft", {"mode": "both"}, ["stage dataset", "mode"]),
+    ("full", {"rl": {"lr": "fast"}}, ["param rl", "lr"]),
 ])
 def test_unknown_run_params_are_refused_with_the_key_and_the_stages(kind, params, needles):
     with pytest.raises(ParamsError) as ei:

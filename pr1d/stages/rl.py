@@ -6,13 +6,16 @@ the stage with the list of known ones):
 1. the config's ``[training.rl]`` defaults (spec ``training``);
 2. the config's ``[rewards]`` section (spec ``rewards``) as the base of ``rewards``;
 3. in a run of kind ``rl`` only: the run's flat params that are RLParams fields. A ``full`` run's
-   flat params are the sft stage's too (its ``lr`` of 1e-3 would wreck RL), so there they are not read;
+   flat params are the sft stage's too (its ``lr`` of 1e-3 would wreck RL), so there they are not read,
+   except ``report_to``, which means the same to both stages (one ``--param report_to=tensorboard``
+   tracks the whole run);
 4. ``params.rl``: a mapping of RLParams fields, for any run kind.
 
 The starting model: the run's newest ``NN-sft/candidate``, else ``params.model``, else the agent's model in
 service (spec ``registry.model_in_service``). ``params.cpu`` trains on CPU even when CUDA is available. The
 spec's ``scoring`` section (the URL, and where the bearer token is) reaches the platform's critic when
-``critic`` is true.
+``critic`` is true. ``report_to``: experiment trackers, as in the sft stage (TensorBoard into the stage's
+``tensorboard/`` folder, an artifact; run name ``pr1-run<id>-rl``).
 
 The held-out GSM-lite accuracy per tier is measured before training (kept in ``eval_before.json`` so a
 resumed stage does not measure it twice) and on the saved RL model after, both on the *selection split*
@@ -42,14 +45,19 @@ from ..params import RLParams, params_from
 from ..pipeline.files import writing
 from ..pipeline.spec import Scoring, StageSpec
 from .base import Worker, run_stage
+from .sft import record_curves, tracking
 from .sft_gate import find_candidate
+
+# Flat run params the rl stage reads in every run kind: they mean the same to the sft stage.
+SHARED_FLAT = ("report_to",)
 
 
 def stage_config(spec: StageSpec) -> RLParams:
     """The :class:`RLParams` of a stage spec (see the module docstring for the layers)."""
     defaults = params_from(RLParams, spec.training, "[training.rl]").model_dump(exclude_unset=True)
     params = spec.params
-    flat = {k: v for k, v in params.items() if k in RLParams.model_fields} if spec.run_kind == "rl" else {}
+    flat = {k: v for k, v in params.items()
+            if k in RLParams.model_fields and (spec.run_kind == "rl" or k in SHARED_FLAT)}
     nested = dict(params.get("rl") or {})
     merged = {**defaults, **flat, **nested}
     merged["rewards"] = {**spec.rewards.model_dump(mode="json"), **defaults.get("rewards", {}),
@@ -109,9 +117,10 @@ def main(w: Worker) -> dict:
 
     from pr1d.inference.generate import load_model
     from pr1d.train.grpo import copy_policy, last_checkpoint, train_grpo
-    from pr1d.train.sft import evaluate_model, save_candidate
+    from pr1d.train.sft import check_reporters, evaluate_model, save_candidate
 
     cfg = stage_config(w.spec)
+    check_reporters(cfg.report_to)  # a missing tracker package stops the stage now, not after the evaluation
     start, source = start_model(w)
     w.log(f"starting from {start} ({source})")
     torch.set_num_threads(cfg.threads)
@@ -147,7 +156,7 @@ def main(w: Worker) -> dict:
     resume = w.resume or last_checkpoint(w.checkpoint_dir) is not None
     model, tokenizer, summary = train_grpo(
         start, w.checkpoint_dir, cfg, on_event=on_event, stop=w.stop_requested, resume=resume, critic=critic,
-        use_cpu=True if w.params.get("cpu") else None,
+        use_cpu=True if w.params.get("cpu") else None, **tracking(w),
     )
     if summary["resumed_from"]:
         w.log(f"resumed from {summary['resumed_from']}")
@@ -156,6 +165,7 @@ def main(w: Worker) -> dict:
     if not w.is_main:
         # Data-parallel replicas hold the weights the main process saves; it alone writes and reports.
         return {}
+    record_curves(w, cfg.report_to)
     stop = summary["stop"]
     w.log(f"training ended at step {summary['steps']}: {stop['reason'] if stop else 'unknown'}"
           + (f" ({stop['detail']})" if stop else ""))

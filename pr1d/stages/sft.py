@@ -4,7 +4,9 @@ Params: ``model`` (base model folder; default: the agent's model in service), ``
 default: the run's ``NN-dataset/dataset/records.jsonl``, else generated from the GSM-lite training split),
 ``cpu``, plus every :class:`pr1d.params.SFTParams` field (``parallel_format``, ``branches``, ``finetune``,
 ``max_steps``, ``mix``, ...) over the config's ``[training.sft]``. ``eval_per_tier`` > 0 also scores the
-candidate (the gate stage compares it with the base).
+candidate (the gate stage compares it with the base). ``report_to`` names experiment trackers: TensorBoard
+writes into the stage's ``tensorboard/`` folder, recorded as an artifact (kind ``tensorboard``); every tracker
+sees the run as ``pr1-run<id>-sft``. A tracker whose package is missing fails the stage before it trains.
 
 SIGTERM: the trainer saves a checkpoint at the current step and the stage exits 75; with ``"resume": true``
 (or a checkpoint already in the stage's checkpoint folder) training continues from it with the optimizer,
@@ -28,6 +30,23 @@ def find_dataset(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+# The folder of a training stage's TensorBoard event files (report_to = ["tensorboard"]), inside its stage folder
+# so that each run's curves stay with the run: `tensorboard --logdir <state>/runs` compares them all.
+TENSORBOARD_DIR = "tensorboard"
+
+
+def tracking(w: Worker) -> dict[str, Any]:
+    """The trainer's ``logging_dir`` and ``run_name`` for this stage (the SFT and RL stages share them)."""
+    return {"logging_dir": w.stage_dir / TENSORBOARD_DIR, "run_name": f"pr1-run{w.run_id}-{w.spec.stage}"}
+
+
+def record_curves(w: Worker, report_to: list[str]) -> None:
+    """Record the stage's TensorBoard folder (kind ``tensorboard``), so `pr1ctl show RUN` names it."""
+    folder = w.stage_dir / TENSORBOARD_DIR
+    if "tensorboard" in report_to and folder.is_dir():
+        w.artifact("tensorboard", folder, kind="tensorboard")
+
+
 # Every training record's task id and question, generated top-up included: the backtest leaves these out.
 TRAINING_TASKS = "training_tasks.jsonl"
 
@@ -48,7 +67,7 @@ def write_training_tasks(records: list[dict[str, Any]], path: Path) -> None:
 
 
 def main(w: Worker) -> dict:
-    from pr1d.train.sft import curriculum_records, load_records, save_candidate, train_sft
+    from pr1d.train.sft import check_reporters, curriculum_records, load_records, save_candidate, train_sft
 
     if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
         # Each FSDP rank holds a shard: the candidate needs the shards gathered by every rank at once, which
@@ -71,6 +90,7 @@ def main(w: Worker) -> dict:
     cfg = w.stage_params(SFTParams, "sft")
     if "eval_per_tier" not in w.spec.training and "eval_per_tier" not in p:
         cfg = cfg.model_copy(update={"eval_per_tier": 0})
+    check_reporters(cfg.report_to)  # a missing tracker package stops the stage now, not after the data is built
     data = Path(p["data"]) if p.get("data") else find_dataset(w.run_dir)
     records, sources = curriculum_records(load_records(data) if data is not None else [], cfg)
     w.log(
@@ -100,6 +120,7 @@ def main(w: Worker) -> dict:
         stop=w.stop_requested,
         resume=resume,
         use_cpu=True if p.get("cpu") else None,
+        **tracking(w),
     )
     if summary["resumed_from"]:
         w.log(f"resumed from {summary['resumed_from']}")
@@ -113,6 +134,7 @@ def main(w: Worker) -> dict:
     if not w.is_main:
         # The DDP replicas hold the weights the main process saves; it alone writes and reports the candidate.
         return {}
+    record_curves(w, cfg.report_to)
     out = w.stage_dir / "candidate"
     with writing(out):
         paths = save_candidate(model, tokenizer, out)

@@ -1,7 +1,7 @@
 """The `sft_gate` stage: score base and SFT candidate on the same held-out GSM-lite problems, then gate.
 
 Params: the fields of :class:`pr1d.params.SFTGateParams` (``base``, ``candidate`` (default: the run's
-``NN-sft/candidate``), ``n_per_tier``, ``threshold``, ``mode`` (``absolute`` | ``relative``), ``tiers``,
+``NN-sft/candidate``), ``n_per_tier``, ``threshold``, ``uplift_mode`` (``absolute`` | ``relative``), ``tiers``,
 ``max_new_tokens``, ``threads``) over ``[training.sft_gate]``; ``base`` defaults to the run's ``model``
 param, else the agent's model in service. Returns ``{"sft_gate": evidence}`` when
 the candidate clears the bar, else that plus ``{"stop_run": {"state": "rejected", "reason":
@@ -55,7 +55,7 @@ def main(w: Worker) -> dict:
         reports["candidate"]["accuracy"],
         n,
         threshold=p.threshold,
-        mode=p.mode,
+        mode=p.uplift_mode,
     )
     evidence = {
         **decision.evidence,

@@ -65,7 +65,7 @@ from pr1d.train.curriculum import (
     stop_decision,
 )
 from pr1d.train.rewards import correctness_reward, decode_completions, make_reward_funcs
-from pr1d.train.sft import load_trainable
+from pr1d.train.sft import check_reporters, load_trainable, report_args, tensorboard_into
 
 STATE_FILE = "curriculum_state.json"  # written into every checkpoint folder next to TRL's own state
 
@@ -401,8 +401,10 @@ def last_checkpoint(checkpoint_dir: str | Path) -> str | None:
     return get_last_checkpoint(str(d)) if d.is_dir() else None
 
 
-def grpo_args(cfg: RLParams, output_dir: str | Path, use_cpu: bool) -> GRPOConfig:
-    """TRL's config for ``cfg``; CPU settings explicit, since TRL turns bf16 and gradient checkpointing on."""
+def grpo_args(cfg: RLParams, output_dir: str | Path, use_cpu: bool, run_name: str | None = None) -> GRPOConfig:
+    """TRL's config for ``cfg``; CPU settings explicit, since TRL turns bf16 and gradient checkpointing on.
+
+    ``run_name``: the run's name in the ``cfg.report_to`` trackers."""
     return GRPOConfig(
         output_dir=str(output_dir),
         max_steps=cfg.max_steps,
@@ -426,7 +428,7 @@ def grpo_args(cfg: RLParams, output_dir: str | Path, use_cpu: bool) -> GRPOConfi
         save_total_limit=2,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        report_to=[],
+        **report_args(cfg, run_name),
         disable_tqdm=True,
         dataloader_num_workers=0,
         shuffle_dataset=False,
@@ -442,10 +444,17 @@ def build_trainer(
     stop: threading.Event | None = None,
     critic: Any = None,
     use_cpu: bool | None = None,
+    logging_dir: str | Path | None = None,
+    run_name: str | None = None,
 ) -> tuple[ParallelRLTrainer, RLEventCallback]:
-    """The trainer and its event callback, ready to ``train()``; the model is loaded from ``model_path``."""
+    """The trainer and its event callback, ready to ``train()``; the model is loaded from ``model_path``.
+
+    ``logging_dir``: where TensorBoard's event files go when ``cfg.report_to`` has it (default: under the
+    checkpoint folder); ``run_name``: the run's name in the trackers.
+    """
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+    check_reporters(cfg.report_to)  # before the model loads: a missing tracker is a one-line error
     torch.set_num_threads(cfg.threads)
     emit = on_event or (lambda _t, _f: None)
     model, tokenizer = load_trainable(model_path, cfg)  # reads the finetune/lora_* fields both configs share
@@ -458,7 +467,7 @@ def build_trainer(
     trainer = ParallelRLTrainer(
         model=model,
         reward_funcs=list(reward_funcs),
-        args=grpo_args(cfg, checkpoint_dir, use_cpu),
+        args=grpo_args(cfg, checkpoint_dir, use_cpu, run_name),
         train_dataset=slots(cfg.max_steps * cfg.generation_batch),
         processing_class=tokenizer,
         callbacks=[callback],
@@ -469,6 +478,7 @@ def build_trainer(
     # Events go through on_event; the Trainer's own printing would interleave with the event stream on stdout.
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
+    tensorboard_into(trainer, logging_dir)
     return trainer, callback
 
 
@@ -482,10 +492,13 @@ def train_grpo(
     resume: bool = False,
     critic: Any = None,
     use_cpu: bool | None = None,
+    logging_dir: str | Path | None = None,
+    run_name: str | None = None,
 ):
-    """Train; returns ``(model, tokenizer, summary)``. ``summary["interrupted"]``: stopped on request."""
+    """Train; returns ``(model, tokenizer, summary)``. ``summary["interrupted"]``: stopped on request.
+    ``logging_dir`` and ``run_name``: see :func:`build_trainer`."""
     trainer, callback = build_trainer(model_path, checkpoint_dir, cfg, on_event=on_event, stop=stop,
-                                      critic=critic, use_cpu=use_cpu)
+                                      critic=critic, use_cpu=use_cpu, logging_dir=logging_dir, run_name=run_name)
     ckpt = last_checkpoint(checkpoint_dir) if resume else None
     started = time.monotonic()
     trainer.train(resume_from_checkpoint=ckpt)
@@ -548,7 +561,8 @@ def config_from_args(args: argparse.Namespace) -> RLParams:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pr1d.train.grpo", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="starting model folder (e.g. an SFT candidate)")
-    parser.add_argument("--out", required=True, help="output folder: candidate/, checkpoints/, rl.json")
+    parser.add_argument("--out", required=True,
+                        help="output folder: candidate/, checkpoints/, rl.json (and tensorboard/ with --report-to)")
     parser.add_argument("--cpu", action="store_true", help="train on CPU even when CUDA is available")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     parser.add_argument("--critic-url", help="scoring API base URL for the critic term (with --critic)")
@@ -564,6 +578,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     if cfg.critic and not args.critic_url:
         parser.error("--critic needs --critic-url (the scoring API's base URL)")
+    check_reporters(cfg.report_to)  # before the held-out evaluation below, not after it
     out = Path(args.out)
     critic = None
     if cfg.critic:
@@ -595,7 +610,8 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda _signum, _frame: stop.set())
     model, tokenizer, train = train_grpo(args.model, out / "checkpoints", cfg, on_event=show, stop=stop,
-                                         resume=args.resume, critic=critic, use_cpu=True if args.cpu else None)
+                                         resume=args.resume, critic=critic, use_cpu=True if args.cpu else None,
+                                         logging_dir=out / "tensorboard", run_name=f"pr1-rl-{out.name}")
     if train["interrupted"]:
         print(f"stopped at step {train['steps']} after saving a checkpoint; rerun with --resume", file=sys.stderr)
         return 75

@@ -12,6 +12,9 @@ the ``<s>`` the model was pretrained and is evaluated with.)
 
 On CPU batches are dynamically padded and length-grouped (``train_sampling_strategy="group_by_length"``);
 ``padding_free`` needs flash attention and is never used with sdpa/eager.
+
+``report_to`` (an :class:`SFTParams` field the RL stage shares) names experiment trackers; TensorBoard's event
+files go to ``--out``/tensorboard (the stage: its folder's ``tensorboard/``).
 """
 
 from __future__ import annotations
@@ -159,6 +162,58 @@ def load_trainable(model_path: str | Path, cfg: Any):
     return model, tokenizer
 
 
+# -------------------------------------------------------------------------------------------------
+# Experiment tracking (report_to), shared with the RL trainer
+# -------------------------------------------------------------------------------------------------
+
+
+class TrackerMissing(RuntimeError):
+    """A ``report_to`` tracker whose package is not installed in the training environment."""
+
+
+def check_reporters(report_to: list[str]) -> None:
+    """Raise :class:`TrackerMissing`, naming what to pip install, when a tracker's package is missing.
+
+    Called before the model loads: without the check the Trainer's constructor (or, for some trackers, the
+    first log) fails with an ImportError traceback after minutes of loading and data preparation.
+    """
+    import importlib.util
+
+    from pr1d.params import REPORTERS
+
+    missing = [name for name in report_to if importlib.util.find_spec(REPORTERS[name]) is None]
+    if missing:
+        packages = " ".join(REPORTERS[name] for name in missing)
+        whose = "its package is" if len(missing) == 1 else "their packages are"
+        raise TrackerMissing(
+            f"report_to asks for {', '.join(missing)} but {whose} not installed in this environment "
+            f"({sys.executable}): pip install {packages}" + (" (tensorboard comes with pip install 'pr1[train]')"
+                                                            if "tensorboard" in missing else "")
+            + f", or take {', '.join(missing)} out of report_to"
+        )
+
+
+def report_args(cfg: Any, run_name: str | None) -> dict[str, Any]:
+    """The Trainer arguments of ``cfg.report_to`` (either stage's params): the trackers and the run's name."""
+    return {"report_to": list(cfg.report_to), **({"run_name": run_name} if run_name else {})}
+
+
+def tensorboard_into(trainer, logging_dir: str | Path | None) -> None:
+    """Point the trainer's TensorBoard writer (when ``report_to`` has one) at ``logging_dir``.
+
+    transformers 5 has no ``logging_dir`` argument: its callback reads ``TENSORBOARD_LOGGING_DIR`` when it is
+    built, else writes under ``output_dir`` (here the checkpoint folder). Setting the folder on the callback
+    keeps the process environment alone; the writer is opened at the start of training.
+    """
+    if logging_dir is None:
+        return
+    from transformers.integrations import TensorBoardCallback
+
+    for cb in trainer.callback_handler.callbacks:
+        if isinstance(cb, TensorBoardCallback):
+            cb.logging_dir = str(logging_dir)
+
+
 def last_checkpoint(checkpoint_dir: str | Path) -> str | None:
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -176,8 +231,15 @@ def train_sft(
     stop: threading.Event | None = None,
     resume: bool = False,
     use_cpu: bool | None = None,
+    logging_dir: str | Path | None = None,
+    run_name: str | None = None,
 ):
-    """Train; returns ``(model, tokenizer, summary)``. ``summary["interrupted"]``: stopped on request."""
+    """Train; returns ``(model, tokenizer, summary)``. ``summary["interrupted"]``: stopped on request.
+
+    ``logging_dir``: where TensorBoard's event files go when ``cfg.report_to`` has it (default: under the
+    checkpoint folder); ``run_name``: the run's name in the trackers.
+    """
+    check_reporters(cfg.report_to)
     import torch
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -217,7 +279,7 @@ def train_sft(
         train_sampling_strategy="group_by_length" if cfg.padding == "dynamic" else "random",
         pad_to_multiple_of=cfg.max_length if cfg.padding == "max_length" else None,
         include_num_input_tokens_seen="non_padding",
-        report_to=[],
+        **report_args(cfg, run_name),
         disable_tqdm=True,
         dataloader_num_workers=0,
         # Under DDP: every trainable parameter (LoRA adapters, the saved embeddings) takes part in each
@@ -237,6 +299,7 @@ def train_sft(
 
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
+    tensorboard_into(trainer, logging_dir)
     ckpt = last_checkpoint(checkpoint_dir) if resume else None
     started = time.monotonic()
     out = trainer.train(resume_from_checkpoint=ckpt)
@@ -370,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pr1d.train.sft", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="base model folder (save_pretrained output)")
     parser.add_argument("--data", help="records JSONL; default: generated from the GSM-lite training split")
-    parser.add_argument("--out", required=True, help="output folder: candidate/, checkpoints/, sft.json")
+    parser.add_argument("--out", required=True,
+                        help="output folder: candidate/, checkpoints/, sft.json (and tensorboard/ with --report-to)")
     parser.add_argument("--cpu", action="store_true", help="train on CPU even when CUDA is available")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     add_config_arguments(parser)
@@ -397,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
         on_event=show,
         resume=args.resume,
         use_cpu=True if args.cpu else None,
+        logging_dir=out / "tensorboard",
+        run_name=f"pr1-sft-{out.name}",
     )
     if summary["rank"] != 0:
         return 0  # under `accelerate launch` the main process writes the candidate and the report
