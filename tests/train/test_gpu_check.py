@@ -1,0 +1,50 @@
+"""scripts/gpu-check: the GPU check's code path, run here on the CPU in its smoke shape (the real run needs a GPU)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_smoke_runs_sft_rl_and_generation_and_reports_them(tmp_path):
+    cp = subprocess.run(["bash", str(ROOT / "scripts" / "gpu-check"), "--smoke", "--out", str(tmp_path)],
+                        capture_output=True, text=True, timeout=600)
+    assert cp.returncode == 0, cp.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu-check.json").read_text())
+    assert report["ok"] and report["device"] == "cpu" and report["model"]["architecture"] == "Qwen2ForCausalLM"
+    assert report["sft"]["steps"] == 4 and report["sft"]["tokens_per_s"] > 0
+    assert report["rl"]["steps"] == 2 and report["rl"]["completions_per_s"] > 0
+    gen = report["generation"]
+    assert gen["plain"]["tokens_per_s"] > 0 and gen["forked"]["tokens_per_s"] > 0
+    assert json.loads(cp.stdout) == report  # what it prints is what it writes
+    assert (tmp_path / "sft-candidate" / "config.json").is_file()
+
+
+def test_without_a_gpu_the_full_check_says_so(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible: the full check would run")
+    cp = subprocess.run(["bash", str(ROOT / "scripts" / "gpu-check")], capture_output=True, text=True, timeout=120)
+    assert cp.returncode == 2 and "no CUDA device visible" in cp.stderr and "--smoke" in cp.stderr
+
+
+def test_a_failing_part_is_named_and_exits_1(monkeypatch, capsys):
+    from pr1d.train import gpu_check
+
+    def broken(*_a, **_k):
+        raise RuntimeError("CUDA out of memory (injected)")
+
+    # A fault this machine cannot cause: the part after the model fails.
+    monkeypatch.setattr(gpu_check, "run_sft", broken)
+    assert gpu_check.main(["--smoke"]) == 1
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    assert report["ok"] is False and report["sft"] == {"ok": False, "error": "RuntimeError: CUDA out of memory (injected)"}
+    assert "gpu-check: FAILED in sft" in err
