@@ -105,7 +105,7 @@ def worker(arm: str, model: str, steps: int, max_len: int, out: str) -> None:
         from pr1d.train.rewards import make_reward_funcs
 
         tok = AutoTokenizer.from_pretrained(model, local_files_only=True)
-        m = AutoModelForCausalLM.from_pretrained(model, local_files_only=True)
+        m = AutoModelForCausalLM.from_pretrained(model, local_files_only=True, use_kernels=False)
         # The problems the stage draws, step by step, once each: RepeatSampler (no shuffle) repeats each
         # num_generations times, in this order.
         cur = CurriculumRun(cfg, tier_pools(("easy",), cfg.tier_pool, cfg.seed))

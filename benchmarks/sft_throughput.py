@@ -81,7 +81,7 @@ def worker(arm: str, model: str, records_path: str, steps: int, out: str) -> Non
         from trl import SFTConfig, SFTTrainer
 
         tok = AutoTokenizer.from_pretrained(model)
-        m = AutoModelForCausalLM.from_pretrained(model)
+        m = AutoModelForCausalLM.from_pretrained(model, local_files_only=True, use_kernels=False)
         ds = Dataset.from_list(encode_records(tok, records, cfg.max_length))
         args = SFTConfig(
             output_dir=ckpt, max_steps=steps, per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.lr,

@@ -17,12 +17,19 @@ class Completion:
     finished: bool  # the model emitted EOS before max_new_tokens
 
 
+# How pr1 loads every model: from local files, never running code from the Hub. That includes the Hub's
+# kernels: transformers 5 turns `use_kernels` on by default and, on CUDA, swaps layers (Qwen2's RoPE) for
+# kernels-community code when the model enters train() or eval(), which asks the Hub for the publisher's trust
+# status and fails on an offline host (found by scripts/gpu-check on an H200).
+LOCAL_ONLY = {"trust_remote_code": False, "local_files_only": True, "use_kernels": False}
+
+
 def load_model(path: str | Path, adapter: str | Path | None = None, device: str = "cpu"):
     """``(model, tokenizer)`` from a local folder, never running remote code; PEFT only when asked."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=False, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(str(path), **LOCAL_ONLY)
     if adapter is not None:
         # peft is heavy and only needed for adapters: import it here, not at module level.
         from peft import PeftModel

@@ -36,7 +36,7 @@ SHAPES = {
               "num_key_value_heads": 2},
 }
 # (SFT steps, SFT batch, RL steps, generation prompts per tier) per mode: the GPU budget is 8 minutes.
-BUDGET = {"0.5b": (60, 16, 6, 32), "smoke": (4, 4, 2, 2)}
+BUDGET = {"0.5b": (60, 16, 6, 32), "smoke": (4, 4, 2, 2)}  # 0.5b: 204 s on one H200
 
 
 def build_model(out: Path, shape: str, seed: int = 0) -> dict[str, Any]:

@@ -152,8 +152,10 @@ def load_trainable(model_path: str | Path, cfg: Any):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from pr1d.inference.generate import LOCAL_ONLY
+
     tokenizer = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(str(model_path), local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(str(model_path), **LOCAL_ONLY)
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
     if cfg.finetune == "lora":

@@ -48,3 +48,16 @@ def test_a_failing_part_is_named_and_exits_1(monkeypatch, capsys):
     report = json.loads(out)
     assert report["ok"] is False and report["sft"] == {"ok": False, "error": "RuntimeError: CUDA out of memory (injected)"}
     assert "gpu-check: FAILED in sft" in err
+
+
+def test_models_load_without_the_hubs_kernels(tiny_model):
+    # What the GPU check found: transformers 5 kernelizes from the Hub by default on CUDA (and fails offline).
+    from pr1d.inference.generate import load_model
+    from pr1d.params import SFTParams
+    from pr1d.train.sft import load_trainable
+
+    model, _ = load_model(tiny_model)
+    assert model.use_kernels is False
+    model, _ = load_trainable(tiny_model, SFTParams())
+    model.train()
+    assert model.use_kernels is False
