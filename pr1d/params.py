@@ -279,7 +279,7 @@ REPORTERS: dict[str, str] = {
 
 
 class LoraParams(_Params):
-    """What the SFT and RL stages share: full fine-tuning or a LoRA adapter, and the adapter's shape."""
+    """What the SFT and RL stages share: full fine-tuning or a LoRA adapter and its shape, precision, trackers."""
 
     finetune: Literal["full", "lora"] = Field(
         "full", description="full (all weights) or lora (adapter + trainable embeddings/lm_head)")
@@ -291,6 +291,12 @@ class LoraParams(_Params):
         description="comma-separated module names LoRA wraps")
     seed: int = Field(0, description="seeds data order, sampling and the LoRA init")
     threads: int = Field(2, ge=1, description="torch CPU threads")
+    bf16: bool = Field(
+        False, description="bf16 mixed precision (autocast) on a GPU; ignored on the CPU. On for the 7B GPU "
+        "profile; off, `accelerate launch` still applies its config's mixed_precision")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass: ~30% slower steps for far less activation "
+        "memory (on for the 7B profile's long sequences; no gain on the tiny CPU model)")
     report_to: list[Reporter] = Field(
         [], description="experiment trackers the trainer logs its curves to: tensorboard (event files in the "
         "stage's tensorboard/ folder, an artifact of the run), trackio, wandb, mlflow (run name "
@@ -340,12 +346,6 @@ class SFTParams(LoraParams):
         description="tier mix of generated records (tier=share,... or a table). Weighted to what the agent does "
         "not yet master: the default trained medium from 19% to 82% on the demo model; the pretraining mix "
         "(70% easy) lost 3 points")
-    bf16: bool = Field(
-        False, description="bf16 mixed precision (autocast; on for the 7B GPU profile). Off, `accelerate launch` "
-        "still applies its config's mixed_precision")
-    gradient_checkpointing: bool = Field(
-        False, description="recompute activations in the backward pass: ~30% slower steps for far less activation "
-        "memory (on for the 7B profile's long sequences; no gain on the tiny CPU model)")
 
     @field_validator("mix", mode="before")
     @classmethod

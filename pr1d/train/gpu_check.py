@@ -10,8 +10,8 @@ layers, 14 heads, 2 KV heads) over pr1's own byte-level BPE tokenizer, whose voc
 about 0.36B parameters instead of 0.49B. Its answers are noise: the check measures that the path runs and how
 fast, not accuracy. ``--smoke`` shrinks everything to run on a CPU in about a minute (tests/test_gpu_check.py).
 
-Not measured yet, because pr1 has no such setting yet: RL in bf16 (its args force fp32) and generation through
-vLLM (issue 19, item 2). The SFT part runs in bf16 on a GPU (``SFTParams.bf16``).
+Not measured yet, because pr1 has no such setting yet: generation through vLLM (issue 19, item 2). SFT and RL
+run in bf16 on a GPU (``bf16`` on both stages' parameters).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ SHAPES = {
               "num_key_value_heads": 2},
 }
 # (SFT steps, SFT batch, RL steps, generation prompts per tier) per mode: the GPU budget is 8 minutes.
-BUDGET = {"0.5b": (60, 16, 6, 32), "smoke": (4, 4, 2, 2)}  # 0.5b: 204 s on one H200
+BUDGET = {"0.5b": (60, 16, 6, 32), "smoke": (4, 4, 2, 2)}  # 0.5b: 173 s on one H200
 
 
 def build_model(out: Path, shape: str, seed: int = 0) -> dict[str, Any]:
@@ -123,13 +123,15 @@ def run_rl(model_dir: Path, work: Path, shape: str, device: str) -> dict[str, An
 
     _, _, steps, _ = BUDGET[shape]
     cfg = RLParams(max_steps=steps, explore_verify=False, checkpoint_every=10**6, eval_per_tier=0, threads=2,
-                   max_completion_length=64 if shape == "smoke" else 256, curriculum={"tiers": ["easy"]})
+                   max_completion_length=64 if shape == "smoke" else 256, curriculum={"tiers": ["easy"]},
+                   bf16=device == "cuda")
     timer = Timer()
     t0 = time.monotonic()
     train_grpo(model_dir, work / "rl-ckpt", cfg, on_event=timer, use_cpu=device == "cpu")
     elapsed = time.monotonic() - t0
     completions = steps * cfg.generation_batch
-    return {"ok": True, "seconds": round(elapsed, 1), "precision": "fp32", "generation": "transformers generate",
+    return {"ok": True, "seconds": round(elapsed, 1), "precision": "bf16" if cfg.bf16 else "fp32",
+            "generation": "transformers generate",
             "completions": completions, "completions_per_s": round(completions / elapsed, 2), **timer.summary(),
             **peak_memory(device)}
 

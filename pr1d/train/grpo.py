@@ -402,7 +402,7 @@ def last_checkpoint(checkpoint_dir: str | Path) -> str | None:
 
 
 def grpo_args(cfg: RLParams, output_dir: str | Path, use_cpu: bool, run_name: str | None = None) -> GRPOConfig:
-    """TRL's config for ``cfg``; CPU settings explicit, since TRL turns bf16 and gradient checkpointing on.
+    """TRL's config for ``cfg``; bf16 and gradient checkpointing explicit (``cfg``), since TRL turns both on.
 
     ``run_name``: the run's name in the ``cfg.report_to`` trackers."""
     return GRPOConfig(
@@ -417,10 +417,10 @@ def grpo_args(cfg: RLParams, output_dir: str | Path, use_cpu: bool, run_name: st
         gradient_accumulation_steps=cfg.generation_batch // cfg.micro_batch,  # one generation batch per step
         temperature=cfg.temperature,
         max_completion_length=cfg.max_completion_length,
-        bf16=False,
+        bf16=cfg.bf16 and not use_cpu,  # TRL turns it on by default; on the CPU it only slows the tiny model
         fp16=False,
-        gradient_checkpointing=False,
-        activation_checkpointing=False,  # transformers 5's name for it; TRL 1.16 still defaults the old one on
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing=cfg.gradient_checkpointing,  # transformers 5's name; TRL 1.16 still sets the old one
         use_cpu=use_cpu,
         logging_steps=1,
         save_strategy="steps",

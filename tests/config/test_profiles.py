@@ -49,7 +49,7 @@ def test_7b_profile_is_the_production_recipe():
     cfg = _load(ROOT / "config" / "profiles" / "qwen2.5-7b.toml")
     sft, rl = cfg.training.sft, cfg.training.rl
     assert (sft.finetune, sft.bf16, sft.gradient_checkpointing) == ("lora", True, True)
-    assert rl.finetune == "lora"
+    assert (rl.finetune, rl.bf16, rl.gradient_checkpointing) == ("lora", True, True)
     assert cfg.daemon.accelerate_config.endswith("1node-8gpu-ddp.yaml")
 
 

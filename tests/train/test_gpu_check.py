@@ -61,3 +61,15 @@ def test_models_load_without_the_hubs_kernels(tiny_model):
     model, _ = load_trainable(tiny_model, SFTParams())
     model.train()
     assert model.use_kernels is False
+
+
+def test_rl_precision_settings_reach_trl(tmp_path):
+    # RL shares bf16 and gradient checkpointing with SFT (LoraParams); TRL turns both on unless told, so both
+    # are always explicit, and bf16 never applies on the CPU (it only slows the tiny model there).
+    from pr1d.params import RLParams
+    from pr1d.train.grpo import grpo_args
+
+    args = grpo_args(RLParams(bf16=True, gradient_checkpointing=True), tmp_path, use_cpu=True)
+    assert (args.bf16, args.gradient_checkpointing) == (False, True)
+    args = grpo_args(RLParams(), tmp_path, use_cpu=True)
+    assert (args.bf16, args.gradient_checkpointing, args.fp16) == (False, False, False)
