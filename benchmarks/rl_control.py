@@ -79,7 +79,10 @@ def one_seed(base: Path, sft_cfg: dict, rl_cfg: dict, n: int, work: Path) -> dic
     del model
 
     # 2. RL from the SFT candidate, the demo's stage settings and the daemon's default rewards.
-    rcfg = params_from(RLParams, {**rl_cfg, "rewards": Config().rewards.model_dump(mode="json"), "checkpoint_every": 100_000}, "rl")
+    # The daemon's [rewards] under the arm's own reward keys (--rl '{"rewards": {"format_weight": 0}}'), as the rl
+    # stage layers them.
+    rewards = {**Config().rewards.model_dump(mode="json"), **rl_cfg.get("rewards", {})}
+    rcfg = params_from(RLParams, {**rl_cfg, "rewards": rewards, "checkpoint_every": 100_000}, "rl")
     t0 = time.monotonic()
     model, tok, rsum = train_grpo(sft_dir, work / "rl-ckpt", rcfg, use_cpu=True)
     out["rl_s"] = time.monotonic() - t0
@@ -98,7 +101,7 @@ def one_seed(base: Path, sft_cfg: dict, rl_cfg: dict, n: int, work: Path) -> dic
     # 3. The control: SFT continued for the RL arm's wall time, on fresh problems.
     steps = max(1, round(out["rl_s"] / s_per_step))
     ccfg = params_from(SFTParams, {"eval_per_tier": 0, "checkpoint_every": 100_000, **sft_cfg,
-                                   "max_steps": steps, "seed": int(sft_cfg.get("seed", 0)) + 1})
+                                   "max_steps": steps, "seed": int(sft_cfg.get("seed", 0)) + 1}, "sft+")
     crecords, _ = curriculum_records([], ccfg)
     t0 = time.monotonic()
     model, tok, csum = train_sft(sft_dir, crecords, work / "cont-ckpt", ccfg)
