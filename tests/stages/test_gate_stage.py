@@ -20,9 +20,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("trl")
 pytest.importorskip("matplotlib")
 
-from test_backtest import check_report_picture  # noqa: E402
-
 from tests.conftest import add_agents  # noqa: E402
+from tests.evaluate.test_backtest import check_report_picture  # noqa: E402
 from tests.model_fixtures import TINY_CONFIG  # noqa: E402  (the tiny model's recipe, one place)
 from tests.registry.registry_kit import Sim  # noqa: E402
 
