@@ -38,6 +38,7 @@ __all__ = [
     "add_param_arguments",
     "parse_mix",
     "params_from",
+    "stage_view",
     "validate_run_params",
 ]
 
@@ -78,6 +79,15 @@ def params_from(model: type[P], data: Mapping[str, Any] | None, where: str) -> P
         return model.model_validate(dict(data or {}))
     except ValidationError as e:
         raise ParamsError(_describe(e, model, where)) from None
+
+
+def stage_view(model: type[P], params: Mapping[str, Any], where: str, *, defaults: Mapping[str, Any] | None = None,
+               base: Mapping[str, Any] | None = None) -> P:
+    """One stage's parameters: ``base`` (the stage's own defaults) under ``defaults`` (its ``[training.<stage>]``)
+    under the run params that are ``model``'s fields. Run params are shared by every stage of a run, so the
+    other keys are other stages'. The trigger (:func:`validate_run_params`) and the worker build the same view."""
+    run = {k: v for k, v in params.items() if k in model.model_fields}
+    return params_from(model, {**(base or {}), **(defaults or {}), **run}, where)
 
 
 def parse_mix(value: str | Mapping[str, Any]) -> dict[str, float]:
@@ -616,8 +626,7 @@ def validate_run_params(kind: str, params: Mapping[str, Any], stages: tuple[str,
         keys = STAGE_KEYS.get(s)
         if keys is None or keys.model is None or not (keys.flat_model or kind == "rl"):
             continue
-        params_from(keys.model, {k: v for k, v in params.items() if k in keys.model.model_fields},
-                    f"run kind {kind!r}, stage {s}")
+        stage_view(keys.model, params, f"run kind {kind!r}, stage {s}")
 
 
 # -------------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from typing import Any
 
 from ..data.targeted import DEFAULT_COMPLIANCE_KEYS
 from ..evaluate.backtest import REPORT_SCHEMA, RUBRIC_CHECKS, SIDES, figure_data, rubric_checks, summarize
-from ..params import BacktestParams, params_from
+from ..params import BacktestParams, stage_view
 from ..pipeline.files import writing
 from ..pipeline.spec import StageSpec
 from .base import Worker, run_stage
@@ -52,10 +52,10 @@ def backtest_params(spec: StageSpec) -> BacktestParams:
     """The stage's parameters: the run's params that are :class:`BacktestParams` fields over the config's
     ``[training.backtest]`` (the other run params are other stages'); ``params.model`` is the SFT stage's
     name for ``base``."""
-    run = {k: v for k, v in spec.params.items() if k in BacktestParams.model_fields}
-    if run.get("base") is None and spec.params.get("model"):
-        run["base"] = spec.params["model"]
-    return params_from(BacktestParams, {**spec.training, **run}, "backtest")
+    params = dict(spec.params)
+    if params.get("base") is None and params.get("model"):
+        params["base"] = params["model"]
+    return stage_view(BacktestParams, params, "backtest", defaults=spec.training)
 
 
 # -- 1. who is compared ---------------------------------------------------------------------------------

@@ -141,15 +141,13 @@ class Worker:
         threading.Thread(target=self._heartbeat, args=(self.spec.heartbeat_s,), daemon=True,
                          name="pr1-heartbeat").start()
 
-    def stage_params(self, model: type[P], where: str = "") -> P:
-        """The stage's parameter model from the config's ``[training.<stage>]`` defaults (spec ``training``)
-        under the run's params that are fields of ``model`` (run params are shared by every stage of a run;
-        the other keys are other stages', and the trigger refused any no stage reads). Raises
-        :class:`pr1d.params.ParamsError` naming the bad key."""
-        from ..params import params_from
+    def stage_params(self, model: type[P], where: str = "", base: dict[str, Any] | None = None) -> P:
+        """The stage's parameter model: ``base`` under the config's ``[training.<stage>]`` defaults (spec
+        ``training``) under the run's params that are fields of ``model`` (:func:`pr1d.params.stage_view`, the
+        view the trigger checked). Raises :class:`pr1d.params.ParamsError` naming the bad key."""
+        from ..params import stage_view
 
-        run = {k: v for k, v in self.params.items() if k in model.model_fields}
-        return params_from(model, {**self.spec.training, **run}, where or self.spec.stage)
+        return stage_view(model, self.params, where or self.spec.stage, defaults=self.spec.training, base=base)
 
     # -- life cycle --------------------------------------------------------------------------------
     @staticmethod

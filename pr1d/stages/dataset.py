@@ -26,7 +26,7 @@ from pr1d.data.builder import build_dataset, record_stats, write_dataset
 from pr1d.data.gradebook import fetch_gradebook
 
 from ..kb.config import KBConfig
-from ..params import DatasetParams, params_from
+from ..params import DatasetParams, stage_view
 from ..pipeline.spec import StageSpec
 from .base import Worker, run_stage
 
@@ -39,8 +39,7 @@ def dataset_settings(spec: StageSpec) -> dict[str, Any]:
     compliance fired, whatever job won) adds exemplars to an ordinary dataset. Where the exemplars and the
     teacher live is config only: a run parameter must not point a worker at other files or hosts.
     """
-    p = params_from(DatasetParams, {k: v for k, v in spec.params.items() if k in DatasetParams.model_fields},
-                    "dataset params")
+    p = stage_view(DatasetParams, spec.params, "dataset params")
     ds = spec.dataset
     targeted = spec.run_kind == "targeted-sft" or p.targeted
     guardrails = targeted or p.guardrails

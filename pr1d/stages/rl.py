@@ -116,8 +116,8 @@ def main(w: Worker) -> dict:
     import torch
 
     from pr1d.inference.generate import load_model
-    from pr1d.train.grpo import copy_policy, last_checkpoint, train_grpo
-    from pr1d.train.sft import check_reporters, evaluate_model, save_candidate
+    from pr1d.train.grpo import copy_policy, train_grpo
+    from pr1d.train.sft import check_reporters, evaluate_model, last_checkpoint, save_candidate
 
     cfg = stage_config(w.spec)
     check_reporters(cfg.report_to)  # a missing tracker package stops the stage now, not after the evaluation

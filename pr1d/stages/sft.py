@@ -87,9 +87,7 @@ def main(w: Worker) -> dict:
         )
     # In a run the sft_gate stage scores base and candidate side by side; the stage's own evaluation is for
     # runs that ask for it (params.eval_per_tier), so a curriculum does not score the candidate twice.
-    cfg = w.stage_params(SFTParams, "sft")
-    if "eval_per_tier" not in w.spec.training and "eval_per_tier" not in p:
-        cfg = cfg.model_copy(update={"eval_per_tier": 0})
+    cfg = w.stage_params(SFTParams, "sft", base={"eval_per_tier": 0})
     check_reporters(cfg.report_to)  # a missing tracker package stops the stage now, not after the data is built
     data = Path(p["data"]) if p.get("data") else find_dataset(w.run_dir)
     records, sources = curriculum_records(load_records(data) if data is not None else [], cfg)

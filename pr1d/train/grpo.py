@@ -65,7 +65,7 @@ from pr1d.train.curriculum import (
     stop_decision,
 )
 from pr1d.train.rewards import correctness_reward, decode_completions, make_reward_funcs
-from pr1d.train.sft import check_reporters, load_trainable, report_args, tensorboard_into
+from pr1d.train.sft import check_reporters, last_checkpoint, load_trainable, report_args, tensorboard_into
 
 STATE_FILE = "curriculum_state.json"  # written into every checkpoint folder next to TRL's own state
 
@@ -392,13 +392,6 @@ class RLEventCallback(EventCallback):
 # -------------------------------------------------------------------------------------------------
 # Training
 # -------------------------------------------------------------------------------------------------
-
-
-def last_checkpoint(checkpoint_dir: str | Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    d = Path(checkpoint_dir)
-    return get_last_checkpoint(str(d)) if d.is_dir() else None
 
 
 def grpo_args(cfg: RLParams, output_dir: str | Path, use_cpu: bool, run_name: str | None = None) -> GRPOConfig:
