@@ -23,3 +23,14 @@ def random_demo_model(prefix: str) -> str:
     tok = gsm_tokenizer(seed=1)
     save_model(make_model(len(tok), "demo", tok, 0), tok, out)
     return str(out)
+
+
+def qwen2_shape_model(prefix: str, hidden: int = 256, layers: int = 4) -> str:
+    """A randomly initialised Qwen2-architecture model from elsewhere: its own byte-level BPE tokenizer with a
+    ChatML template and no Parallel tags (pr1d.train.stand_in, as the tests build it), in a new folder."""
+    from pr1d.train.stand_in import build_foreign_qwen2
+
+    out = Path(tempfile.mkdtemp(prefix=prefix)) / "model"
+    build_foreign_qwen2(out, shape={"hidden_size": hidden, "intermediate_size": 2 * hidden,
+                                    "num_hidden_layers": layers, "num_attention_heads": 4, "num_key_value_heads": 2})
+    return str(out)

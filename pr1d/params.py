@@ -427,6 +427,16 @@ class RLParams(LoraParams):
         False, description="add the critic-agreement reward term (POST /v1/critic/verify at the platform's scoring "
         "URL)")
     checkpoint_every: int = Field(25, ge=1, description="save a resumable checkpoint every N steps")
+    use_vllm: bool = Field(
+        False, description="generate the rollouts with vLLM through TRL (GPU only; pip install vllm): the step's "
+        "bottleneck at 7B. Off: transformers' generate, the CPU path")
+    vllm_mode: Literal["colocate", "server"] = Field(
+        "colocate", description="colocate: vLLM shares each training GPU (vllm_gpu_memory_utilization of it); server: "
+        "a separate `trl vllm-serve` at vllm_server_url")
+    vllm_server_url: str = Field("", description="base URL of the `trl vllm-serve` server (vllm_mode = server)")
+    vllm_gpu_memory_utilization: float = Field(
+        0.3, gt=0, lt=1, description="share of each GPU's memory vLLM takes in colocate mode")
+    vllm_tensor_parallel_size: int = Field(1, ge=1, description="GPUs one colocated vLLM engine spans")
     eval_per_tier: int = Field(
         50, ge=0, description="held-out GSM-lite problems per tier scored before and after training, on the "
         "selection split the gate never scores (0: skip, and keep_better cannot choose)")
@@ -462,6 +472,8 @@ class RLParams(LoraParams):
                     f"({sorted(sizes)}): each prompt of a step gets exactly one full group"
                 )
         self.reward_params()
+        if self.use_vllm and self.vllm_mode == "server" and not self.vllm_server_url.startswith(("http://", "https://")):
+            raise ValueError("vllm_mode = server needs vllm_server_url (http://host:port of `trl vllm-serve`)")
         return self
 
     def curriculum_params(self) -> CurriculumParams:

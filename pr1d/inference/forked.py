@@ -73,6 +73,7 @@ from pr1d.data.parallel_format import (
 )
 from pr1d.inference.generate import Completion
 from pr1d.inference.policy import ParallelExecutionPolicy, min_block_tokens
+from pr1d.inference.prompting import render_prompts
 
 __all__ = ["MODES", "ParallelCompletion", "RolloutStats", "forked_generate", "generate_paths"]
 
@@ -643,7 +644,7 @@ def _encode(tokenizer, prompts: Sequence[str] | Sequence[Sequence[int]]) -> list
     if not prompts:
         return []
     if all(isinstance(p, str) for p in prompts):
-        return [list(ids) for ids in tokenizer(list(prompts))["input_ids"]]
+        return [list(ids) for ids in tokenizer(render_prompts(tokenizer, list(prompts)))["input_ids"]]
     out = [list(p) for p in prompts]
     if not all(out) or not all(isinstance(t, int) for p in out for t in p):
         raise TypeError("prompts must all be strings or all be non-empty lists of token ids")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from .prompting import render_prompts
+
 
 @dataclass(frozen=True)
 class Completion:
@@ -29,6 +31,8 @@ def load_model(path: str | Path, adapter: str | Path | None = None, device: str 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, local_files_only=True)
+    if tokenizer.pad_token is None:  # Llama-family tokenizers ship none; batches pad with EOS (left, masked)
+        tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(str(path), **LOCAL_ONLY)
     if adapter is not None:
         # peft is heavy and only needed for adapters: import it here, not at module level.
@@ -55,6 +59,9 @@ def generate(
 ) -> list[list[Completion]]:
     """``num_samples`` completions for each prompt, in prompt order.
 
+    ``prompts`` are plain prompt texts: a tokenizer with a chat template wraps each in a user turn first
+    (:mod:`pr1d.inference.prompting`), as training did.
+
     Prompts are sorted by length before batching so that a batch carries little padding, and left-padded
     so that every row's last prompt token sits at the same position and new tokens line up. With
     ``seed`` set, sampling is reproducible: the RNG is seeded once before the first batch and batches
@@ -68,6 +75,7 @@ def generate(
         raise ValueError("greedy decoding gives one completion per prompt; set do_sample=True for k > 1")
     if seed is not None:
         torch.manual_seed(seed)
+    prompts = render_prompts(tokenizer, prompts)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

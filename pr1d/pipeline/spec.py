@@ -67,7 +67,18 @@ class Registry(_Section):
     state_dir: str = Field("", description="The daemon's state dir (ledger, gradebook copy, KB).")
     models_root: str = Field("", description="Folder of the registered model versions.")
     model_in_service: str | None = Field(
-        None, description="Folder of the model the agent runs now (its registry version, else its base model).")
+        None, description="The model the agent runs now: the folder of its registry version, else of its base "
+        "model, or a Hub id from [registry] base_models (resolve with pr1d.inference.source.resolve_model).")
+    local_files_only: bool = Field(True, description="[registry] local_files_only: Hub models from the cache only.")
+
+    def model_path(self, ref: str | None = None) -> Path:
+        """The local folder of ``ref`` (default: the model in service), a Hub id resolved through the cache."""
+        from ..inference.source import resolve_model
+
+        target = ref if ref is not None else self.model_in_service
+        if not target:
+            raise ValueError("no model: the agent has no registry version and no base model was found")
+        return resolve_model(target, local_files_only=self.local_files_only)
 
 
 class StageSpec(BaseModel):
@@ -132,7 +143,8 @@ def build_stage_spec(cfg: Config, *, run: dict[str, Any], stage: dict[str, Any],
         limits=Limits(memory_mb=cfg.daemon.worker_memory_limit_mb, file_mb=cfg.daemon.worker_file_limit_mb),
         scoring=scoring_section(cfg),
         dataset=cfg.dataset, kb=cfg.kb, gate=cfg.gate,
-        registry=Registry(state_dir=str(state_dir), models_root=str(models_root), model_in_service=model_in_service),
+        registry=Registry(state_dir=str(state_dir), models_root=str(models_root), model_in_service=model_in_service,
+                          local_files_only=cfg.registry.local_files_only),
         training=cfg.training.for_stage(stage["name"]),
         rewards=cfg.rewards,
     )

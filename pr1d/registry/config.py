@@ -27,6 +27,17 @@ class RegistryConfig(BaseModel):
         "(e.g. base-models/tiny-gsm-v1/, a save_pretrained folder). A run of an agent that has no registry "
         "version yet starts from here. Relative paths are under the state directory.",
     )
+    base_models: dict[str, str] = Field(
+        default_factory=dict,
+        description="Platform model name -> where its original model is when <base_models_dir>/<model>/ is not "
+        "there: a folder, or a Hugging Face Hub id (org/name) read from the local Hub cache "
+        "(e.g. {\"Qwen2.5-7B-Instruct\" = \"Qwen/Qwen2.5-7B-Instruct\"}).",
+    )
+    local_files_only: bool = Field(
+        True,
+        description="Hub models come from the local Hugging Face cache only (fill it with `hf download ID`). "
+        "False: a stage worker downloads a missing one (safetensors, configs and tokenizer files; never code).",
+    )
     profile_name: str = Field(
         "parallel_reasoner", min_length=1,
         description="Profile name pushed to the agent manager with a promoted version (a version "

@@ -37,9 +37,11 @@ def models_root(cfg: RegistryConfig, state_dir: Path) -> Path:
     return p if p.is_absolute() else Path(state_dir) / p
 
 
-def model_in_service(cfg: RegistryConfig, state_dir: Path, agent_id: str, platform_model: str | None) -> Path | None:
-    """The folder of the model the agent runs now: its current registry version, else its original model
-    under ``base_models_dir`` by the platform's name for it; None when neither exists."""
+def model_in_service(cfg: RegistryConfig, state_dir: Path, agent_id: str,
+                     platform_model: str | None) -> Path | str | None:
+    """The model the agent runs now: its current registry version, else its original model by the platform's
+    name for it, under ``base_models_dir``, else where ``[registry] base_models`` says (a folder, or a Hub id
+    the stage worker resolves: :func:`pr1d.inference.source.resolve_model`); None when none of these is there."""
     root = models_root(cfg, state_dir)
     current = read_pointer(root, agent_id)
     if current:
@@ -50,9 +52,15 @@ def model_in_service(cfg: RegistryConfig, state_dir: Path, agent_id: str, platfo
         try:
             folder = base / check_name("model name", platform_model)
         except RegistryError:
-            return None
-        if (folder / "config.json").is_file():
+            folder = None
+        if folder is not None and (folder / "config.json").is_file():
             return folder
+        ref = cfg.base_models.get(platform_model)
+        if ref:
+            local = Path(os.path.expanduser(ref))
+            if local.is_absolute() or local.exists():
+                return local if (local / "config.json").is_file() else None
+            return ref  # a Hub id: the worker has huggingface_hub and the cache (the daemon has neither)
     return None
 
 

@@ -86,6 +86,19 @@ def version_dir(models_root: Path, agent_id: str, version_id: str) -> Path:
 # -- scanning and checking a model folder -------------------------------------------------------------
 
 
+def _hub_blob(src: Path, link: Path) -> bool:
+    """Whether ``link`` is a Hugging Face cache snapshot's link to its own repo's blob (``models--org--name/
+    snapshots/<rev>/f -> ../../blobs/<sha>``): the layout `hf download` leaves, copied as the file it names."""
+    repo = src.parent.parent
+    if src.parent.name != "snapshots" or not repo.name.startswith("models--"):
+        return False
+    try:
+        target = link.resolve(strict=True)
+    except OSError:
+        return False
+    return target.parent == (repo / "blobs").resolve() and target.is_file()
+
+
 def _scan(src: Path) -> list[str]:
     """Relative posix paths of every file under ``src``, refusing anything unsafe before a byte is copied."""
     if not src.is_dir():
@@ -100,7 +113,9 @@ def _scan(src: Path) -> list[str]:
                 raise UnsafeModel(f"{src}: refusing file name {rel!r} (only letters, digits, '._+-', no leading dot)")
             st = os.lstat(p)
             if stat.S_ISLNK(st.st_mode):
-                raise UnsafeModel(f"{src}: refusing symlink {rel!r} (a model folder must hold its own files)")
+                if name in dirnames or not _hub_blob(src, p):
+                    raise UnsafeModel(f"{src}: refusing symlink {rel!r} (a model folder must hold its own files)")
+                st = os.stat(p)
             if name in dirnames:
                 continue
             if not stat.S_ISREG(st.st_mode):

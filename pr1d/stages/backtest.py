@@ -124,7 +124,7 @@ def resolve_sides(w: Worker, cfg: BacktestParams) -> dict[str, dict[str, Any]]:
         raw = registered_policy(w.spec.registry.state_dir or None, vid)
     elif w.spec.registry.model_in_service:
         # The daemon found the agent's original model under [registry] base_models_dir.
-        inc_path, source, raw = Path(w.spec.registry.model_in_service), "base model ([registry] base_models_dir)", None
+        inc_path, source, raw = w.spec.registry.model_path(), "base model ([registry] base_models_dir/base_models)", None
     elif cfg.base:
         inc_path, source, raw = Path(cfg.base), "params.base", None
     else:

@@ -71,9 +71,9 @@ def start_model(w: Worker) -> tuple[Path, str]:
     if cand is not None:
         return cand, "sft candidate"
     if w.params.get("model"):
-        return Path(w.params["model"]), "params.model"
+        return w.spec.registry.model_path(w.params["model"]), "params.model"
     if w.spec.registry.model_in_service:
-        return Path(w.spec.registry.model_in_service), "model in service"
+        return w.spec.registry.model_path(), "model in service"
     raise ValueError(
         "the rl stage needs a model: run an sft stage before it, set params.model, or give the agent a model "
         "in service"

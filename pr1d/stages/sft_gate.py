@@ -33,6 +33,7 @@ def main(w: Worker) -> dict:
     base = p.base or w.params.get("model") or w.spec.registry.model_in_service
     if not base:
         raise ValueError("the sft_gate stage needs params.base (the base model folder) or a model in service")
+    base = w.spec.registry.model_path(str(base))  # a Hub id becomes its cached folder
     cand_path = Path(p.candidate) if p.candidate else find_candidate(w.run_dir)
     if cand_path is None:
         raise ValueError("no candidate: set params.candidate or run an sft stage before this one")

@@ -10,8 +10,11 @@ layers, 14 heads, 2 KV heads) over pr1's own byte-level BPE tokenizer, whose voc
 about 0.36B parameters instead of 0.49B. Its answers are noise: the check measures that the path runs and how
 fast, not accuracy. ``--smoke`` shrinks everything to run on a CPU in about a minute (tests/test_gpu_check.py).
 
-Not measured yet, because pr1 has no such setting yet: generation through vLLM (issue 19, item 2). SFT and RL
-run in bf16 on a GPU (``bf16`` on both stages' parameters).
+Also checked: a model from elsewhere (``foreign``): the same shape over its *own* tokenizer with a ChatML
+template and no Parallel tags, resolved by Hub id from a local Hub cache, LoRA SFT that adds the tags (bf16),
+and the forked engine on the candidate; and, when vLLM is installed, GRPO with its rollouts through TRL's vLLM
+integration (``rl_vllm``, colocate mode; skipped and said so otherwise). SFT and RL run in bf16 on a GPU
+(``bf16`` on both stages' parameters).
 """
 
 from __future__ import annotations
@@ -117,21 +120,22 @@ def run_sft(model_dir: Path, work: Path, shape: str, device: str) -> tuple[dict[
     return part, out
 
 
-def run_rl(model_dir: Path, work: Path, shape: str, device: str) -> dict[str, Any]:
+def run_rl(model_dir: Path, work: Path, shape: str, device: str, use_vllm: bool = False) -> dict[str, Any]:
     from pr1d.params import RLParams
     from pr1d.train.grpo import train_grpo
 
     _, _, steps, _ = BUDGET[shape]
     cfg = RLParams(max_steps=steps, explore_verify=False, checkpoint_every=10**6, eval_per_tier=0, threads=2,
                    max_completion_length=64 if shape == "smoke" else 256, curriculum={"tiers": ["easy"]},
-                   bf16=device == "cuda")
+                   bf16=device == "cuda", use_vllm=use_vllm)
     timer = Timer()
     t0 = time.monotonic()
-    train_grpo(model_dir, work / "rl-ckpt", cfg, on_event=timer, use_cpu=device == "cpu")
+    train_grpo(model_dir, work / ("rl-vllm-ckpt" if use_vllm else "rl-ckpt"), cfg, on_event=timer,
+               use_cpu=device == "cpu")
     elapsed = time.monotonic() - t0
     completions = steps * cfg.generation_batch
     return {"ok": True, "seconds": round(elapsed, 1), "precision": "bf16" if cfg.bf16 else "fp32",
-            "generation": "transformers generate",
+            "generation": "vLLM (TRL use_vllm, colocate)" if use_vllm else "transformers generate",
             "completions": completions, "completions_per_s": round(completions / elapsed, 2), **timer.summary(),
             **peak_memory(device)}
 
@@ -159,6 +163,65 @@ def run_generation(model_dir: Path, shape: str, device: str) -> dict[str, Any]:
                      "branch_count": policy.branch_count}
     out.update(peak_memory(device))
     return out
+
+
+def run_foreign(work: Path, shape: str, device: str) -> dict[str, Any]:
+    """A model from elsewhere: own tokenizer, chat template, no tags; by Hub id from a local cache; LoRA SFT."""
+    import os
+
+    from pr1d.data.parallel_format import TAGS
+    from pr1d.evaluate.gsm_lite import eval_split, format_prompt
+    from pr1d.inference.forked import forked_generate
+    from pr1d.inference.generate import load_model
+    from pr1d.inference.policy import ParallelExecutionPolicy
+    from pr1d.inference.source import resolve_model
+    from pr1d.params import SFTParams
+    from pr1d.train.sft import curriculum_records, save_candidate, train_sft
+    from pr1d.train.stand_in import HUB_ID, build_foreign_qwen2, place_in_hub_cache
+
+    info = build_foreign_qwen2(work / "foreign-built", shape=SHAPES[shape])
+    cache = work / "hub-cache"
+    place_in_hub_cache(work / "foreign-built", cache)
+    old = os.environ.get("HF_HUB_CACHE")
+    os.environ["HF_HUB_CACHE"] = str(cache)
+    try:
+        import huggingface_hub.constants as hc
+
+        hc.HF_HUB_CACHE = str(cache)
+        base = resolve_model(HUB_ID, local_files_only=True)
+    finally:
+        if old is None:
+            os.environ.pop("HF_HUB_CACHE", None)
+        else:
+            os.environ["HF_HUB_CACHE"] = old
+    steps, batch, _, per_tier = BUDGET[shape]
+    cfg = SFTParams(max_steps=steps, batch_size=batch, n_train=steps * batch, eval_per_tier=0, finetune="lora",
+                    checkpoint_every=10**6, bf16=device == "cuda", threads=2)
+    records, _ = curriculum_records([], cfg)
+    timer = Timer()
+    t0 = time.monotonic()
+    model, tok, _ = train_sft(base, records, work / "foreign-ckpt", cfg, on_event=timer, use_cpu=device == "cpu")
+    elapsed = time.monotonic() - t0
+    save_candidate(model, tok, work / "foreign-candidate")
+    del model
+    cand, ctok = load_model(work / "foreign-candidate", device=device)
+    split = [t for t in TAGS if len(ctok.encode(t, add_special_tokens=False)) != 1]
+    if split or not ctok.chat_template:
+        raise RuntimeError(f"foreign candidate: tags split {split}, chat template kept: {bool(ctok.chat_template)}")
+    prompts = [format_prompt(t["question"]) for t in eval_split(per_tier)]
+    t1 = time.monotonic()
+    forked = forked_generate(cand, ctok, prompts, ParallelExecutionPolicy(), seed=0, batch_size=16)
+    gen_s = time.monotonic() - t1
+    return {"ok": True, "model": info, "resolved_from": HUB_ID, "finetune": "lora", "seconds": round(elapsed, 1),
+            "precision": "bf16" if cfg.bf16 else "fp32", "tags_added": len(ctok) - info["vocab_size"],
+            "tokens_per_s": round(timer.metrics.get("sft.tokens_per_s", 0.0), 1), **timer.summary(),
+            "forked_tokens_per_s": round(sum(c.n_tokens for c in forked) / gen_s, 1), **peak_memory(device)}
+
+
+def vllm_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,6 +253,13 @@ def main(argv: list[str] | None = None) -> int:
         report["rl"] = run_rl(candidate, work, shape, device)
         part = "generation"
         report["generation"] = run_generation(candidate, shape, device)
+        part = "foreign"
+        report["foreign"] = run_foreign(work, shape, device)
+        part = "rl_vllm"
+        if device == "cuda" and vllm_installed():
+            report["rl_vllm"] = run_rl(candidate, work, shape, device, use_vllm=True)
+        else:
+            report["rl_vllm"] = {"ok": True, "skipped": "no GPU" if device != "cuda" else "vllm is not installed"}
         report["ok"] = True
     except Exception as e:  # the check's whole point: name the part that failed, then exit non-zero
         traceback.print_exc()

@@ -53,6 +53,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from pr1d.data.parallel_format import measure_batch
 from pr1d.evaluate.gsm_lite import format_prompt, train_split
+from pr1d.inference.prompting import render_prompt
 from pr1d.params import RLParams, add_param_arguments, params_from_args
 from pr1d.train.callbacks import EventCallback, EventFn
 from pr1d.train.curriculum import (
@@ -75,13 +76,18 @@ STATE_FILE = "curriculum_state.json"  # written into every checkpoint folder nex
 # -------------------------------------------------------------------------------------------------
 
 
-def tier_pools(tiers, n_per_tier: int, seed: int) -> dict[str, list[dict[str, str]]]:
-    """GSM-lite training problems per tier as GRPO rows: ``prompt``, ``answer``, ``question``, ``tier``."""
+def tier_pools(tiers, n_per_tier: int, seed: int, tokenizer=None) -> dict[str, list[dict[str, str]]]:
+    """GSM-lite training problems per tier as GRPO rows: ``prompt``, ``answer``, ``question``, ``tier``.
+
+    With ``tokenizer``, ``prompt`` is rendered as the model sees it (its chat template, when it has one): TRL
+    tokenises the string as it is.
+    """
     pools = {}
     for tier in tiers:
         tasks = train_split(n_per_tier, seed=seed, mix={tier: 1.0})
         pools[tier] = [
-            {"prompt": format_prompt(t["question"]), "answer": str(t["answer"]), "question": t["question"],
+            {"prompt": render_prompt(tokenizer, format_prompt(t["question"])) if tokenizer is not None
+             else format_prompt(t["question"]), "answer": str(t["answer"]), "question": t["question"],
              "tier": tier}
             for t in tasks
         ]
@@ -236,6 +242,8 @@ class ParallelRLTrainer(GRPOTrainer):
         self.temperature = phase.temperature
         self.generation_config.temperature = phase.temperature
         self.generation_kwargs["temperature"] = phase.temperature
+        if getattr(self, "vllm_generation", None) is not None:  # use_vllm: TRL's vLLM sampler keeps its own copy
+            self.vllm_generation.temperature = phase.temperature
         self._set_loss_temperature(phase.temperature)
 
     def _set_loss_temperature(self, temperature: float) -> None:
@@ -394,11 +402,45 @@ class RLEventCallback(EventCallback):
 # -------------------------------------------------------------------------------------------------
 
 
+class VLLMUnavailable(RuntimeError):
+    """``use_vllm`` asked for where vLLM cannot run: no GPU, or the package is not installed."""
+
+
+def vllm_args(cfg: RLParams, use_cpu: bool) -> dict[str, Any]:
+    """TRL's vLLM settings for ``cfg`` (none when ``use_vllm`` is off); a clear error where vLLM cannot run."""
+    if not cfg.use_vllm:
+        return {}
+    if use_cpu:
+        raise VLLMUnavailable("use_vllm needs a GPU (vLLM has no CPU path here): set use_vllm = false in "
+                              "[training.rl] to generate with transformers")
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise VLLMUnavailable(f"use_vllm is set but vllm is not installed in this environment ({sys.executable}): "
+                              "pip install vllm (a build matching this torch), or set use_vllm = false")
+    return vllm_settings(cfg)
+
+
+def vllm_settings(cfg: RLParams) -> dict[str, Any]:
+    """The GRPOConfig fields of ``cfg``'s vLLM settings (whether or not vLLM can run here)."""
+    out: dict[str, Any] = {"use_vllm": True, "vllm_mode": cfg.vllm_mode}
+    if cfg.vllm_mode == "colocate":
+        out.update(vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                   vllm_tensor_parallel_size=cfg.vllm_tensor_parallel_size,
+                   vllm_max_model_length=None)
+    else:
+        out["vllm_server_base_url"] = cfg.vllm_server_url
+    return out
+
+
 def grpo_args(cfg: RLParams, output_dir: str | Path, use_cpu: bool, run_name: str | None = None) -> GRPOConfig:
     """TRL's config for ``cfg``; bf16 and gradient checkpointing explicit (``cfg``), since TRL turns both on.
 
-    ``run_name``: the run's name in the ``cfg.report_to`` trackers."""
+    ``run_name``: the run's name in the ``cfg.report_to`` trackers. ``cfg.use_vllm``: TRL generates the rollouts
+    with vLLM (colocated on the training GPUs, or a `trl vllm-serve` server); the curriculum's temperature
+    changes reach vLLM's sampling too (:meth:`ParallelRLTrainer.apply_phase`)."""
     return GRPOConfig(
+        **vllm_args(cfg, use_cpu),
         output_dir=str(output_dir),
         max_steps=cfg.max_steps,
         learning_rate=cfg.lr,
@@ -453,7 +495,8 @@ def build_trainer(
     model, tokenizer = load_trainable(model_path, cfg)  # reads the finetune/lora_* fields both configs share
     if use_cpu is None:
         use_cpu = not torch.cuda.is_available()
-    curriculum = CurriculumRun(cfg, tier_pools(cfg.curriculum_params().tiers, cfg.tier_pool, cfg.seed))
+    curriculum = CurriculumRun(cfg, tier_pools(cfg.curriculum_params().tiers, cfg.tier_pool, cfg.seed,
+                                                    tokenizer))
     # The alternating reward schedule reads TRL's trainer_state.global_step: the 0-based step being generated.
     reward_funcs = make_reward_funcs(cfg.reward_params(), tokenizer, critic=critic)
     callback = RLEventCallback(emit, stop)
@@ -553,7 +596,10 @@ def config_from_args(args: argparse.Namespace) -> RLParams:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pr1d.train.grpo", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="starting model folder (e.g. an SFT candidate)")
+    parser.add_argument("--model", required=True,
+                        help="starting model: a folder (e.g. an SFT candidate) or a Hub id in the local Hugging Face cache")
+    parser.add_argument("--allow-download", action="store_true",
+                        help="fetch a Hub id missing from the cache (safetensors, configs, tokenizer; never code)")
     parser.add_argument("--out", required=True,
                         help="output folder: candidate/, checkpoints/, rl.json (and tensorboard/ with --report-to)")
     parser.add_argument("--cpu", action="store_true", help="train on CPU even when CUDA is available")
@@ -571,6 +617,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     if cfg.critic and not args.critic_url:
         parser.error("--critic needs --critic-url (the scoring API's base URL)")
+    from pr1d.inference.source import ModelNotFound, resolve_model
+
+    try:
+        args.model = str(resolve_model(args.model, local_files_only=not args.allow_download,
+                                        allow_hint="pass --allow-download"))
+    except ModelNotFound as exc:
+        parser.error(str(exc))
     check_reporters(cfg.report_to)  # before the held-out evaluation below, not after it
     out = Path(args.out)
     critic = None

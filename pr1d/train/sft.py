@@ -101,12 +101,19 @@ def write_records(records: list[dict[str, Any]], path: str | Path) -> None:
 
 
 def encode_records(tokenizer, records: list[dict[str, Any]], max_length: int) -> list[dict[str, list[int]]]:
-    """``input_ids`` (``<s>`` prompt completion ``</s>``) and ``completion_mask`` (1 on completion + EOS)."""
+    """``input_ids`` (``<s>`` prompt completion ``</s>``) and ``completion_mask`` (1 on completion + EOS).
+
+    The prompt goes through the tokenizer's chat template when it has one (the assistant's turn is the
+    completion), exactly as :func:`pr1d.inference.generate.generate` renders it at inference.
+    """
+    from pr1d.inference.prompting import render_prompt
+
     eos = tokenizer.eos_token_id
     out = []
     for r in records:
-        p_ids = tokenizer(r["prompt"])["input_ids"]
-        full = tokenizer(r["prompt"] + r["completion"])["input_ids"] + [eos]
+        prompt = render_prompt(tokenizer, r["prompt"])
+        p_ids = tokenizer(prompt)["input_ids"]
+        full = tokenizer(prompt + r["completion"])["input_ids"] + [eos]
         n = 0
         while n < min(len(p_ids), len(full)) and p_ids[n] == full[n]:
             n += 1
@@ -132,32 +139,39 @@ def sft_metrics(logs: dict[str, Any], state, elapsed: float) -> list[tuple[str, 
 def wrap_lora(model, cfg: SFTParams):
     from peft import LoraConfig, get_peft_model
 
+    from pr1d.train.tokenizer import embedding_module_names, embeddings_tied
+
     lcfg = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
         target_modules=cfg.target_modules(),
-        # The tags are special tokens the base never used: their embeddings (and the tied output rows) must
-        # learn, so these two are trained in full and saved with the adapter.
-        modules_to_save=["embed_tokens", "lm_head"],
+        # The tags are special tokens the base never used: their embeddings (and the output rows) must learn,
+        # so the embedding modules, by whatever name the architecture gives them, are trained in full and saved
+        # with the adapter. Tied embeddings stay tied (one trained copy; merge keeps the model's shape).
+        modules_to_save=embedding_module_names(model),
+        ensure_weight_tying=embeddings_tied(model),
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lcfg)
 
 
 def load_trainable(model_path: str | Path, cfg: Any):
-    """``(model, tokenizer)`` from a local path, ready to train: the embeddings cover the tokenizer (the
-    Parallel tags), and the model is LoRA-wrapped (seeded) when ``cfg.finetune == "lora"``. The SFT and RL
-    stages both load this way; ``cfg`` is either stage config (they share the finetune/lora_*/seed fields)."""
+    """``(model, tokenizer)`` from a local path, ready to train: the Parallel tags are special tokens of the
+    tokenizer (added, with mean-initialised embedding rows, when the model comes from elsewhere), and the model
+    is LoRA-wrapped (seeded) when ``cfg.finetune == "lora"``. The SFT and RL stages both load this way; ``cfg``
+    is either stage config (they share the finetune/lora_*/seed fields)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pr1d.inference.generate import LOCAL_ONLY
+    from pr1d.train.tokenizer import add_parallel_tags
 
-    tokenizer = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=False, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(str(model_path), **LOCAL_ONLY)
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
+    add_parallel_tags(model, tokenizer)
     if cfg.finetune == "lora":
         torch.manual_seed(cfg.seed)
         model = wrap_lora(model, cfg)
@@ -433,7 +447,10 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pr1d.train.sft", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="base model folder (save_pretrained output)")
+    parser.add_argument("--model", required=True,
+                        help="base model: a save_pretrained folder or a Hub id in the local Hugging Face cache")
+    parser.add_argument("--allow-download", action="store_true",
+                        help="fetch a Hub id missing from the cache (safetensors, configs, tokenizer; never code)")
     parser.add_argument("--data", help="records JSONL; default: generated from the GSM-lite training split")
     parser.add_argument("--out", required=True,
                         help="output folder: candidate/, checkpoints/, sft.json (and tensorboard/ with --report-to)")
@@ -446,6 +463,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     out = Path(args.out)
+    from pr1d.inference.source import ModelNotFound, resolve_model
+
+    try:  # a folder, or a Hub id from the local Hugging Face cache (--allow-download: fetch a missing one)
+        args.model = str(resolve_model(args.model, local_files_only=not args.allow_download,
+                                        allow_hint="pass --allow-download"))
+    except ModelNotFound as exc:
+        parser.error(str(exc))
     records, sources = curriculum_records(load_records(args.data) if args.data else [], cfg)
     print(f"{sources['dataset']} dataset records + {sources['generated']} generated", file=sys.stderr)
 

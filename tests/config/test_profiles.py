@@ -74,7 +74,8 @@ def test_every_accelerate_config_loads_with_accelerates_loader():
     from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
 
     files = sorted(p.name for p in ACCELERATE.glob("*.yaml"))
-    assert files == ["1node-8gpu-ddp.yaml", "1node-8gpu-fsdp.yaml", "cpu-2proc.yaml", "multinode-2x8gpu.yaml"]
+    assert files == ["1node-8gpu-ddp.yaml", "1node-8gpu-fsdp.yaml", "1node-8gpu-zero2.yaml", "cpu-2proc.yaml",
+                     "multinode-2x8gpu.yaml"]
     for name in files:
         assert isinstance(load_config_from_file(str(ACCELERATE / name)), ClusterConfig), name
 
@@ -104,6 +105,29 @@ def test_ddp_config_starts_eight_bf16_ranks():
     assert args.multi_gpu and args.nproc_per_node == "8"
     assert env["ACCELERATE_MIXED_PRECISION"] == "bf16"
     assert "ACCELERATE_USE_FSDP" not in env
+
+
+def test_zero2_config_launches_eight_deepspeed_ranks_on_the_shipped_json():
+    """ZeRO-2 for a full-fine-tuning RL stage: accelerate's launcher reads it as DeepSpeed over 8 ranks, and the
+    DeepSpeed file leaves every batch/precision number to the Trainer ("auto"), so [training.rl] sets them."""
+    import json
+
+    args, _defaults, _mp = _validate(ACCELERATE / "1node-8gpu-zero2.yaml")
+    assert args.use_deepspeed and args.num_processes == 8
+    assert Path(args.deepspeed_config_file).name == "zero2.json" and Path(args.deepspeed_config_file).is_absolute()
+    ds = json.loads((ACCELERATE / "zero2.json").read_text())
+    assert ds["zero_optimization"]["stage"] == 2 and ds["bf16"]["enabled"] == "auto"
+    for key in ("gradient_accumulation_steps", "gradient_clipping", "train_batch_size",
+                "train_micro_batch_size_per_gpu"):
+        assert ds[key] == "auto", key
+
+
+def _validate(config: Path):
+    pytest.importorskip("accelerate")
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+
+    args = launch_command_parser().parse_args(["--config_file", str(config), "-m", "pr1d.stages.rl", "spec.json"])
+    return _validate_launch_command(args)
 
 
 def test_fsdp_config_wraps_each_qwen2_decoder_layer_in_bf16():

@@ -112,6 +112,27 @@ def test_symlinks_no_weights_and_traversal_refused(ledger, models, tmp_path):
         swap_pointer(models / AGENT, "../../etc")
 
 
+def test_a_hub_cache_snapshot_registers_as_its_files(ledger, models, tmp_path):
+    """`hf download` leaves snapshots of links into the repo's blobs: registered as the files they name; a link
+    that leaves the repo's blobs is still refused."""
+    src = make_model(tmp_path / "src", 1)
+    repo = tmp_path / "hub" / "models--org--m"
+    snap = repo / "snapshots" / ("a" * 40)
+    (repo / "blobs").mkdir(parents=True)
+    snap.mkdir(parents=True)
+    for f in sorted(src.iterdir()):
+        blob = repo / "blobs" / hashlib.sha256(f.read_bytes()).hexdigest()
+        blob.write_bytes(f.read_bytes())
+        (snap / f.name).symlink_to(os.path.relpath(blob, snap))
+    v = register_version(ledger, models, AGENT, snap)
+    kept = version_dir(models, AGENT, v["id"])
+    for f in sorted(src.iterdir()):
+        assert not (kept / f.name).is_symlink() and (kept / f.name).read_bytes() == f.read_bytes()
+    (snap / "escape.json").symlink_to("/etc/passwd")
+    with pytest.raises(UnsafeModel, match="symlink 'escape.json'"):
+        register_version(ledger, models, "other-agent", snap)
+
+
 # -- promote and rollback ------------------------------------------------------------------------------------
 
 

@@ -24,6 +24,10 @@ def test_smoke_runs_sft_rl_and_generation_and_reports_them(tmp_path):
     assert gen["plain"]["tokens_per_s"] > 0 and gen["forked"]["tokens_per_s"] > 0
     assert json.loads(cp.stdout) == report  # what it prints is what it writes
     assert (tmp_path / "sft-candidate" / "config.json").is_file()
+    foreign = report["foreign"]  # a model from elsewhere: by Hub id from a local cache, LoRA, the tags added
+    assert foreign["ok"] and foreign["resolved_from"] == "pr1-test/qwen2-shape" and foreign["tags_added"] == 6
+    assert foreign["finetune"] == "lora" and foreign["forked_tokens_per_s"] > 0
+    assert report["rl_vllm"] == {"ok": True, "skipped": "no GPU"}
 
 
 def test_without_a_gpu_the_full_check_says_so(tmp_path):
