@@ -9,6 +9,7 @@ what was expected -- never silently ignored.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,55 @@ RESERVED_ENV = {"PR1_SOCKET", "PR1_CONFIG", "PR1_STATE_DIR", "PR1_EVENT_FD", "PR
 class _Section(BaseModel):
     # strict: TOML already gives typed values, so "5" for an integer is a mistake worth reporting.
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class SlurmConfig(_Section):
+    """Stage workers as Slurm batch jobs, for `launcher = "slurm"` (docs/multi_gpu.md, "Several machines
+    through Slurm"). The daemon submits each stage with `sbatch`, follows its events through a file in the
+    run folder and cancels it with `scancel`; the job outlives a daemon restart and is re-attached."""
+
+    shared_run_folder: bool = Field(
+        False,
+        description="Say that `<state_dir>/runs` is on a filesystem every Slurm node mounts at the same path "
+        "(the job reads its spec and writes its events, log and checkpoints there). Required with "
+        "`launcher = \"slurm\"`: the daemon cannot check it from its own host.",
+    )
+    partition: str = Field("", description="`sbatch --partition`. Empty: the cluster's default partition.")
+    nodes: int = Field(1, ge=1, le=1024, description="`sbatch --nodes`: machines per stage job.")
+    gpus_per_node: int = Field(
+        0, ge=0, le=64,
+        description="`sbatch --gpus-per-node`, and the processes per node: above 1 GPU (or above 1 node) the "
+        "job runs `accelerate launch` on every node (`accelerate_config` applies), else plain python.",
+    )
+    cpus_per_task: int = Field(0, ge=0, le=4096, description="`sbatch --cpus-per-task`; 0 = the cluster's default.")
+    time_limit: str = Field(
+        "", description="`sbatch --time` (e.g. `2-00:00:00`, `90`); empty = the partition's limit.",
+    )
+    main_process_port: int = Field(
+        29500, ge=1024, le=65535, description="Rendezvous port on the job's first node when it spans several nodes."
+    )
+    extra_args: list[str] = Field(
+        [], description="More `sbatch` options, one `--name=value` each (e.g. `[\"--account=ml\", \"--qos=high\"]`).",
+    )
+    poll_s: float = Field(
+        2.0, gt=0, le=60, description="How often the daemon asks Slurm (`scontrol show job`) for the job's state.",
+    )
+
+    @field_validator("time_limit")
+    @classmethod
+    def _time_limit(cls, v: str) -> str:
+        # Slurm's forms: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S (and "UNLIMITED").
+        if v and v != "UNLIMITED" and not re.fullmatch(r"(\d+-)?\d+(:\d+){0,2}", v):
+            raise ValueError(f"expected a Slurm time such as 90, 12:00:00 or 2-00:00:00, got {v!r}")
+        return v
+
+    @field_validator("extra_args")
+    @classmethod
+    def _extra_args(cls, v: list[str]) -> list[str]:
+        for a in v:
+            if not a.startswith("-") or any(c.isspace() for c in a.split("=", 1)[0]):
+                raise ValueError(f"expected sbatch options such as --account=ml, got {a!r}")
+        return v
 
 
 class DaemonConfig(_Section):
@@ -65,10 +115,11 @@ class DaemonConfig(_Section):
     worker_python: str = Field(
         "", description="Interpreter for stage workers. Empty: the daemon's own interpreter."
     )
-    launcher: Literal["python", "accelerate"] = Field(
+    launcher: Literal["python", "accelerate", "slurm"] = Field(
         "python",
         description="`python` runs `python -m pr1d.stages.X`; `accelerate` runs `accelerate launch` "
-        "with `accelerate_config` for several GPUs or nodes.",
+        "with `accelerate_config` for several GPUs or nodes; `slurm` submits each stage as a Slurm job "
+        "(`[daemon.slurm]`).",
     )
     accelerate_config: str = Field("", description="Path of the accelerate config file for `launcher = \"accelerate\"`.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Daemon log level.")
@@ -80,6 +131,16 @@ class DaemonConfig(_Section):
     worker_file_limit_mb: int = Field(
         0, ge=0, description="Largest file a stage worker may write (RLIMIT_FSIZE); 0 = no limit.",
     )
+    slurm: SlurmConfig = SlurmConfig()
+
+    @model_validator(mode="after")
+    def _slurm_needs_shared_runs(self) -> DaemonConfig:
+        if self.launcher == "slurm" and not self.slurm.shared_run_folder:
+            raise ValueError(
+                "launcher = \"slurm\" needs <state_dir>/runs on a filesystem every node mounts at the same path; "
+                "once it is, say so with daemon.slurm.shared_run_folder = true"
+            )
+        return self
 
 
 class AuthConfig(_Section):

@@ -72,7 +72,9 @@ def cmd_status(c: Client, a: argparse.Namespace, o: Out) -> int:
     o.kv("pr1d", [("version", s["version"]), ("pid", s["pid"]), ("uptime", f"{s['uptime_s']:.0f} s"),
                   ("state dir", s["state_dir"]), ("socket", s["socket"]), ("queue length", s["queue_length"]),
                   ("runs", ", ".join(f"{k}={v}" for k, v in sorted(s["runs_by_state"].items())) or "none"),
-                  ("running", ", ".join(f"run {r['run']} {r['stage']} (pid {r['pid']})" for r in s["running"]) or "none"),
+                  ("running", ", ".join(f"run {r['run']} {r['stage']} " + (f"(Slurm job {r['slurm_job']})"
+                                        if r.get("slurm_job") else f"(pid {r['pid']})")
+                                        for r in s["running"]) or "none"),
                   ("config reload", s.get("config_reload_error") or "ok")])
     mon = s.get("monitor") or {}
     if mon.get("enabled"):

@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .. import __version__
 from ..config import Config, ConfigError, load_config
 from ..ledger import store
-from ..ledger.states import RunState
+from ..ledger.states import RunState, StageState
 from ..ledger.store import Ledger
+from ..pipeline.slurm import pending_job
 from ..rpc import schema
 from ..rpc.auth import RoleResolver
 from ..rpc.schema import RpcError
@@ -147,6 +148,16 @@ class Daemon:
                             extra={"run": st["run_id"], "stage": st["name"]})
                 await terminate_pid(pid, self.cfg.daemon.stop_grace_s)
         for run in await self.db_call(self.ledger.runs_by_state, RunState.interrupted):
+            # A Slurm job is no orphan: it outlives the daemon by design. Its run is not requeued behind others
+            # but started first, and its stage re-attaches to the job (or records how it ended meanwhile).
+            job = next((j for st in await self.db_call(self.ledger.stages, run["id"])
+                        if st["state"] == StageState.interrupted and st.get("log_path")
+                        and (j := pending_job(Path(st["log_path"]).parent))), None)
+            if job is not None:
+                log.info("run %s: its Slurm job %s outlived the daemon; re-attaching", run["id"], job,
+                         extra={"run": run["id"]})
+                self.runs.reattach.append((run["id"], job))
+                continue
             await self.db_call(self.ledger.transition_run, run["id"], RunState.queued, "daemon", "resuming after daemon restart")
 
     def _start_scheduler(self) -> None:

@@ -103,7 +103,9 @@ class Handlers:
             "version": __version__, "pid": os.getpid(), "uptime_s": round(time.time() - self.d.started, 3),
             "state_dir": str(self.state_dir), "socket": str(self.cfg.socket()),
             "queue_length": counts.get(RunState.queued, 0), "runs_by_state": counts,
-            "running": [{"run": rid, "stage": pr.spec.stage, "pid": pr.pid} for rid, pr in self.d.runs.stage_procs.items()],
+            "running": [{"run": rid, "stage": pr.spec.stage, "pid": pr.pid,
+                         **({"slurm_job": pr.job_id} if getattr(pr, "job_id", None) else {})}
+                        for rid, pr in self.d.runs.stage_procs.items()],
             "scheduler_jobs": jobs_out, "burst": self.d.burst, "stopping": self.stopping.is_set(),
             "config_reload_error": self.d.reload_error,
             "clients": len(self.d.server.conns) if self.d.server else 0,

@@ -1,6 +1,7 @@
 """Run supervision: the dispatcher that starts queued runs, and each run's stages as supervised workers.
 
-A run's stages run in order, each in its own :class:`~pr1d.pipeline.launcher.StageProcess`; the worker's
+A run's stages run in order, each in its own :class:`~pr1d.pipeline.launcher.StageProcess` (or, with
+``launcher = "slurm"``, a :class:`~pr1d.pipeline.slurm.SlurmStageProcess`: a Slurm job); the worker's
 events become ledger rows and pushed events, and the last stage's result says how the run ends (a gate
 that stops it, the state it ends in, a candidate to register). Also here: telling a crashed daemon's
 orphaned workers from unrelated processes that took over their pids.
@@ -21,6 +22,7 @@ from ..ledger.states import RUN_ENDS_SKIPPING_STAGES, IllegalTransition, RunStat
 from ..ledger.store import Ledger, LedgerError
 from ..pipeline.events import EventError, StageVerdict
 from ..pipeline.launcher import Outcome, StageProcess
+from ..pipeline.slurm import SlurmError, SlurmStageProcess, pending_job
 from ..pipeline.spec import build_stage_spec
 
 if TYPE_CHECKING:
@@ -44,7 +46,10 @@ class RunSupervisor:
         self.db_call, self.publish, self.metrics = daemon.db_call, daemon.publish, daemon.metrics
         self.stopping, self.wakeup = daemon.stopping, daemon.wakeup
         self.run_tasks: dict[int, asyncio.Task] = {}
-        self.stage_procs: dict[int, StageProcess] = {}  # run id -> running worker
+        self.stage_procs: dict[int, StageProcess | SlurmStageProcess] = {}  # run id -> running worker
+        # Runs whose Slurm job outlived the previous daemon (core.Daemon._recover), with the job id: started
+        # before the queue.
+        self.reattach: list[tuple[int, str]] = []
         self.cancel_requests: dict[int, tuple[str, str]] = {}  # run id -> (user, reason)
 
     # Read through the daemon on each use: SIGHUP replaces its config, and the ledger and registry open
@@ -82,6 +87,12 @@ class RunSupervisor:
 
     async def _start_queued(self) -> int:
         started = 0
+        while self.reattach and not self.stopping.is_set():
+            run_id, job = self.reattach.pop(0)
+            task = asyncio.create_task(self._execute_run(run_id, f"re-attaching to Slurm job {job} after a restart"))
+            self.run_tasks[run_id] = task
+            task.add_done_callback(lambda _t, rid=run_id: self._run_done(rid))
+            started += 1
         while len(self.run_tasks) < self.cfg.daemon.max_training_stages and not self.stopping.is_set():
             run = await self.db_call(self.ledger.next_queued_run, set(self.run_tasks))
             if run is None:
@@ -145,10 +156,10 @@ class RunSupervisor:
                                "error": st.get("error")}, run_id)
         return st
 
-    async def _execute_run(self, run_id: int) -> None:
+    async def _execute_run(self, run_id: int, why: str = "dispatched") -> None:
         """Run every stage not yet succeeded, in order; the run ends in exactly one legal state."""
         try:
-            run = await self._set_run(run_id, RunState.running, "daemon", "dispatched")
+            run = await self._set_run(run_id, RunState.running, "daemon", why)
         except IllegalTransition:
             return  # cancelled between being picked and being started
         verdict = StageVerdict()
@@ -230,15 +241,40 @@ class RunSupervisor:
                                 model_in_service=await self._model_in_service(run["agent_id"]),
                                 heartbeat_s=self._heartbeat_s(), resume=has_ckpt)
         d = self.cfg.daemon
-        proc = StageProcess(spec, functools.partial(self._on_event, run_id, stage["id"]),
-                            heartbeat_timeout_s=d.heartbeat_timeout_s, stop_grace_s=d.stop_grace_s,
-                            python=d.worker_python, launcher=d.launcher, accelerate_config=d.accelerate_config)
+        sink = functools.partial(self._on_event, run_id, stage["id"])
+        # A stage whose Slurm job outlived the last daemon is followed again, whatever the launcher is now.
+        job = pending_job(spec.stage_dir) if stage["state"] == StageState.interrupted else None
+        proc: StageProcess | SlurmStageProcess
+        if d.launcher == "slurm" or job is not None:
+            proc = SlurmStageProcess(spec, sink, heartbeat_timeout_s=d.heartbeat_timeout_s, stop_grace_s=d.stop_grace_s,
+                                     slurm=d.slurm, python=d.worker_python, accelerate_config=d.accelerate_config)
+        else:
+            proc = StageProcess(spec, sink, heartbeat_timeout_s=d.heartbeat_timeout_s, stop_grace_s=d.stop_grace_s,
+                                python=d.worker_python, launcher=d.launcher, accelerate_config=d.accelerate_config)
         t_start = time.monotonic()
-        await proc.start()
+        if job is not None:
+            assert isinstance(proc, SlurmStageProcess)
+            proc.attach()
+            # The same attempt, followed by another daemon: its number and start time stay.
+            why, keep = f"re-attached to Slurm job {job}", dict(attempt=stage["attempt"], started_at=stage["started_at"])
+        else:
+            try:
+                await proc.start()
+            except (SlurmError, OSError) as e:
+                if not isinstance(proc, SlurmStageProcess):
+                    raise
+                # sbatch refused (a bad partition, an account limit): the stage fails saying so.
+                await self._set_stage(run_id, stage, StageState.running, "submitting to Slurm")
+                return await self._stage_ended(run_id, stage, Outcome("failed", None, str(e)), t_start)
+            why = "resuming from checkpoint" if has_ckpt else "started"
+            keep = {}
+            if isinstance(proc, SlurmStageProcess):
+                why += f" as Slurm job {proc.job_id}"
         self.stage_procs[run_id] = proc
-        await self._set_stage(run_id, stage, StageState.running,
-                              "resuming from checkpoint" if has_ckpt else "started",
-                              pid=proc.pid, log_path=str(proc.log_path))
+        # The job id goes to the ledger in the transition's audit row ("started as Slurm job N") and, for
+        # re-attaching, to <stage_dir>/slurm.json beside the job's event file.
+        await self._set_stage(run_id, stage, StageState.running, why, pid=proc.pid, log_path=str(proc.log_path),
+                              **keep)
         await self.db_call(self.ledger.update_run_fields, run_id, current_stage=stage["name"])
         if run_id in self.cancel_requests:
             proc.stop("cancel")
@@ -250,6 +286,12 @@ class RunSupervisor:
         finally:
             tail.cancel()
             self.stage_procs.pop(run_id, None)
+        out = await self._stage_ended(run_id, stage, outcome, t_start)
+        if isinstance(proc, SlurmStageProcess) and not proc.detached:
+            proc.mark_recorded()  # the job's end is in the ledger: never re-attach to it
+        return out
+
+    async def _stage_ended(self, run_id: int, stage: dict, outcome: Outcome, t_start: float) -> Outcome:
         state = {"succeeded": StageState.succeeded, "interrupted": StageState.interrupted,
                  "cancelled": StageState.cancelled}.get(outcome.state, StageState.failed)
         await self._set_stage(run_id, stage, state, outcome.error, exit_code=outcome.exit_code,

@@ -73,12 +73,20 @@ def _is_pipe(path: str) -> bool:
 
 
 def _event_stream():
-    """Where events go: the daemon's pipe (``$PR1_EVENT_FD``), else stdout (a person running the stage by hand).
+    """Where events go: the file ``$PR1_EVENT_FILE`` (a Slurm job: docs/multi_gpu.md), the daemon's pipe
+    (``$PR1_EVENT_FD``), else stdout (a person running the stage by hand).
+
+    The file is opened for appending and written one whole line at a time, flushed per line (``emit``): the
+    daemon follows it by byte offset from another host, through the shared run folder, and across its own
+    restarts, so nothing on this side depends on the daemon being alive.
 
     `accelerate launch` starts the stage with ``close_fds`` (its simple launcher and torchrun's both use
     ``subprocess.Popen`` defaults), so the descriptor the daemon passed is open only in the launcher, our
     parent. Linux lets a process of the same user open that pipe again through ``/proc/<ppid>/fd/<n>``.
     """
+    path = os.environ.get("PR1_EVENT_FILE")
+    if path:
+        return open(path, "a", buffering=1)
     fd = os.environ.get("PR1_EVENT_FD")
     if not fd:
         return sys.stdout

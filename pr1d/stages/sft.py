@@ -85,11 +85,11 @@ def main(w: Worker) -> dict:
             "the sft stage needs a model: set params.model, or give the agent a model in service (a registry "
             "version, or its original model under [registry] base_models_dir/<model name>)"
         )
-    model_path = w.spec.registry.model_path(str(model_path))  # a folder, or a Hub id's cached snapshot
     # In a run the sft_gate stage scores base and candidate side by side; the stage's own evaluation is for
     # runs that ask for it (params.eval_per_tier), so a curriculum does not score the candidate twice.
     cfg = w.stage_params(SFTParams, "sft", base={"eval_per_tier": 0})
     check_reporters(cfg.report_to)  # a missing tracker package stops the stage now, not after the data is built
+    model_path = w.spec.registry.model_path(str(model_path))  # a folder, or a Hub id's cached snapshot
     data = Path(p["data"]) if p.get("data") else find_dataset(w.run_dir)
     records, sources = curriculum_records(load_records(data) if data is not None else [], cfg)
     w.log(
