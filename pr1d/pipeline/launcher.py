@@ -56,7 +56,40 @@ def worker_command(stage: str, spec_path: Path, *, python: str = "", launcher: s
     return [py, "-m", f"pr1d.stages.{stage}", str(spec_path)]
 
 
-class StageProcess:
+class EventHandling:
+    """What a supervisor does with one event line, wherever it came from (a pipe here, a Slurm job's events
+    file in :mod:`pr1d.pipeline.slurm`): validate it, keep the last error and the result, hand the rest but
+    heartbeats to the sink. A malformed line is logged and skipped; a sink that raises is logged, never fatal."""
+
+    spec: StageSpec
+    sink: EventSink
+    last_error: str | None
+    result: dict[str, Any] | None
+
+    async def handle_line(self, line: bytes) -> None:
+        try:
+            ev = validate_event(json.loads(line))
+        except (json.JSONDecodeError, UnicodeDecodeError, EventError) as e:
+            self._bad_event(str(e))
+            return
+        if ev["type"] == "error":
+            self.last_error = ev["message"]
+        elif ev["type"] == "result":
+            self.result = ev["outputs"]
+        if ev["type"] == "heartbeat":
+            return
+        try:
+            await self.sink(ev)
+        except Exception:  # a sink bug must not stop the reader and stall the stage
+            log.exception("stage %s: handling event %s", self.spec.stage, ev.get("type"),
+                          extra={"run": self.spec.run_id, "stage": self.spec.stage})
+
+    def _bad_event(self, why: str) -> None:
+        log.warning("run %s stage %s: ignored malformed event: %s", self.spec.run_id, self.spec.stage, why,
+                    extra={"run": self.spec.run_id, "stage": self.spec.stage})
+
+
+class StageProcess(EventHandling):
     """One running worker. `wait()` returns the outcome; `stop()` asks it to checkpoint and leave."""
 
     def __init__(self, spec: StageSpec, sink: EventSink, *, heartbeat_timeout_s: float, stop_grace_s: float,
@@ -109,27 +142,9 @@ class StageProcess:
                 if not line:
                     return
                 self.last_event = time.monotonic()
-                try:
-                    ev = validate_event(json.loads(line))
-                except (json.JSONDecodeError, UnicodeDecodeError, EventError) as e:
-                    self._bad_event(str(e))
-                    continue
-                if ev["type"] == "error":
-                    self.last_error = ev["message"]
-                elif ev["type"] == "result":
-                    self.result = ev["outputs"]
-                if ev["type"] != "heartbeat":
-                    try:
-                        await self.sink(ev)
-                    except Exception:  # a sink bug must not kill the reader and stall the stage
-                        log.exception("stage %s: handling event %s", self.spec.stage, ev.get("type"),
-                                      extra={"run": self.spec.run_id, "stage": self.spec.stage})
+                await self.handle_line(line)
         finally:
             transport.close()
-
-    def _bad_event(self, why: str) -> None:
-        log.warning("run %s stage %s: ignored malformed event: %s", self.spec.run_id, self.spec.stage, why,
-                    extra={"run": self.spec.run_id, "stage": self.spec.stage})
 
     def stop(self, reason: str) -> None:
         """SIGTERM the worker's group now; `wait()` escalates to SIGKILL after stop_grace_s."""

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .events import EXIT_INTERRUPTED, EXIT_OK, MAX_EVENT_BYTES, EventError, validate_event
-from .launcher import EventSink, Outcome
+from .events import EXIT_INTERRUPTED, EXIT_OK, MAX_EVENT_BYTES
+from .launcher import EventHandling, EventSink, Outcome
 from .spec import StageSpec
 
 if TYPE_CHECKING:
@@ -237,7 +237,7 @@ class EventFile:
 
 
 # == the stage as a Slurm job =================================================================================
-class SlurmStageProcess:
+class SlurmStageProcess(EventHandling):
     """One stage as one Slurm job, with :class:`~pr1d.pipeline.launcher.StageProcess`'s interface: ``start()``
     submits (or ``attach()`` takes over a job a previous daemon started), ``wait()`` returns the outcome,
     ``stop(reason)`` cancels (``cancel``: the stage checkpoints, then the job is cancelled after the grace) or
@@ -314,22 +314,7 @@ class SlurmStageProcess:
                 if line == b"":
                     self._bad_event("event line over 1 MiB")
                 continue
-            try:
-                ev = validate_event(json.loads(line))
-            except (json.JSONDecodeError, UnicodeDecodeError, EventError) as e:
-                self._bad_event(str(e))
-                continue
-            if ev["type"] == "error":
-                self.last_error = ev["message"]
-            elif ev["type"] == "result":
-                self.result = ev["outputs"]
-            if ev["type"] == "heartbeat":
-                continue
-            try:
-                await self.sink(ev)
-            except Exception:  # a sink bug must not stop the following
-                log.exception("stage %s: handling event %s", self.spec.stage, ev.get("type"),
-                              extra={"run": self.spec.run_id, "stage": self.spec.stage})
+            await self.handle_line(line)
             # Saved after each event the daemon acted on: a daemon killed between the two handles that one
             # event again after re-attaching (at least once; never lost).
             self._save_offset(end)
@@ -340,9 +325,6 @@ class SlurmStageProcess:
             self._rec["offset"] = offset
             _write_record(self.spec.stage_dir, self._rec)
 
-    def _bad_event(self, why: str) -> None:
-        log.warning("run %s stage %s: ignored malformed event: %s", self.spec.run_id, self.spec.stage, why,
-                    extra={"run": self.spec.run_id, "stage": self.spec.stage})
 
     async def _query(self) -> JobState | None:
         try:
