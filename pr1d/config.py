@@ -24,6 +24,7 @@ from .monitor.signals import SignalConfig, effective_signal_config
 from .params import BacktestParams, RewardParams, RLParams, SFTGateParams, SFTParams
 from .registry.config import ApprovalConfig, RegistryConfig, WatchConfig
 from .scoreboard import ScoreboardConfig
+from .tasks.config import TasksConfig
 
 SYSTEM_CONFIG = Path("/etc/pr1d/pr1d.toml")
 ENV_PREFIX = "PR1_"
@@ -255,6 +256,14 @@ class DatasetConfig(_Section):
         "Empty: GSM-lite's deterministic strategies. Its API key comes from the PR1_TEACHER_API_KEY variable."
     )
     teacher_model: str = Field("", description="Model name sent to `teacher_url` (required when it is set).")
+    self_sample_url: str = Field(
+        "", description="OpenAI-compatible /v1/completions endpoint serving the agent's own model: where no teacher "
+        "is set, task families other than gsm_lite get Parallel traces by rejection sampling from it (the accepted "
+        "samples become the paths). API key: PR1_SAMPLER_API_KEY. See docs/dataset.md."
+    )
+    self_sample_model: str = Field("", description="Model name sent to `self_sample_url` (required when it is set).")
+    self_samples: int = Field(8, ge=2, le=64, description="Samples per task when self-sampling (two accepted, "
+                              "distinct samples make a trace).")
 
     @field_validator("gradebook_sync_cron")
     @classmethod
@@ -430,6 +439,7 @@ class Config(_Section):
     retention: RetentionConfig = RetentionConfig()
     kb: KBConfig = KBConfig()
     dataset: DatasetConfig = DatasetConfig()
+    tasks: TasksConfig = TasksConfig()
     rewards: RewardParams = RewardParams()
     training: TrainingConfig = TrainingConfig()
     notify: NotifyConfig = NotifyConfig()

@@ -160,7 +160,7 @@ def cmd_show(c: Client, a: argparse.Namespace, o: Out) -> int:
     if o.as_json:
         o.doc(r)
         return 0
-    from .explain import gate_checks, gate_facts, gate_tier_rows, run_origin
+    from .explain import gate_checks, gate_facts, gate_tier_rows, run_origin, ungraded_families
 
     o.kv(f"run {r['id']}", [("agent", r["agent_id"]), ("kind", r["kind"]), ("state", r["state"]),
                             ("reason", r.get("reason")), ("created", f"{_ts(r['created_at'])} by {r['created_by']}"),
@@ -169,6 +169,8 @@ def cmd_show(c: Client, a: argparse.Namespace, o: Out) -> int:
     trig = r.get("trigger") or {}
     o.kv(f"why run {r['id']} exists" + (f" (trigger {trig['id']}, {_ts(trig.get('ts'))})" if trig.get("id") else ""),
          run_origin(r))
+    if ungraded := ungraded_families(r):
+        o.kv("task families pr1 cannot grade", ungraded)
     if r.get("gate"):
         o.kv("gate", gate_facts(r["gate"]))
         if tiers := gate_tier_rows(r["gate"]):

@@ -375,3 +375,19 @@ def run_origin(run: Mapping[str, Any]) -> list[tuple[str, str]]:
     create = next((a for a in run.get("audit") or [] if isinstance(a, Mapping) and a.get("action") == "create"), {})
     why = create.get("reason")
     return [("trigger", f"none: queued by hand by {run.get('created_by') or MISSING}" + (f" ({why})" if why else ""))]
+
+
+def ungraded_families(run: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Task families whose entries a stage of ``run`` could not use because no grader is configured for them
+    (the dataset stage's and the backtest's ``unknown_families``), one row per stage, with the fix."""
+    rows = []
+    for st in run.get("stages") or []:
+        res = st.get("result") if isinstance(st, Mapping) else None
+        found = res.get("unknown_families") if isinstance(res, Mapping) else None
+        if not isinstance(found, Mapping) or not found:
+            continue
+        listed = ", ".join(f"{name} ({n} entr{'y' if n == 1 else 'ies'})" for name, n in sorted(found.items()))
+        first = sorted(found)[0]
+        rows.append((f"no grader ({st.get('name')})", f"{listed}: not trained on or replayed; add "
+                     f"[tasks.families.{first}] (docs/dataset.md, 'Adding a task family')"))
+    return rows

@@ -410,6 +410,10 @@ class RLParams(LoraParams):
     tier_pool: int = Field(
         2000, ge=1, description="GSM-lite training problems generated per tier (drawn from at random, with the run's "
         "seed)")
+    tasks: Literal["gsm_lite", "dataset"] = Field(
+        "gsm_lite", description="where the RL problems come from: gsm_lite (generated, tier_pool per tier) or dataset "
+        "(the run's dataset stage's tasks, any task family, graded by the family's grader; a task without a tier "
+        "gets one from the agent's pass rate on its family)")
     explore_verify: bool = Field(
         True, description="alternate explore and verify segments (temperatures and group sizes from the curriculum "
         "config); off: every step samples at temperature with num_generations")

@@ -221,6 +221,14 @@ class RunSupervisor:
         log.info("run %s: candidate registered as %s (parent %s)", run["id"], version["id"], parent)
         return version
 
+    async def _agent_profile(self, agent_id: str) -> str | None:
+        """The agent's platform profile as the monitor last saw it (None for an agent it never listed)."""
+        try:
+            agent = await self.db_call(self.ledger.get_agent, agent_id)
+        except LedgerError:
+            return None
+        return (agent or {}).get("profile") or None
+
     async def _model_in_service(self, agent_id: str) -> str | None:
         from ..registry.deploy import model_in_service
 
@@ -239,7 +247,8 @@ class RunSupervisor:
         spec = build_stage_spec(self.cfg, run=run, stage=stage, state_dir=self.state_dir,
                                 models_root=self.registry.models_root,
                                 model_in_service=await self._model_in_service(run["agent_id"]),
-                                heartbeat_s=self._heartbeat_s(), resume=has_ckpt)
+                                heartbeat_s=self._heartbeat_s(), resume=has_ckpt,
+                                profile=await self._agent_profile(run["agent_id"]))
         d = self.cfg.daemon
         sink = functools.partial(self._on_event, run_id, stage["id"])
         # A stage whose Slurm job outlived the last daemon is followed again, whatever the launcher is now.

@@ -22,7 +22,6 @@ import json
 import math
 import os
 import random
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -31,97 +30,29 @@ from typing import Any
 from pr1d.data import parallel_format as pf
 from pr1d.data.gradebook import content_hash
 from pr1d.evaluate import gsm_lite
+from pr1d.tasks.contract import DROP_REASONS, DropReason, Task, final_answer
+from pr1d.tasks.families import Families, TaskFamily, gsm_task_dict
 
 __all__ = [
     "DROP_REASONS",
     "DropReason",
     "build_dataset",
+    "build_family_record",
     "build_record",
     "record_stats",
     "seed_to_task",
     "summary_for",
+    "verify_family_completion",
     "write_dataset",
 ]
 
-DROP_REASONS = (
-    "unparseable_transcript",
-    "wrong_answer",
-    "too_few_strategies",
-    "format_invalid",
-    "paths_identical",
-    "paths_disagree",
-    "duplicate",
-    "teacher_error",
-    # Targeted SFT only (pr1d.data.targeted): a failing task the gradebook holds no transcript for, and a
-    # task whose recovered answer the platform's critic did not confirm.
-    "not_in_gradebook",
-    "unverified",
-)
 MODES = ("parallel", "sequential")
 # A rough token estimate for the manifest (BPE on this text is about 3-4 characters a token); the
 # trainer counts real tokens.
 CHARS_PER_TOKEN = 4
 
-
-class DropReason(Exception):
-    """An entry or record that cannot be used; ``code`` is one of :data:`DROP_REASONS`."""
-
-    def __init__(self, code: str, detail: str = "") -> None:
-        if code not in DROP_REASONS:
-            raise ValueError(f"unknown drop reason {code!r}")
-        self.code = code
-        self.detail = detail
-        super().__init__(f"{code}: {detail}" if detail else code)
-
-
-def _apply(a: int, op: str, b: int) -> int:
-    return a + b if op == "+" else a - b
-
-
-_QUESTION_NUMBER = re.compile(r"\d+")  # plain integers in the question text (not format tags)
-
-
-def seed_to_task(entry: Mapping[str, Any]) -> dict[str, Any]:
-    """The GSM-lite task behind a gradebook entry, recovered from its transcript's fact lines.
-
-    Raises :class:`DropReason`: ``unparseable_transcript`` (no fact lines, no ``Final Answer:``, or facts
-    that do not form one chain), ``wrong_answer`` (wrong arithmetic, a final answer that is not the
-    chain's result, or quantities the question does not contain).
-    """
-    transcript = entry.get("transcript")
-    question = entry.get("question")
-    if not isinstance(transcript, str) or not isinstance(question, str) or not question.strip():
-        raise DropReason("unparseable_transcript", "missing question or transcript")
-    facts = gsm_lite.facts_used(transcript)
-    if not facts:
-        raise DropReason("unparseable_transcript", "no arithmetic fact lines")
-    stated = gsm_lite.extract_answer(transcript)
-    if stated is None:
-        raise DropReason("unparseable_transcript", "no Final Answer line")
-    for i, (a, op, b, r) in enumerate(facts):
-        if _apply(a, op, b) != r:
-            raise DropReason("wrong_answer", f"wrong arithmetic {a} {op} {b} = {r}")
-        if i and a != facts[i - 1][3]:
-            raise DropReason("unparseable_transcript", "fact lines do not form one chain")
-    answer = str(facts[-1][3])
-    if not gsm_lite.check_answer(stated, answer):
-        raise DropReason("wrong_answer", f"final answer {stated} but the steps give {answer}")
-    final = entry.get("final_answer")
-    if final is not None and not gsm_lite.check_answer(str(final), answer):
-        raise DropReason("wrong_answer", f"final_answer field {final!r} but the steps give {answer}")
-    in_question = {int(n) for n in _QUESTION_NUMBER.findall(question)}
-    used = {facts[0][0], *(b for _, _, b, _ in facts)}
-    if not used <= in_question:
-        raise DropReason("wrong_answer", f"quantities {sorted(used - in_question)} are not in the question")
-    n_ops = len(facts)
-    tier = entry.get("tier") or ("easy" if n_ops == 1 else "medium" if n_ops == 2 else "hard")
-    return {
-        "id": str(entry.get("task_id") or content_hash(entry)[:16]),
-        "question": question,
-        "answer": answer,
-        "tier": str(tier),
-        "steps": [f"{a} {op} {b} = {r}" for a, op, b, r in facts],
-    }
+# GSM-lite's entry check is the GSM-lite family's (pr1d.tasks.families); the name stays for its callers.
+seed_to_task = gsm_task_dict
 
 
 def summary_for(n_paths: int, answer: str) -> str:
@@ -215,6 +146,86 @@ def build_record(
     raise last
 
 
+def verify_family_completion(task: Task, family: TaskFamily, completion: str, mode: str = "parallel") -> int:
+    """The gate of a record of any family: valid format; in parallel mode one block of >= 2 distinct paths,
+    each path's answer accepted by the family's grader on its own; the final answer accepted. Returns the
+    number of paths; raises DropReason (``path_rejected`` names the path, ``grader_unavailable`` when the
+    critic could not be asked: an outage is not a wrong answer)."""
+    err = pf.check(completion)
+    if err is not None:
+        raise DropReason("format_invalid", f"{err.code}: {err}")
+    solution = pf.parse(completion)
+    paths: tuple[str, ...] = ()
+    if mode == "parallel":
+        if len(solution.blocks) != 1 or len(solution.blocks[0].paths) < 2:
+            raise DropReason("too_few_strategies", "the completion needs one block with >= 2 paths")
+        paths = solution.blocks[0].paths
+        if pf.path_diversity(paths) <= 0.0:
+            raise DropReason("paths_identical", "the paths have the same content")
+    elif solution.blocks:
+        raise DropReason("format_invalid", "a sequential record must not contain a Parallel block")
+    answers = [family.read_path(p) for p in paths] + [final_answer(completion)]
+    verdicts = family.grader.grade_many([(task, a) for a in answers])
+    if any(v.unavailable for v in verdicts):
+        raise DropReason("grader_unavailable", next(v.reason for v in verdicts if v.unavailable))
+    if not verdicts[-1].passed:
+        raise DropReason("wrong_answer", f"final answer {answers[-1]!r}: {verdicts[-1].reason}")
+    for i, v in enumerate(verdicts[:-1]):
+        if not v.passed:
+            raise DropReason("path_rejected", f"path {i + 1} answers {answers[i]!r}: {v.reason}")
+    return len(paths)
+
+
+def build_family_record(
+    task: Task, family: TaskFamily, *, branches: int = 2, kb_context: str = "", mode: str = "parallel",
+    generator: Any = None,
+) -> dict[str, Any]:
+    """One verified SFT record for a task of any family; raises :class:`DropReason` when no candidate passes.
+
+    Parallel candidates come from the family itself when it can write them (GSM-lite's strategies), else
+    from ``generator.family_completions(task, family, branches)`` (a teacher or self-sampling from the
+    agent's model); the sequential record is the family's single-path solution (a configured family's:
+    the graded transcript itself). The prompt, and what the generator sees, includes ``kb_context``.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    if kb_context.strip():
+        task = task.with_context(kb_context)
+    if mode == "sequential":
+        seq = family.sequential(task)
+        if seq is None:
+            raise DropReason("unparseable_transcript", "the entry has no sequential answer to train on")
+        candidates = [seq]
+    else:
+        if branches < 2:
+            raise ValueError(f"a Parallel record needs branches >= 2, got {branches}")
+        candidates = family.strategies(task, branches)
+        if candidates is None:
+            if generator is None or not hasattr(generator, "family_completions"):
+                raise DropReason("teacher_error", f"no trace source for family {family.name!r}: set [dataset] "
+                                                  "teacher_url or self_sample_url")
+            candidates = generator.family_completions(task, family, branches)
+    last: DropReason = DropReason("format_invalid", "no candidate completion")
+    for completion in candidates:
+        try:
+            n_paths = verify_family_completion(task, family, completion, mode)
+        except DropReason as e:
+            last = e
+            continue
+        return {
+            "id": f"{task.id}:{mode}",
+            "task_id": task.id,
+            "family": family.name,
+            "question": task.question,
+            "tier": task.tier,
+            "answer": task.reference if task.reference is not None else final_answer(completion) or "",
+            "prompt": task.prompt(),
+            "completion": completion,
+            "paths": n_paths,
+        }
+    raise last
+
+
 def _select_mix(records: list[dict[str, Any]], mix: Mapping[str, float], cap: int | None) -> list[dict]:
     """Keep tiers in the proportions of ``mix`` (tiers not in it are left out), as many as the data allows."""
     weights = {t: float(w) for t, w in mix.items() if w > 0}
@@ -271,15 +282,19 @@ def build_dataset(
     kb: Callable[[str], str] | None = None,
     max_records: int | None = None,
     generator: Any = None,
+    families: Families | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Records from gradebook entries, and stats (counts, drops by reason, lengths).
+    """Records from gradebook entries, and stats (counts, drops by reason, lengths, per task family).
 
     Deterministic: entries are sorted by (task_id, content hash) first, so the same entries in any order
     give the same records. One record per task and per question: the first entry of a task that passes
     every check is used, later entries of that task (or of the same question) count as ``duplicate``.
     Records are shuffled with ``seed``; ``mix`` ({tier: weight}) then keeps the tiers in proportion and
     ``max_records`` caps the count. ``kb`` maps a question to context prepended to its prompt.
+    ``families`` (default: GSM-lite only) maps each entry to its task family; an entry of a family not
+    configured is dropped as ``unknown_family`` and named in ``stats["unknown_families"]``.
     """
+    families = families or Families.gsm_only()
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
     # Equal keys mean equal question and transcript, so their relative order cannot change the output.
@@ -290,21 +305,39 @@ def build_dataset(
     done_tasks: set[str] = set()
     done_questions: set[str] = set()
     records: list[dict[str, Any]] = []
+    per_family: dict[str, dict[str, Any]] = {}
+    unknown: Counter[str] = Counter()
     for (task_id, _chash), entry in keyed:
+        name = families.name_of(entry)
+        fam_stats = per_family.setdefault(name, {"entries": 0, "built": 0, "drops": Counter()})
+        fam_stats["entries"] += 1
         qhash = hashlib.sha256(str(entry.get("question", "")).encode()).hexdigest()
         if task_id in done_tasks or qhash in done_questions:
             drops["duplicate"] += 1
+            fam_stats["drops"]["duplicate"] += 1
             continue
+        family = families.for_entry(entry)
         try:
-            task = seed_to_task(entry)
-            context = kb(task["question"]) if kb is not None else ""
-            record = build_record(task, branches=branches, kb_context=context or "", mode=mode,
-                                  generator=generator)
+            if family is None:
+                unknown[name] += 1
+                raise DropReason("unknown_family", name)
+            if family.name == "gsm_lite":
+                task = seed_to_task(entry)
+                context = kb(task["question"]) if kb is not None else ""
+                record = build_record(task, branches=branches, kb_context=context or "", mode=mode,
+                                      generator=generator)
+            else:
+                ftask = family.task_from_entry(entry)
+                context = kb(ftask.question) if kb is not None else ""
+                record = build_family_record(ftask, family, branches=branches, kb_context=context or "",
+                                             mode=mode, generator=generator)
         except DropReason as d:
             drops[d.code] += 1
+            fam_stats["drops"][d.code] += 1
             continue
         done_tasks.add(task_id)
         done_questions.add(qhash)
+        fam_stats["built"] += 1
         records.append(record)
     built = len(records)
     random.Random(f"pr1-dataset/{seed}").shuffle(records)
@@ -322,12 +355,21 @@ def build_dataset(
         "excluded_by_mix_or_cap": built - len(records),
         "drops": {code: drops.get(code, 0) for code in DROP_REASONS},
         "dropped": sum(drops.values()),
+        "families": {
+            name: {"entries": f["entries"], "built": f["built"],
+                   "records": sum(1 for r in records if r.get("family", "gsm_lite") == name),
+                   "drops": dict(sorted(f["drops"].items()))}
+            for name, f in sorted(per_family.items())
+        },
+        "unknown_families": dict(sorted(unknown.items())),
         **record_stats(records),
     }
     return records, stats
 
 
 RECORD_FIELDS = ("id", "prompt", "completion", "tier", "task_id", "answer")
+# Written when present: GSM-lite's records carry no family field, so their bytes (and hashes) are unchanged.
+OPTIONAL_FIELDS = ("family", "question")
 
 
 def write_dataset(
@@ -346,7 +388,7 @@ def write_dataset(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = "".join(
-        json.dumps({k: r[k] for k in RECORD_FIELDS}, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        json.dumps({k: r[k] for k in (*RECORD_FIELDS, *OPTIONAL_FIELDS) if k in r}, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
         + "\n"
         for r in records
     ).encode()

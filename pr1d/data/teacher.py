@@ -4,7 +4,9 @@ For real deployments, where no deterministic strategy generator knows the task: 
 prompted the way Parallel-R1 prompted its teacher for cold-start data, and every completion goes
 through the same gate as the strategy generator's (pr1d.data.builder.verify_completion): valid
 format, >= 2 distinct paths agreeing with the verified answer, the answer itself. Same interface as
-builder.StrategyGenerator: ``completions(task, branches) -> [str]``.
+builder.StrategyGenerator: ``completions(task, branches) -> [str]``; for a task of any family (a
+:class:`pr1d.tasks.contract.Task`) ``family_completions(task, family, branches)``, prompted with the task's
+own prompt (retrieved KB context included), every path then graded by the family's grader.
 """
 
 from __future__ import annotations
@@ -24,6 +26,13 @@ SYSTEM_PROMPT = (
     "with {branches} genuinely different solution paths (different order or grouping of the steps, "
     "not the same steps reworded), each ending with its own result, then a short summary that "
     "reconciles them. After the block, write one line: Final Answer: <number>."
+)
+FAMILY_PROMPT = (
+    "You answer questions by thinking in parallel. Use the context given with the question when there is one. "
+    "Structure your answer as\n<Parallel><Path>...</Path><Path>...</Path><Summary>...</Summary></Parallel>\n"
+    "with {branches} genuinely different paths to the answer (different sources or different reasoning, not "
+    "the same steps reworded), each ending with a line 'So the answer is <answer>.', then a short summary "
+    "that reconciles them. After the block, write one line: Final Answer: <answer>."
 )
 
 
@@ -45,11 +54,18 @@ class TeacherGenerator:
         self.http.close()
 
     def completions(self, task: Mapping[str, Any], branches: int) -> list[str]:
+        return self._ask(SYSTEM_PROMPT.format(branches=branches), str(task["question"]))
+
+    def family_completions(self, task: Any, family: Any, branches: int) -> list[str]:
+        """Traces for a :class:`~pr1d.tasks.contract.Task` of any family (the caller grades every path)."""
+        return self._ask(FAMILY_PROMPT.format(branches=branches), task.prompt())
+
+    def _ask(self, system: str, user: str) -> list[str]:
         body = {
             "model": self.model,
             "messages": [
-                {"role": "system", "content": SYSTEM_PROMPT.format(branches=branches)},
-                {"role": "user", "content": str(task["question"])},
+                {"role": "system", "content": system},
+                {"role": "user", "content": user},
             ],
             "n": self.samples,
             "temperature": self.temperature,

@@ -242,7 +242,8 @@ def summarize(
 ) -> dict[str, Any]:
     """Every aggregate figure of a report, recomputable from its items.
 
-    ``tiers`` (each tier and ``overall``) and ``sources`` (gradebook replay, GSM-lite split) are rows
+    ``tiers`` (each tier and ``overall``), ``sources`` (gradebook replay, GSM-lite split) and ``families`` (each
+    task family the replayed items belong to: the agent's own families and the GSM-lite benchmark) are rows
     of :func:`compare`; each row's RNG is seeded with ``"<seed>/<group>/<name>"`` so a row does not
     depend on which other rows exist.
     """
@@ -256,6 +257,8 @@ def summarize(
     tiers[OVERALL] = compare(items, cols, seed=f"{seed}/tier/{OVERALL}", **kw)
     sources = {s: compare([it for it in items if it["source"] == s], cols, seed=f"{seed}/source/{s}", **kw)
                for s in sorted({it["source"] for it in items})}
+    families = {f: compare([it for it in items if it.get("family") == f], cols, seed=f"{seed}/family/{f}", **kw)
+                for f in sorted({str(it["family"]) for it in items if it.get("family")})}
     return {
         "n": len(items),
         "columns": cols,
@@ -263,6 +266,7 @@ def summarize(
                "seed": seed},
         "tiers": tiers,
         "sources": sources,
+        "families": families,
         "compliance": {s: compliance_counts(items, s) for s in SIDES},
         "path_diversity": {s: mean_path_diversity(items, s) for s in SIDES},
         "parallel_ratio": {s: parallel_ratio(items, s) for s in SIDES},

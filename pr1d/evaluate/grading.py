@@ -39,7 +39,7 @@ Compliance checks (named, so the backtest can count each and the gate can report
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -154,9 +154,13 @@ def consensus_confidence(completion: str) -> float:
     return _consensus_confidence(solution.blocks if solution else (), extract_final_answer(completion))
 
 
-def _consensus_confidence(blocks: Sequence[ParallelBlock], final: str | None) -> float:
+def _consensus_confidence(blocks: Sequence[ParallelBlock], final: str | None,
+                          agrees: Callable[[str, str], bool] | None = None) -> float:
     if not blocks or final is None:
         return 0.0
+    if agrees is not None:
+        last = blocks[-1].paths
+        return sum(agrees(p, final) for p in last) / len(last)
     target = path_answer(final)
     if target is None:
         return 0.0
@@ -179,12 +183,17 @@ def grade(
     finished: bool = True,
     critic_agree: bool | None = None,
     guardrails: Sequence[str] = (),
+    correct: bool | None = None,
+    path_agrees: Callable[[str, str], bool] | None = None,
 ) -> Grade:
     """Grade ``completion`` against the expected ``answer`` (see the module docstring for each column).
 
     ``finished`` is False when the completion was cut off by the token budget; ``critic_agree`` is the
     critic's verdict on the final answer when one was asked (None: no critic check);
     ``guardrails`` are phrases that must never appear (matched case-insensitively).
+    For a task family with its own grader (pr1d.tasks): ``correct`` is the grader's verdict on the final answer
+    (it replaces the match with ``answer``), ``path_agrees(path, final)`` says whether a path reaches the final
+    answer (default: the last numbers are equal).
     """
     w = (weights or _DEFAULT_WEIGHTS).normalised()
     final = extract_final_answer(completion)
@@ -204,9 +213,9 @@ def grade(
     # Strictly valid (answer line included) and at least one block: a structure-only parse is not enough.
     strict_ok = solution is not None and solution.final_answer is not None
     columns = {
-        "correctness": 1.0 if answers_match(final, answer) else 0.0,
+        "correctness": 1.0 if (answers_match(final, answer) if correct is None else correct) else 0.0,
         "parallel_format": 1.0 if strict_ok and blocks else 0.0,
-        "consensus_confidence": _consensus_confidence(blocks, final),
+        "consensus_confidence": _consensus_confidence(blocks, final, path_agrees),
         "compliance": 1.0 if all(checks.values()) else 0.0,
     }
     score = sum(w[c] * columns[c] for c in COLUMNS)

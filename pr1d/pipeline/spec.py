@@ -20,6 +20,7 @@ from ..config import DatasetConfig, describe_error, read_token
 from ..evaluate.gate import GateConfig
 from ..kb.config import KBConfig
 from ..params import RewardParams
+from ..tasks.config import TasksConfig
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -107,6 +108,7 @@ class StageSpec(BaseModel):
     training: dict[str, Any] = Field(
         {}, description="The stage's [training.<stage>] defaults: only the keys the config sets.")
     rewards: RewardParams = RewardParams()
+    tasks: TasksConfig = TasksConfig()
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -132,8 +134,13 @@ class StageSpec(BaseModel):
 
 def build_stage_spec(cfg: Config, *, run: dict[str, Any], stage: dict[str, Any], state_dir: Path,
                      models_root: Path | str, model_in_service: str | None, heartbeat_s: float,
-                     resume: bool = False) -> StageSpec:
-    """The spec of ``stage`` (a ledger stage row) of ``run`` (a ledger run row) from the daemon's config."""
+                     resume: bool = False, profile: str | None = None) -> StageSpec:
+    """The spec of ``stage`` (a ledger stage row) of ``run`` (a ledger run row) from the daemon's config.
+
+    ``profile``: the agent's platform profile; its ``[tasks.profiles.<profile>]`` block picks the task families
+    and the trace source (over ``[dataset]``)."""
+    prof = cfg.tasks.profiles.get(profile or "")
+    dataset = cfg.dataset.model_copy(update=prof.dataset_overrides()) if prof is not None else cfg.dataset
     run_dir = Path(state_dir) / "runs" / str(run["id"])
     stage_dir = run_dir / f"{stage['seq']:02d}-{stage['name']}"
     return StageSpec(
@@ -142,11 +149,12 @@ def build_stage_spec(cfg: Config, *, run: dict[str, Any], stage: dict[str, Any],
         params=dict(run.get("params") or {}), resume=resume, heartbeat_s=heartbeat_s,
         limits=Limits(memory_mb=cfg.daemon.worker_memory_limit_mb, file_mb=cfg.daemon.worker_file_limit_mb),
         scoring=scoring_section(cfg),
-        dataset=cfg.dataset, kb=cfg.kb, gate=cfg.gate,
+        dataset=dataset, kb=cfg.kb, gate=cfg.gate,
         registry=Registry(state_dir=str(state_dir), models_root=str(models_root), model_in_service=model_in_service,
                           local_files_only=cfg.registry.local_files_only),
         training=cfg.training.for_stage(stage["name"]),
         rewards=cfg.rewards,
+        tasks=cfg.tasks.for_profile(profile),
     )
 
 

@@ -11,14 +11,17 @@ Reads like the procedure it runs:
    ``params.model``). A model in service without a policy (it never learnt the format) runs plain
    greedy generation.
 2. **What is replayed.** The newest ``window`` tasks this agent solved in the local gradebook copy
-   (``<state>/gradebook``, filled by the daemon's sync), recovered from their transcripts exactly as the
-   dataset builder does (:func:`pr1d.data.builder.seed_to_task`), plus ``n_per_tier`` problems per
+   (``<state>/gradebook``, filled by the daemon's sync), of every task family the spec's ``[tasks]`` grades,
+   recovered as the dataset builder does (GSM-lite from its transcript's chain; other families take the
+   graded answer as reference, their prompt gets KB context; entries of a family with no grader are named in
+   ``replay.gradebook.unknown_families``), plus ``n_per_tier`` problems per
    tier of the held-out GSM-lite split, plus the shipped guardrail exemplars (``[dataset] guardrails_dir``,
    source ``guardrail``). Every task the run trained on (its dataset's records and the SFT stage's
    ``training_tasks.jsonl``, generated top-up included) is left out, by id and by normalised question
    (``replay.excluded``). Both models see the same prompts with the same seeds.
 3. **Grading.** Every answer is graded by :func:`pr1d.evaluate.grading.grade`, the function the RL
-   reward uses, and checked against the platform's rubric keys (spec ``compliance_keys``:
+   reward uses (a task family's items with its grader's verdict as correctness; the report has a row per
+   family in ``families``, next to the GSM-lite benchmark), and checked against the platform's rubric keys (spec ``compliance_keys``:
    :func:`pr1d.evaluate.backtest.rubric_checks`). The platform's critic, when reachable, is asked about
    every final answer; its verdict is the ``critic_agrees`` rubric check, not folded into the grade.
 4. **Report.** ``backtest.json`` (every item, both grades, per tier/column differences with paired
@@ -40,6 +43,7 @@ from ..evaluate.backtest import REPORT_SCHEMA, RUBRIC_CHECKS, SIDES, figure_data
 from ..params import BacktestParams, stage_view
 from ..pipeline.files import writing
 from ..pipeline.spec import StageSpec
+from ..tasks.families import gsm_task_dict
 from .base import Worker, run_stage
 
 REPORT_NAME = "backtest.json"
@@ -157,14 +161,23 @@ def _epoch(ts: Any) -> float:
         return 0.0  # unknown format: oldest, so it is replayed last
 
 
-def gradebook_tasks(state_dir: str | None, agent: str | None, window: int) -> tuple[list[dict], dict]:
-    """The newest ``window`` tasks ``agent`` solved, from the local gradebook copy, parsed like the builder."""
+def gradebook_tasks(state_dir: str | None, agent: str | None, window: int,
+                    families: Any = None, min_score: float = 0.9) -> tuple[list[dict], dict]:
+    """The newest ``window`` tasks ``agent`` solved, from the local gradebook copy, parsed like the builder.
+
+    Each entry goes through its task family (``families``, default GSM-lite only); entries of a family with no
+    grader are counted in ``unknown_families`` (named, not dropped in silence) and replay nothing. A family
+    whose reference is the graded answer itself trusts it only from an entry scored at least ``min_score``
+    (``[dataset] min_score``; a lower one drops as ``wrong_answer``), as GSM-lite trusts only a correct chain.
+    """
     from collections import Counter
 
-    from ..data.builder import DropReason, seed_to_task
     from ..data.gradebook import LocalGradebook
+    from ..tasks.contract import DropReason
+    from ..tasks.families import GSM_LITE, Families
 
-    stats: dict[str, Any] = {"window": window, "entries": 0, "used": 0, "dropped": {}}
+    families = families or Families.gsm_only()
+    stats: dict[str, Any] = {"window": window, "entries": 0, "used": 0, "dropped": {}, "unknown_families": {}}
     if window == 0 or not state_dir:
         stats["note"] = "gradebook replay off" if window == 0 else "no state_dir: no local gradebook copy"
         return [], stats
@@ -177,11 +190,24 @@ def gradebook_tasks(state_dir: str | None, agent: str | None, window: int) -> tu
     tasks: list[dict] = []
     seen: set[str] = set()
     drops: Counter = Counter()
+    unknown: Counter = Counter()
     for e in mine:
         if len(tasks) >= window:
             break
+        family = families.for_entry(e)
         try:
-            t = seed_to_task(e)
+            if family is None:
+                unknown[families.name_of(e)] += 1
+                raise DropReason("unknown_family", families.name_of(e))
+            if family.name == GSM_LITE:
+                t = {**gsm_task_dict(e), "family": GSM_LITE}
+            else:
+                if getattr(family, "spec", None) is not None and family.spec.reference_from_entry \
+                        and float(e.get("score") or 0.0) < min_score:
+                    raise DropReason("wrong_answer", "the graded answer of a low-scored entry is no reference")
+                ft = family.task_from_entry(e)
+                t = {"id": ft.id, "question": ft.question, "answer": ft.reference or "", "tier": ft.tier or ft.family,
+                     "family": ft.family}
         except DropReason as d:
             drops[d.code] += 1
             continue
@@ -190,7 +216,7 @@ def gradebook_tasks(state_dir: str | None, agent: str | None, window: int) -> tu
             continue
         seen.add(t["id"])
         tasks.append({**t, "id": f"gb:{t['id']}", "task_id": t["id"], "source": "gradebook"})
-    stats["used"], stats["dropped"] = len(tasks), dict(drops)
+    stats["used"], stats["dropped"], stats["unknown_families"] = len(tasks), dict(drops), dict(sorted(unknown.items()))
     return tasks, stats
 
 
@@ -233,15 +259,19 @@ def trained_tasks(run_dir: Path) -> tuple[set[str], set[str], list[str]]:
     return ids, questions, [str(p) for p in files]
 
 
-def replay_tasks(w: Worker, cfg: BacktestParams) -> tuple[list[dict], dict]:
+def replay_tasks(w: Worker, cfg: BacktestParams, families: Any = None) -> tuple[list[dict], dict]:
     """Gradebook, GSM-lite and guardrail tasks, without any the run trained on (``replay.excluded`` says which)."""
     from ..evaluate.backtest import exclude_trained
     from ..evaluate.gsm_lite import EVAL_SEED, TIERS, eval_split
 
-    tasks, gb = gradebook_tasks(w.spec.registry.state_dir or None, w.spec.agent_id or None, cfg.window)
+    tasks, gb = gradebook_tasks(w.spec.registry.state_dir or None, w.spec.agent_id or None, cfg.window, families,
+                                min_score=w.spec.dataset.min_score)
+    if gb.get("unknown_families"):
+        w.log(f"backtest: gradebook entries of task families with no grader left out: {gb['unknown_families']} "
+              "(add [tasks.families.<name>], docs/dataset.md)", level="warning")
     tiers = tuple(cfg.tiers or TIERS)
     # GSM-lite's held-out split is never training data by construction; it goes through the same filter anyway.
-    gsm = [{**t, "id": f"gsm:{t['id']}", "task_id": t["id"], "source": "gsm_lite"}
+    gsm = [{**t, "id": f"gsm:{t['id']}", "task_id": t["id"], "source": "gsm_lite", "family": "gsm_lite"}
            for t in (eval_split(cfg.n_per_tier) if cfg.n_per_tier else []) if t["tier"] in tiers]
     guard = guardrail_tasks(w.spec) if cfg.guardrail_probes else []
     ids, questions, files = trained_tasks(w.run_dir)
@@ -255,6 +285,70 @@ def replay_tasks(w: Worker, cfg: BacktestParams) -> tuple[list[dict], dict]:
                         "guardrail": {"enabled": cfg.guardrail_probes, "exemplars": len(guard),
                                       "used": by_source["guardrail"]},
                         "excluded": excluded}
+
+
+def task_families(w: Worker) -> tuple[Any, Any]:
+    """The spec's ``[tasks]`` families, and the critic client a critic-graded family needs (else None).
+
+    Without a scoring url a critic-graded family cannot be judged: it is left out of the families (its entries
+    are then named in ``replay.gradebook.unknown_families``), with a warning.
+    """
+    from ..tasks.families import GSM_LITE, Families
+
+    cfg = w.spec.tasks
+    if not cfg.needs_critic():
+        return cfg.build(), None
+    if not w.spec.scoring.url:
+        w.log("backtest: a task family is critic-graded but there is no scoring url; its entries are not replayed",
+              level="warning")
+        specs = {n: f for n, f in cfg.families.items() if f.grader.kind != "critic"}
+        return Families.from_config(specs, default=cfg.default_family if cfg.default_family in specs else GSM_LITE), None
+    from ..train.critic import CriticClient
+
+    critic = CriticClient(w.spec.scoring.url, w.spec.scoring.token(), timeout=w.spec.scoring.timeout_s)
+    return cfg.build(critic=critic), critic
+
+
+def add_kb_context(w: Worker, tasks: list[dict], replay: dict) -> None:
+    """KB context for the replayed tasks of families other than GSM-lite (as the dataset stage retrieves it),
+    so both models answer them as the agent does: with retrieval in the prompt."""
+    todo = sorted({t["question"] for t in tasks if t.get("family") not in (None, "gsm_lite")})
+    if not todo:
+        return
+    from .dataset import kb_contexts
+
+    kb_stats: dict = {}
+    contexts = kb_contexts(w.spec.kb, w.spec.registry.state_dir, todo, kb_stats,
+                           warn=lambda m: w.log(m, level="warning"))
+    for t in tasks:
+        if t["question"] in contexts and t.get("family") not in (None, "gsm_lite"):
+            t["context"] = contexts[t["question"]]
+    replay["kb"] = kb_stats
+
+
+def grade_side(completions: list, tasks: list[dict], families: Any, guardrails: Any, replay: dict) -> list:
+    """Every answer graded by :func:`pr1d.evaluate.grading.grade`; a task family's items with its grader's verdict
+    as the correctness column (an item its grader could not judge counts as not correct, and is counted in
+    ``replay.grader_unavailable``)."""
+    from ..data.parallel_format import extract_final_answer
+    from ..evaluate.grading import grade
+    from ..tasks.contract import same_answer
+
+    idx = [i for i, t in enumerate(tasks) if t.get("family") not in (None, "gsm_lite")]
+    verdicts = dict(zip(idx, families.grade([(tasks[i]["family"], tasks[i]["question"], tasks[i]["answer"] or None,
+                                              extract_final_answer(completions[i].text)) for i in idx]),
+                        strict=True)) if idx else {}
+    replay["grader_unavailable"] = replay.get("grader_unavailable", 0) + sum(v.unavailable for v in verdicts.values())
+    out = []
+    for i, (c, t) in enumerate(zip(completions, tasks, strict=True)):
+        v = verdicts.get(i)
+        if v is None:
+            out.append(grade(c.text, t["answer"], finished=c.finished, guardrails=guardrails))
+            continue
+        fam = families.family(t["family"])
+        out.append(grade(c.text, t["answer"], finished=c.finished, guardrails=guardrails, correct=v.passed,
+                         path_agrees=lambda p, final, fam=fam: same_answer(fam.read_path(p), final)))
+    return out
 
 
 # -- 3. run both models ------------------------------------------------------------------------------------
@@ -385,8 +479,7 @@ def main(w: Worker) -> dict:
     import torch
 
     from ..data.parallel_format import measure_batch
-    from ..evaluate.grading import grade
-    from ..evaluate.gsm_lite import format_prompt
+    from ..tasks.contract import format_prompt
 
     started = time.monotonic()
     # Run params over the config's [training.backtest] defaults (a typo there is refused).
@@ -396,7 +489,8 @@ def main(w: Worker) -> dict:
     torch.set_num_threads(cfg.threads)
 
     sides = resolve_sides(w, cfg)
-    tasks, replay = replay_tasks(w, cfg)
+    families, families_critic = task_families(w)
+    tasks, replay = replay_tasks(w, cfg, families)
     if not tasks:
         raise ValueError(f"nothing to replay: {replay}")
     ex = replay["excluded"]
@@ -405,14 +499,16 @@ def main(w: Worker) -> dict:
           f"{ex['by_question']} by question left out as training data); candidate {sides['candidate']['path']} vs "
           f"{sides['incumbent']['source']} {sides['incumbent']['path']}")
 
-    prompts = [format_prompt(t["question"]) for t in tasks]
+    add_kb_context(w, tasks, replay)
+    prompts = [format_prompt(t["question"], t.get("context", "")) for t in tasks]
     total = 2 * len(prompts)
     answers = {}
     for k, side in enumerate(("candidate", "incumbent")):
         answers[side] = answer_all(w, side, sides[side], prompts, cfg, k * len(prompts), total)
 
-    grades = {s: [grade(c.text, t["answer"], finished=c.finished, guardrails=cfg.guardrail_phrases)
-                  for c, t in zip(answers[s], tasks, strict=True)] for s in SIDES}
+    grades = {s: grade_side(answers[s], tasks, families, cfg.guardrail_phrases, replay) for s in SIDES}
+    if families_critic is not None:
+        families_critic.close()
     if cfg.critic:
         verdicts, critic = critic_verdicts(w, tasks, grades)
     else:
@@ -424,6 +520,8 @@ def main(w: Worker) -> dict:
     for i, t in enumerate(tasks):
         item: dict[str, Any] = {"id": t["id"], "task_id": t["task_id"], "source": t["source"], "tier": t["tier"],
                                 "question": t["question"], "answer": t["answer"]}
+        if t.get("family"):
+            item["family"] = t["family"]
         if t.get("forbid"):
             item["forbid"] = list(t["forbid"])
         for s in SIDES:
@@ -487,7 +585,8 @@ def main(w: Worker) -> dict:
     w.log(f"backtest: score {sc['candidate']:.4f} vs {sc['incumbent']:.4f} ({sc['diff']:+.4f}, "
           f"CI [{sc['ci_low']:+.4f}, {sc['ci_high']:+.4f}], n={summary['n']}) in {report['elapsed_s']} s")
     return {"report": str(report_path), "figure": str(figure_path), "n": summary["n"],
-            "score": sc, "candidate": report["candidate"], "incumbent": report["incumbent"]}
+            "score": sc, "candidate": report["candidate"], "incumbent": report["incumbent"],
+            "unknown_families": replay["gradebook"].get("unknown_families") or {}}
 
 
 if __name__ == "__main__":

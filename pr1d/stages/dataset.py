@@ -62,6 +62,9 @@ def dataset_settings(spec: StageSpec) -> dict[str, Any]:
         "critic_min_confidence": p.critic_min_confidence,
         "teacher_url": ds.teacher_url,
         "teacher_model": ds.teacher_model,
+        "self_sample_url": ds.self_sample_url,
+        "self_sample_model": ds.self_sample_model,
+        "self_samples": ds.self_samples,
     }
 
 
@@ -121,14 +124,33 @@ def kb_contexts(
 
 
 def _generator(s: Mapping[str, Any]) -> Any:
-    """The trace writer: a teacher model when [dataset] teacher_url is set, else GSM-lite's strategies."""
-    if not s["teacher_url"]:
-        return None
-    if not s["teacher_model"]:
-        raise ValueError("[dataset] teacher_url is set but teacher_model is empty")
-    from pr1d.data.teacher import TeacherGenerator
+    """The trace writer: a teacher model when [dataset] teacher_url is set, else self-sampling from the agent's
+    model when self_sample_url is set, else none (GSM-lite's strategies; other families then have no source)."""
+    if s["teacher_url"]:
+        if not s["teacher_model"]:
+            raise ValueError("[dataset] teacher_url is set but teacher_model is empty")
+        from pr1d.data.teacher import TeacherGenerator
 
-    return TeacherGenerator(s["teacher_url"], s["teacher_model"])
+        return TeacherGenerator(s["teacher_url"], s["teacher_model"])
+    if s["self_sample_url"]:
+        if not s["self_sample_model"]:
+            raise ValueError("[dataset] self_sample_url is set but self_sample_model is empty")
+        from pr1d.data.self_sample import SelfSampler
+
+        return SelfSampler(s["self_sample_url"], s["self_sample_model"], samples=s["self_samples"])
+    return None
+
+
+def _families(w: Worker) -> tuple[Any, Any]:
+    """The task families of the spec's [tasks], and the critic client a critic-graded family needs (or None)."""
+    critic = None
+    if w.spec.tasks.needs_critic():
+        from pr1d.train.critic import CriticClient
+
+        if not w.spec.scoring.url:
+            raise ValueError("[tasks] has a critic-graded family but [scoring] base_url is empty")
+        critic = CriticClient(w.spec.scoring.url, token=w.spec.scoring.token(), timeout=w.spec.scoring.timeout_s)
+    return w.spec.tasks.build(critic=critic), critic
 
 
 def _fleet_entries(w: Worker, s: dict[str, Any], url: str, token: str | None, fetch_stats: dict) -> tuple[list, Any, Any]:
@@ -220,6 +242,7 @@ def main(w: Worker) -> dict:
 
         exemplars = load_guardrails(resolve_guardrails_dir(s["guardrails_dir"]))
     generator = _generator(s)
+    families, critic = _families(w)
     kind = "targeted" if s["targeted"] else s["mode"]
 
     w.progress(0, 3, message="fetching gradebook")
@@ -242,8 +265,11 @@ def main(w: Worker) -> dict:
             records, stats = build_dataset(
                 entries, branches=s["branches"], mode=s["mode"], mix=s["mix"], seed=s["seed"],
                 max_records=s["max_records"], kb=(lambda q: contexts.get(q, "")) if contexts else None,
-                generator=generator)
+                generator=generator, families=families)
             stats["kb"] = kb_stats
+            for name, n in stats["unknown_families"].items():
+                w.log(f"{n} entries of task family {name!r} dropped: no [tasks.families.{name}] says how to grade "
+                      "them (docs/dataset.md, 'Adding a task family')", level="warning")
             if s["guardrails"]:
                 from pr1d.data.targeted import mix_guardrails
 
@@ -254,6 +280,8 @@ def main(w: Worker) -> dict:
     finally:
         if generator is not None:
             generator.close()
+        if critic is not None:
+            critic.close()
     if generator is not None:
         stats["generator"] = {"name": generator.name, "requests": generator.requests, "errors": generator.errors}
     if not s["targeted"]:
@@ -275,11 +303,14 @@ def main(w: Worker) -> dict:
         "branches": stats["branches"], "drops": manifest["drops"], "source": source,
         "tiers": stats["tiers"], "targeted": s["targeted"],
         "guardrail_records": (stats.get("guardrails") or {}).get("records", 0),
+        "families": {k: v["records"] for k, v in (stats.get("families") or {}).items()},
+        "unknown_families": stats.get("unknown_families") or {},
     })
     w.progress(3, 3, message="done")
     drops = {k: v for k, v in manifest["drops"].items() if v}
     w.log(f"dataset {manifest['content_hash'][:12]}: {len(records)} records ({kind}), drops {drops}")
-    return {"dataset_version": manifest["content_hash"], "records": len(records), "drops": manifest["drops"]}
+    return {"dataset_version": manifest["content_hash"], "records": len(records), "drops": manifest["drops"],
+            "unknown_families": stats.get("unknown_families") or {}}
 
 
 if __name__ == "__main__":

@@ -17,6 +17,9 @@ spec's ``scoring`` section (the URL, and where the bearer token is) reaches the 
 ``critic`` is true. ``report_to``: experiment trackers, as in the sft stage (TensorBoard into the stage's
 ``tensorboard/`` folder, an artifact; run name ``pr1-run<id>-rl``).
 
+Problems: ``tasks = "gsm_lite"`` (default) generates GSM-lite problems; ``tasks = "dataset"`` takes the run's
+dataset stage's records, of any task family (:func:`dataset_tasks`), graded by the spec's ``[tasks]`` families.
+
 The held-out GSM-lite accuracy per tier is measured before training (kept in ``eval_before.json`` so a
 resumed stage does not measure it twice) and on the saved RL model after, both on the *selection split*
 (:func:`pr1d.evaluate.selection.selection_split`), never on the fixed split the backtest and the gates score;
@@ -112,6 +115,40 @@ def make_critic(scoring: Scoring, cfg: RLParams):
     return build(cfg.reward_params(), scoring.url, scoring.token())
 
 
+def find_dataset(run_dir: Path) -> Path | None:
+    """The run's newest dataset stage's ``records.jsonl`` (None without one)."""
+    found = sorted(p for p in run_dir.glob("*-dataset/dataset/records.jsonl") if p.is_file())
+    return found[-1] if found else None
+
+
+def dataset_tasks(w: Worker, cfg: RLParams, critic: Any) -> dict[str, Any]:
+    """``tasks = "dataset"``: the run's dataset records as RL problems, the families grading them and, for
+    families whose tasks carry no tier, a tier from the agent's pass rate on the family (its own gradebook)."""
+    from pr1d.tasks.families import family_pass_rates, tier_from_pass_rate
+
+    path = find_dataset(w.run_dir)
+    if path is None:
+        raise ValueError("tasks = dataset but this run has no dataset stage output (NN-dataset/dataset/records.jsonl)")
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    families_critic = critic
+    if families_critic is None and w.spec.tasks.needs_critic():
+        families_critic = make_critic(w.spec.scoring, cfg)
+    families = w.spec.tasks.build(critic=families_critic)
+    tiers = cfg.curriculum_params().tiers
+    family_tiers: dict[str, str] = {}
+    untiered = sorted({str(r.get("family") or "gsm_lite") for r in records if r.get("tier") not in tiers})
+    if untiered and w.spec.scoring.url and w.spec.agent_id:
+        from pr1d.data.gradebook import fetch_gradebook
+
+        own, _ = fetch_gradebook(w.spec.scoring.url, w.spec.scoring.token(), agent_id=w.spec.agent_id, min_score=0.0)
+        rates = family_pass_rates(own, families.default)
+        family_tiers = {f: tier_from_pass_rate(rates[f], tiers) for f in untiered if f in rates}
+        w.log(f"tiers from pass rates: {', '.join(f'{f} {rates[f]:.0%} -> {t}' for f, t in family_tiers.items())}")
+    w.log(f"RL problems: {len(records)} dataset tasks from {path.parent.parent.name} "
+          f"({', '.join(sorted({str(r.get('family') or 'gsm_lite') for r in records}))})")
+    return {"task_records": records, "families": families, "family_tiers": family_tiers}
+
+
 def main(w: Worker) -> dict:
     import torch
 
@@ -125,6 +162,7 @@ def main(w: Worker) -> dict:
     w.log(f"starting from {start} ({source})")
     torch.set_num_threads(cfg.threads)
     critic = make_critic(w.spec.scoring, cfg) if cfg.critic else None
+    tasks = dataset_tasks(w, cfg, critic) if cfg.tasks == "dataset" else {}
 
     def on_event(kind: str, fields: dict[str, Any]) -> None:
         if kind == "progress":
@@ -156,7 +194,7 @@ def main(w: Worker) -> dict:
     resume = w.resume or last_checkpoint(w.checkpoint_dir) is not None
     model, tokenizer, summary = train_grpo(
         start, w.checkpoint_dir, cfg, on_event=on_event, stop=w.stop_requested, resume=resume, critic=critic,
-        use_cpu=True if w.params.get("cpu") else None, **tracking(w),
+        use_cpu=True if w.params.get("cpu") else None, **tracking(w), **tasks,
     )
     if summary["resumed_from"]:
         w.log(f"resumed from {summary['resumed_from']}")

@@ -43,6 +43,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,7 @@ from pr1d.train.curriculum import (
     explore_verify_phase,
     stop_decision,
 )
-from pr1d.train.rewards import correctness_reward, decode_completions, make_reward_funcs
+from pr1d.train.rewards import correctness_reward, decode_completions, family_verdicts, make_reward_funcs
 from pr1d.train.sft import check_reporters, last_checkpoint, load_trainable, report_args, tensorboard_into
 
 STATE_FILE = "curriculum_state.json"  # written into every checkpoint folder next to TRL's own state
@@ -92,6 +93,43 @@ def tier_pools(tiers, n_per_tier: int, seed: int, tokenizer=None) -> dict[str, l
             for t in tasks
         ]
     return pools
+
+
+def record_pools(records: Iterable[Mapping[str, Any]], tiers: Sequence[str], tokenizer=None,
+                 family_tiers: Mapping[str, str] | None = None) -> dict[str, list[dict[str, str]]]:
+    """GRPO rows per tier from dataset records of any task family (``prompt`` already holds the KB context).
+
+    A record's tier is its own when it is one of ``tiers``, else its family's tier in ``family_tiers`` (from the
+    agent's pass rate, :func:`pr1d.tasks.families.tier_from_pass_rate`); records with neither are left out. A
+    tier no record reaches borrows the rows of the nearest easier tier (else the nearest harder), so the
+    curriculum can still climb; ValueError when no record has a tier at all.
+    """
+    pools: dict[str, list[dict[str, str]]] = {t: [] for t in tiers}
+    for rec in records:
+        family = str(rec.get("family") or "gsm_lite")
+        tier = rec.get("tier") if rec.get("tier") in pools else (family_tiers or {}).get(family)
+        if tier not in pools:
+            continue
+        prompt = str(rec["prompt"])
+        pools[tier].append({
+            "prompt": render_prompt(tokenizer, prompt) if tokenizer is not None else prompt,
+            "answer": str(rec.get("answer") or ""), "question": str(rec.get("question") or question_of(prompt)),
+            "tier": tier, "family": family,
+        })
+    filled = [t for t in tiers if pools[t]]
+    if not filled:
+        raise ValueError(f"no dataset task has one of the tiers {list(tiers)} (nor a family tier from a pass rate)")
+    for i, t in enumerate(tiers):
+        if not pools[t]:
+            easier = [u for u in tiers[:i] if pools[u]]
+            pools[t] = [dict(r, tier=t) for r in pools[easier[-1] if easier else filled[0]]]
+    return pools
+
+
+def question_of(prompt: str) -> str:
+    """The question of a rendered task prompt (the text after the last ``Question:``, before ``Answer:``)."""
+    q = prompt.rpartition("Question: ")[2]
+    return q.rpartition("\nAnswer:")[0].strip() or q.strip()
 
 
 def slots(n: int):
@@ -205,8 +243,9 @@ class CurriculumRun:
 class ParallelRLTrainer(GRPOTrainer):
     """GRPOTrainer whose batches, sampling temperature and group size come from the curriculum."""
 
-    def __init__(self, *args: Any, curriculum: CurriculumRun, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, curriculum: CurriculumRun, families: Any = None, **kwargs: Any) -> None:
         self.curriculum = curriculum
+        self.families = families  # graders of the rows' task families (None: every row is GSM-lite)
         self.started = time.monotonic()
         self.new_transitions: list[TierTransition] = []  # caused by the current step; the callback emits them
         super().__init__(*args, **kwargs)
@@ -276,6 +315,11 @@ class ParallelRLTrainer(GRPOTrainer):
         decoded = decode_completions(self.processing_class, ids)
         texts = [t for t, _ in decoded]
         correct = [correctness_reward(t, row["answer"]) for t, row in zip(texts, rows, strict=True)]
+        verdicts = family_verdicts(self.families, {"family": [r.get("family") for r in rows],
+                                                   "question": [r.get("question", "") for r in rows]},
+                                   texts, [r["answer"] for r in rows])
+        # A family's grader decides for its rows; no verdict (critic down) counts as not correct for the curriculum.
+        correct = [c if v is None else float(v.passed) for c, v in zip(correct, verdicts, strict=True)]
         metrics = self._metrics["train"]
         reward = metrics["reward"][-1] if metrics.get("reward") else float("nan")
         transition = self.curriculum.observe(step, correct, reward)
@@ -481,11 +525,15 @@ def build_trainer(
     use_cpu: bool | None = None,
     logging_dir: str | Path | None = None,
     run_name: str | None = None,
+    task_records: Sequence[Mapping[str, Any]] | None = None,
+    families: Any = None,
+    family_tiers: Mapping[str, str] | None = None,
 ) -> tuple[ParallelRLTrainer, RLEventCallback]:
     """The trainer and its event callback, ready to ``train()``; the model is loaded from ``model_path``.
 
     ``logging_dir``: where TensorBoard's event files go when ``cfg.report_to`` has it (default: under the
-    checkpoint folder); ``run_name``: the run's name in the trackers.
+    checkpoint folder); ``run_name``: the run's name in the trackers. ``task_records`` (with ``cfg.tasks =
+    "dataset"``): the problems, from the run's dataset (:func:`record_pools`), graded by ``families``.
     """
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -495,10 +543,16 @@ def build_trainer(
     model, tokenizer = load_trainable(model_path, cfg)  # reads the finetune/lora_* fields both configs share
     if use_cpu is None:
         use_cpu = not torch.cuda.is_available()
-    curriculum = CurriculumRun(cfg, tier_pools(cfg.curriculum_params().tiers, cfg.tier_pool, cfg.seed,
-                                                    tokenizer))
+    tiers = cfg.curriculum_params().tiers
+    if cfg.tasks == "dataset":
+        if not task_records:
+            raise ValueError("tasks = dataset but no dataset tasks were given (run a dataset stage before rl)")
+        pools = record_pools(task_records, tiers, tokenizer, family_tiers)
+    else:
+        pools = tier_pools(tiers, cfg.tier_pool, cfg.seed, tokenizer)
+    curriculum = CurriculumRun(cfg, pools)
     # The alternating reward schedule reads TRL's trainer_state.global_step: the 0-based step being generated.
-    reward_funcs = make_reward_funcs(cfg.reward_params(), tokenizer, critic=critic)
+    reward_funcs = make_reward_funcs(cfg.reward_params(), tokenizer, critic=critic, families=families)
     callback = RLEventCallback(emit, stop)
     trainer = ParallelRLTrainer(
         model=model,
@@ -508,6 +562,7 @@ def build_trainer(
         processing_class=tokenizer,
         callbacks=[callback],
         curriculum=curriculum,
+        families=families,
     )
     callback.trainer = trainer
     trainer.reward_metrics = reward_funcs.metrics
@@ -530,11 +585,13 @@ def train_grpo(
     use_cpu: bool | None = None,
     logging_dir: str | Path | None = None,
     run_name: str | None = None,
+    **tasks: Any,
 ):
     """Train; returns ``(model, tokenizer, summary)``. ``summary["interrupted"]``: stopped on request.
-    ``logging_dir`` and ``run_name``: see :func:`build_trainer`."""
+    ``logging_dir``, ``run_name`` and ``tasks`` (task_records, families, family_tiers): see :func:`build_trainer`."""
     trainer, callback = build_trainer(model_path, checkpoint_dir, cfg, on_event=on_event, stop=stop,
-                                      critic=critic, use_cpu=use_cpu, logging_dir=logging_dir, run_name=run_name)
+                                      critic=critic, use_cpu=use_cpu, logging_dir=logging_dir, run_name=run_name,
+                                      **tasks)
     ckpt = last_checkpoint(checkpoint_dir) if resume else None
     started = time.monotonic()
     trainer.train(resume_from_checkpoint=ckpt)

@@ -249,6 +249,7 @@ def make_reward_funcs(
     *,
     critic: Any = None,
     step_fn: Callable[[], int] | None = None,
+    families: Any = None,
 ) -> RewardFuncs:
     """The TRL reward functions of ``cfg``: ``f(prompts, completions, completion_ids=None, **kwargs)``.
 
@@ -259,6 +260,10 @@ def make_reward_funcs(
     Terms of weight 0 are left out; the critic term exists only with a ``critic`` (a
     :class:`pr1d.train.critic.CriticClient`). ``tokenizer`` decodes ``completion_ids`` with the tags
     kept; None falls back to TRL's tag-less texts (only for tests of the pure terms).
+
+    ``families`` (a :class:`pr1d.tasks.families.Families`): rows with a ``family`` column of a family other
+    than GSM-lite are graded by that family's grader (the critic for a family without a reference answer,
+    batched per step); where the grader has no verdict (critic down) the row's grade term is None.
     """
     schedule = alternating_schedule(cfg)
     metrics = RewardMetrics()
@@ -298,11 +303,19 @@ def make_reward_funcs(
     if cfg.grade_weight > 0:
         def reward_grade(prompts, completions, completion_ids=None, **kwargs) -> list[float | None]:
             answers = column(kwargs, "answer", len(completions))
-            return [
-                cfg.grade_weight * grade_reward(text, str(ans), weights=cfg.grading, finished=finished,
-                                                guardrails=cfg.guardrails)
-                for (text, finished), ans in zip(texts(completions, completion_ids), answers, strict=True)
-            ]
+            decoded = texts(completions, completion_ids)
+            verdicts = family_verdicts(families, kwargs, [t for t, _ in decoded], answers)
+            out: list[float | None] = []
+            names = kwargs.get("family") or [None] * len(decoded)
+            for (text, finished), ans, v, name in zip(decoded, answers, verdicts, names, strict=True):
+                if v is not None and v.unavailable:
+                    out.append(None)  # the grader (critic) had no verdict: no grade term, not a 0
+                    continue
+                out.append(cfg.grade_weight * grade(
+                    text, str(ans), weights=cfg.grading, finished=finished, guardrails=cfg.guardrails,
+                    correct=None if v is None else v.passed,
+                    path_agrees=None if v is None else _path_agrees(families, str(name))).score)
+            return out
 
         funcs.append(reward_grade)
     if cfg.format_weight > 0:
@@ -348,6 +361,32 @@ def make_reward_funcs(
     if not funcs:
         raise ValueError("rewards: no reward term is active; set grade_weight (or another weight) above 0")
     return funcs
+
+
+def family_verdicts(families: Any, kwargs: Mapping[str, Any], texts: Sequence[str],
+                    answers: Sequence[Any]) -> list[Any]:
+    """The family grader's verdict per completion for rows of a family other than GSM-lite, None for the rest
+    (GSM-lite rows, or no ``family`` column / no ``families``: graded against ``answer`` as always)."""
+    names = kwargs.get("family")
+    if families is None or names is None:
+        return [None] * len(texts)
+    questions = kwargs.get("question") or [""] * len(texts)
+    idx = [i for i, name in enumerate(names) if name and name != "gsm_lite"]
+    out: list[Any] = [None] * len(texts)
+    if idx:
+        got = families.grade([(str(names[i]), str(questions[i]), str(answers[i]) or None,
+                               extract_final_answer(texts[i])) for i in idx])
+        for i, v in zip(idx, got, strict=True):
+            out[i] = v
+    return out
+
+
+def _path_agrees(families: Any, name: str) -> Callable[[str, str], bool]:
+    """Whether a path reaches the final answer, read the family's way (its path reader, text or number)."""
+    from pr1d.tasks.contract import same_answer
+
+    fam = families.family(name)
+    return lambda path, final: same_answer(fam.read_path(path), final)
 
 
 def _log_metric(kwargs: Mapping[str, Any], name: str, value: float) -> None:

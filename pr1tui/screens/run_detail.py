@@ -16,7 +16,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.timer import Timer
 from textual.widgets import DataTable, Label, Log, OptionList, ProgressBar, Static, TabbedContent, TabPane
 
-from pr1d.explain import run_origin
+from pr1d.explain import run_origin, ungraded_families
 from pr1d.rpc.client import AsyncClient, DaemonUnreachable
 from pr1d.rpc.schema import RpcError
 
@@ -196,6 +196,8 @@ class RunDetailScreen(Pr1Screen):
         t.add_column(overflow="fold")  # sentences wrap at the page's width rather than run off it
         for label, text in run_origin(r):
             t.add_row(label, Text(text, style="bold red") if text.endswith(": FIRED") else text)
+        for label, text in ungraded_families(r):
+            t.add_row(label, Text(text, style="bold yellow"))
         t.add_row("params", json.dumps(r.get("params") or {}, sort_keys=True))
         if r.get("idempotency_key"):
             t.add_row("key", r["idempotency_key"])

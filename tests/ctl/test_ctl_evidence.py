@@ -318,3 +318,19 @@ def test_gate_facts_of_older_shapes_keep_their_facts():
 ])
 def test_run_origin_without_a_trigger_row(run, want):
     assert explain.run_origin(run) == want
+
+
+def test_ungraded_families_say_which_stage_left_what_out_and_the_fix():
+    from pr1d.explain import ungraded_families
+
+    run = {"stages": [{"name": "dataset", "result": {"unknown_families": {"tool_calls": 2, "summaries": 1}}},
+                      {"name": "sft", "result": {"records": 10}},
+                      {"name": "backtest", "result": {"unknown_families": {"tool_calls": 1}}},
+                      {"name": "gate", "result": None}]}
+    assert ungraded_families(run) == [
+        ("no grader (dataset)", "summaries (1 entry), tool_calls (2 entries): not trained on or replayed; add "
+                                "[tasks.families.summaries] (docs/dataset.md, 'Adding a task family')"),
+        ("no grader (backtest)", "tool_calls (1 entry): not trained on or replayed; add [tasks.families.tool_calls] "
+                                 "(docs/dataset.md, 'Adding a task family')"),
+    ]
+    assert ungraded_families({"stages": [{"name": "dataset", "result": {"unknown_families": {}}}]}) == []

@@ -234,7 +234,7 @@ def check_report_picture(report: dict, png: Path) -> None:
 
     ci = report["ci"]
     again = summarize(report["items"], level=ci["level"], resamples=ci["resamples"], seed=ci["seed"])
-    for key in ("tiers", "sources", "compliance", "path_diversity", "parallel_ratio", "columns", "n"):
+    for key in ("tiers", "sources", "families", "compliance", "path_diversity", "parallel_ratio", "columns", "n"):
         assert report[key] == again[key], key
     expected = figure_data(again)
     assert report["figure"]["data"] == expected
