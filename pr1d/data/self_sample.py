@@ -12,7 +12,6 @@ Same interface as :class:`pr1d.data.teacher.TeacherGenerator`; no torch.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,6 +20,7 @@ import httpx
 from pr1d.tasks.contract import DropReason, Task, final_answer, normalise_text
 
 from . import parallel_format as pf
+from .teacher import OpenAICompatible
 
 __all__ = ["SelfSampler", "compose"]
 
@@ -83,7 +83,7 @@ def compose(task: Task, family: Any, samples: Sequence[str], branches: int) -> l
         raise DropReason("format_invalid", f"{e.code}: {e}") from None
 
 
-class SelfSampler:
+class SelfSampler(OpenAICompatible):
     """``/v1/completions`` client: ``samples`` answers per task from the agent's model, composed by :func:`compose`."""
 
     name = "self_sample"
@@ -92,15 +92,8 @@ class SelfSampler:
                  temperature: float = 0.8, max_tokens: int = 256, timeout_s: float = 60.0) -> None:
         if samples < 2:
             raise ValueError(f"self-sampling needs samples >= 2 (two accepted paths at least), got {samples}")
-        key = os.environ.get(api_key_env) if api_key_env else None
-        self.model, self.samples, self.temperature, self.max_tokens = model, samples, temperature, max_tokens
-        self.http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s,
-                                 headers={"Authorization": f"Bearer {key}"} if key else {})
-        self.requests = 0
-        self.errors = 0
-
-    def close(self) -> None:
-        self.http.close()
+        super().__init__(base_url, model, api_key_env=api_key_env, samples=samples, temperature=temperature,
+                         max_tokens=max_tokens, timeout_s=timeout_s)
 
     def sample(self, prompt: str) -> list[str]:
         body = {"model": self.model, "prompt": prompt, "n": self.samples, "temperature": self.temperature,

@@ -36,13 +36,12 @@ FAMILY_PROMPT = (
 )
 
 
-class TeacherGenerator:
-    """Chat-completions client; ``samples`` completions per task, the first that passes the gate wins."""
+class OpenAICompatible:
+    """A model behind an OpenAI-compatible endpoint: the HTTP client (bearer key from ``api_key_env``), the
+    sampling settings and the request/error counters the dataset manifest reports."""
 
-    name = "teacher"
-
-    def __init__(self, base_url: str, model: str, *, api_key_env: str = "PR1_TEACHER_API_KEY",
-                 samples: int = 2, temperature: float = 0.7, max_tokens: int = 512, timeout_s: float = 60.0):
+    def __init__(self, base_url: str, model: str, *, api_key_env: str, samples: int, temperature: float,
+                 max_tokens: int, timeout_s: float) -> None:
         key = os.environ.get(api_key_env) if api_key_env else None
         self.model, self.samples, self.temperature, self.max_tokens = model, samples, temperature, max_tokens
         self.http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s,
@@ -52,6 +51,17 @@ class TeacherGenerator:
 
     def close(self) -> None:
         self.http.close()
+
+
+class TeacherGenerator(OpenAICompatible):
+    """Chat-completions client; ``samples`` completions per task, the first that passes the gate wins."""
+
+    name = "teacher"
+
+    def __init__(self, base_url: str, model: str, *, api_key_env: str = "PR1_TEACHER_API_KEY",
+                 samples: int = 2, temperature: float = 0.7, max_tokens: int = 512, timeout_s: float = 60.0):
+        super().__init__(base_url, model, api_key_env=api_key_env, samples=samples, temperature=temperature,
+                         max_tokens=max_tokens, timeout_s=timeout_s)
 
     def completions(self, task: Mapping[str, Any], branches: int) -> list[str]:
         return self._ask(SYSTEM_PROMPT.format(branches=branches), str(task["question"]))
