@@ -16,8 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Endpoint = Literal["agents", "evaluations", "gradebook", "critic", "profile"]
-ENDPOINTS: tuple[str, ...] = ("agents", "evaluations", "gradebook", "critic", "profile")
+Endpoint = Literal["agents", "evaluations", "gradebook", "critic", "profile", "teacher", "sampler"]
+ENDPOINTS: tuple[str, ...] = ("agents", "evaluations", "gradebook", "critic", "profile", "teacher", "sampler")
 
 FaultKind = Literal[
     "latency",

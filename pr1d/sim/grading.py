@@ -80,16 +80,18 @@ class ModelGrader:
     # -- answering -----------------------------------------------------------------------------------
     def prepare(self, agent_id: str, version: str, tasks: Iterable[Mapping[str, Any]]) -> None:
         """Generate (in batches) the answers of ``version`` to every task not answered yet."""
-        from pr1d.evaluate.gsm_lite import format_prompt
         from pr1d.inference.generate import generate
+        from pr1d.tasks.contract import format_prompt
 
         path = self.folder(agent_id, version)
         with self._lock:
-            todo = list(dict.fromkeys(t["question"] for t in tasks if (path, t["question"]) not in self._answers))
+            # A KB-facts task's context (its catalogue page: the platform's retrieval) goes into the prompt.
+            contexts = {t["question"]: str(t.get("context") or "") for t in tasks}
+            todo = [q for q in contexts if (path, q) not in self._answers]
             if not todo:
                 return
             model, tok = self._load(path)
-            outs = generate(model, tok, [format_prompt(q) for q in todo], max_new_tokens=MAX_NEW_TOKENS,
+            outs = generate(model, tok, [format_prompt(q, contexts[q]) for q in todo], max_new_tokens=MAX_NEW_TOKENS,
                             batch_size=self.batch_size)
             for q, out in zip(todo, outs, strict=True):
                 self._answers[(path, q)] = (out[0].text, out[0].finished)

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from pr1d.sim.faults import FaultInjector
-from pr1d.sim.scenarios import AgentPlan, BehaviourSpec, Scenario
+from pr1d.sim.scenarios import SIM_FAMILIES, AgentPlan, BehaviourSpec, Scenario
 from pr1d.sim.tasks import TIERS, make_task, normalize_answer, wrong_answer
+from pr1d.tasks import kb_facts
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -39,10 +40,32 @@ GRADEBOOK_CURSOR = "g:"
 Grader = Callable[[str, str, dict[str, Any]], "float | Mapping[str, Any]"]
 
 # Packed per-evaluation metadata (one 32-bit int instead of a tuple of eight objects):
-# bits 0-1 status, 2 compliance, 3 safety, 4 correctness, 5 format, 6-7 tier, 8-31 task number.
+# bits 0-1 status, 2 compliance, 3 safety, 4 correctness, 5 format, 6-7 tier, 8-29 task number, 30-31 task
+# family (its index in SIM_FAMILIES: 0 is GSM-lite, so a GSM-only scenario packs exactly as before families).
 _PASS, _FAIL, _ERROR = 0, 1, 2
 _STATUS = ("pass", "fail", "error")
 _COMPLIANCE, _SAFETY, _CORRECT, _FORMAT = 1 << 2, 1 << 3, 1 << 4, 1 << 5
+_TASK_MASK = (1 << 22) - 1
+_FAMILY_PREFIX = ("gsm", "kb")
+_FAMILY_FIELD = ("", '"family":"kb_facts",')  # GSM-lite entries name no family (the default), as before
+
+
+def _family_cuts(mix: Mapping[str, float]) -> tuple[tuple[float, int], ...]:
+    """Cumulative (threshold, family index) pairs of a family mix; one pair when only one family has weight."""
+    pos = [(SIM_FAMILIES.index(f), w) for f, w in mix.items() if w > 0]
+    total = sum(w for _, w in pos)
+    out, acc = [], 0.0
+    for idx, w in sorted(pos):
+        acc += w / total
+        out.append((acc, idx))
+    return tuple(out)
+
+
+def _pick_family(cuts: tuple[tuple[float, int], ...], u: float) -> int:
+    for cut, idx in cuts:
+        if u < cut:
+            return idx
+    return cuts[-1][1]
 _JSON_BOOL = ("false", "true")
 
 
@@ -206,10 +229,15 @@ class Platform:
         # starts sending harder work. Only model grading turns that into lower scores.
         self._shift_at = spec.tier_shift_at if spec.tier_shift_at is not None else 1 << 62
         self._tier_cum_after = _cumulative(spec.tier_mix_after or spec.tier_mix)
+        # Task families: drawn per evaluation only where the mix in force has more than one (so a GSM-only
+        # scenario draws exactly the random numbers it always did).
+        self._fam_cuts = _family_cuts(spec.family_mix)
+        self._fam_cuts_after = _family_cuts(spec.family_mix_after or spec.family_mix)
+        self._fam_shift_at = spec.family_shift_at if spec.family_shift_at is not None else 1 << 62
         # The global gradebook: every graded (non-error) evaluation, in the order it was produced.
         self._gb_agent = array("I")
         self._gb_seq = array("I")
-        self._tasks: dict[tuple[int, int], dict[str, Any]] = {}
+        self._tasks: dict[tuple[int, int, int], dict[str, Any]] = {}
         self._answers: dict[str, str] | None = None
         self.faults = FaultInjector(spec.faults, seed=self.seed)
         self.requests: Counter[str] = Counter()
@@ -284,6 +312,7 @@ class Platform:
         pass_thr = spec.pass_threshold
         err_rate, fail_cut = p.error_rate, p.error_rate + p.fail_rate
         aidx = a.index
+        fam_before, fam_after, fam_shift = self._fam_cuts, self._fam_cuts_after, self._fam_shift_at
         start = len(scores)
         for i in range(start, start + n):
             r = rnd()
@@ -314,8 +343,10 @@ class Platform:
             u = rnd()
             tier = 0 if u < c_easy else 1 if u < c_med else 2
             task_no = int(rnd() * pool)
+            cuts = fam_after if i >= fam_shift else fam_before
+            fam = cuts[0][1] if len(cuts) == 1 else _pick_family(cuts, rnd())
             scores.append(score)
-            meta.append(status | flags | tier << 6 | task_no << 8)
+            meta.append(status | flags | tier << 6 | task_no << 8 | fam << 30)
             if status != _ERROR:
                 agent_gb.append(len(gb_agent))
                 gb_agent.append(aidx)
@@ -333,7 +364,9 @@ class Platform:
             u = rnd()
             tier = 0 if u < c_easy else 1 if u < c_med else 2
             task_no = int(rnd() * spec.task_pool)
-            drawn.append((i, tier, task_no, dict(self.task(tier, task_no))))
+            cuts = self._fam_cuts_after if i >= self._fam_shift_at else self._fam_cuts
+            fam = cuts[0][1] if len(cuts) == 1 else _pick_family(cuts, rnd())
+            drawn.append((i, tier, task_no | fam << 22, dict(self.task(tier, task_no, fam))))
         prepare = getattr(self.grader, "prepare", None)
         if prepare is not None:  # a model grader answers the whole tick's tasks in batches
             prepare(a.id, a.model, [t for *_, t in drawn])
@@ -362,7 +395,7 @@ class Platform:
                 )
             status = _STATUS.index(status_name)
             a.scores.append(score)
-            a.meta.append(status | flags | tier << 6 | task_no << 8)
+            a.meta.append(status | flags | tier << 6 | task_no << 8)  # task_no carries the family in bits 22-23
             if status != _ERROR:
                 a.gb.append(len(self._gb_agent))
                 self._gb_agent.append(a.index)
@@ -374,11 +407,14 @@ class Platform:
     def _eval_json(self, a: _Agent, i: int) -> str:
         m = a.meta[i]
         tier = TIERS[m >> 6 & 3]
+        fam = m >> 30
+        family = f',"family":"{SIM_FAMILIES[fam]}"' if fam else ""
         return (
             f'{{"id":"ev-{a.id}-{i}","ts":"{_iso(self._ts(a, i))}","weighted_score":{a.scores[i]!r},'
             f'"status":"{_STATUS[m & 3]}","rubric":{{"compliance":{_JSON_BOOL[m >> 2 & 1]},'
             f'"safety":{_JSON_BOOL[m >> 3 & 1]},"correctness":{_JSON_BOOL[m >> 4 & 1]},'
-            f'"format":{_JSON_BOOL[m >> 5 & 1]}}},"task_id":"gsm-{tier}-{m >> 8:04d}","tier":"{tier}"}}'
+            f'"format":{_JSON_BOOL[m >> 5 & 1]}}},"task_id":"{_FAMILY_PREFIX[fam]}-{tier}-{m >> 8 & _TASK_MASK:04d}",'
+            f'"tier":"{tier}"{family}}}'
         )
 
     def evaluations_page(
@@ -412,32 +448,40 @@ class Platform:
 
     # --- tasks, gradebook, critic ----------------------------------------------------------------
 
-    def task(self, tier: int | str, task_no: int) -> dict[str, Any]:
-        """The task ``gsm-<tier>-<task_no>`` of this platform's pool, made on first use and cached."""
+    def task(self, tier: int | str, task_no: int, family: int | str = 0) -> dict[str, Any]:
+        """The task ``gsm-<tier>-<task_no>`` (or ``kb-...`` for the KB-facts family) of this platform's pool,
+        made on first use and cached. A KB-facts task carries ``context``: the product's catalogue page, which
+        the platform shows the agent with the question (its retrieval), and ``family``."""
         t = TIERS.index(tier) if isinstance(tier, str) else tier
-        key = (t, task_no)
+        fam = SIM_FAMILIES.index(family) if isinstance(family, str) else family
+        key = (fam, t, task_no)
         task = self._tasks.get(key)
         if task is None:
             tier_name = TIERS[t]
-            task = make_task(random.Random(f"task:{self.seed}:{tier_name}:{task_no}"), tier_name)
-            task["task_id"] = f"gsm-{tier_name}-{task_no:04d}"
+            if fam == 0:
+                task = make_task(random.Random(f"task:{self.seed}:{tier_name}:{task_no}"), tier_name)
+            else:
+                task = kb_facts.generate_task(random.Random(f"task:{self.seed}:kb_facts:{tier_name}:{task_no}"),
+                                              tier_name, "train")
+                task["context"] = kb_facts.product_in(task["question"]).document()
+            task["task_id"] = f"{_FAMILY_PREFIX[fam]}-{tier_name}-{task_no:04d}"
             # Pre-encode the long strings once: the gradebook serves the same tasks over and over.
             task["_json"] = (json.dumps(task["question"]), json.dumps(task["transcript"]))
             self._tasks[key] = task
-            if self._answers is not None:
+            if self._answers is not None and fam == 0:
                 self._answers[task["question"]] = task["answer"]
         return {k: v for k, v in task.items() if k != "_json"}
 
-    def _task_json(self, t: int, task_no: int) -> tuple[dict[str, Any], tuple[str, str]]:
-        if (t, task_no) not in self._tasks:
-            self.task(t, task_no)
-        task = self._tasks[(t, task_no)]
+    def _task_json(self, t: int, task_no: int, fam: int = 0) -> tuple[dict[str, Any], tuple[str, str]]:
+        if (fam, t, task_no) not in self._tasks:
+            self.task(t, task_no, fam)
+        task = self._tasks[(fam, t, task_no)]
         return task, task["_json"]
 
     def _entry_json(self, a: _Agent, i: int) -> str:
         m = a.meta[i]
-        t, task_no = m >> 6 & 3, m >> 8
-        task, (q_json, tr_json) = self._task_json(t, task_no)
+        t, task_no, fam = m >> 6 & 3, m >> 8 & _TASK_MASK, m >> 30
+        task, (q_json, tr_json) = self._task_json(t, task_no, fam)
         answer = task["answer"]
         if not m & _CORRECT:
             # The agent got it wrong: the gradebook holds its wrong final answer and transcript.
@@ -446,7 +490,8 @@ class Platform:
             lines[-1] = f"Final Answer: {answer}"
             tr_json = json.dumps("\n".join(lines))
         return (
-            f'{{"task_id":"{task["task_id"]}","agent_id":"{a.id}","question":{q_json},"transcript":{tr_json},'
+            f'{{"task_id":"{task["task_id"]}",{_FAMILY_FIELD[fam]}"agent_id":"{a.id}","question":{q_json},'
+            f'"transcript":{tr_json},'
             f'"final_answer":"{answer}","score":{a.scores[i]!r},"tier":"{TIERS[t]}","ts":"{_iso(self._ts(a, i))}"}}'
         )
 
@@ -512,6 +557,8 @@ class Platform:
             h = hashlib.blake2b(f"{q}\x00{given}".encode(), digest_size=8).digest()
             u = int.from_bytes(h, "big") / 2**64
             truth = answers.get(q.strip())
+            if truth is None and (kb := kb_facts.lookup(q)) is not None:
+                truth = kb["answer"]  # the critic knows the whole store catalogue, held-out products too
             if truth is not None:
                 out.append({"agree": norm == truth, "confidence": round(0.95 + 0.04 * u, 4)})
             elif norm is None:
@@ -519,6 +566,16 @@ class Platform:
             else:
                 out.append({"agree": u >= 0.5, "confidence": round(0.5 + 0.15 * abs(2 * u - 1), 4)})
         return out
+
+    def gsm_task(self, question: str) -> dict[str, Any] | None:
+        """The GSM-lite task of this platform's pool that asks ``question`` (for the sim's teacher), or None."""
+        answers = self._answer_index()
+        if question.strip() not in answers:
+            return None
+        return next(
+            {k: v for k, v in t.items() if k != "_json"}
+            for (fam, _, _), t in self._tasks.items() if fam == 0 and t["question"] == question.strip()
+        )
 
     def _answer_index(self) -> dict[str, str]:
         # Built on first use over the whole task pool, so the critic knows every question the platform
@@ -528,8 +585,9 @@ class Platform:
             for t in range(len(TIERS)):
                 for task_no in range(self.scenario.spec.task_pool):
                     self.task(t, task_no)
-            for task in self._tasks.values():
-                self._answers[task["question"]] = task["answer"]
+            for (fam, _, _), task in self._tasks.items():
+                if fam == 0:
+                    self._answers[task["question"]] = task["answer"]
         return self._answers
 
     # --- agent manager ---------------------------------------------------------------------------

@@ -28,6 +28,8 @@ from pr1d.sim.faults import FaultSpec
 # restricted to characters that need neither.
 AGENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 DEFAULT_START = datetime(2025, 1, 1, tzinfo=UTC)
+# The task families the sim can issue, in the order their index is packed into an evaluation.
+SIM_FAMILIES = ("gsm_lite", "kb_facts")
 
 
 class _Strict(BaseModel):
@@ -171,6 +173,17 @@ class ScenarioSpec(_Strict):
         "arriving). With --grade-with-model that is a real dip for a model weak on the harder tiers.",
     )
     tier_mix_after: TierMixSpec | None = Field(None, description="Tier mix from `tier_shift_at` on.")
+    family_mix: dict[str, float] = Field(
+        {"gsm_lite": 1.0},
+        description="Task family -> weight of the work every agent is sent: `gsm_lite` (arithmetic word problems) "
+        "and `kb_facts` (store-catalogue questions answered from the shipped KB, pr1d/tasks/kb_facts.py).",
+    )
+    family_shift_at: int | None = Field(
+        None, ge=0,
+        description="Evaluation index (per agent) from which tasks are drawn per `family_mix_after` (a new kind of "
+        "work arriving). With --grade-with-model a model that cannot do that work dips for real.",
+    )
+    family_mix_after: dict[str, float] | None = Field(None, description="Family mix from `family_shift_at` on.")
     behaviours: dict[str, BehaviourSpec] = Field(description="Named behaviours.")
     agents: list[AgentSpec] = Field([], description="Agents listed one by one.")
     fleet: FleetSpec | None = Field(None, description="Generated agents.")
@@ -343,6 +356,18 @@ def _check_references(spec: ScenarioSpec) -> list[str]:
         problems.append("start_time: expected a datetime with a UTC offset, e.g. 2025-01-01T00:00:00Z")
     if spec.tier_mix.easy + spec.tier_mix.medium + spec.tier_mix.hard <= 0:
         problems.append("tier_mix: at least one tier needs a positive weight")
+    for key, mix in (("family_mix", spec.family_mix), ("family_mix_after", spec.family_mix_after)):
+        if mix is None:
+            continue
+        for fam, w in mix.items():
+            if fam not in SIM_FAMILIES:
+                problems.append(f"{key}.{fam}: unknown task family (the sim serves {', '.join(SIM_FAMILIES)})")
+            if w < 0:
+                problems.append(f"{key}.{fam}: expected a weight >= 0, got {w!r}")
+        if sum(w for w in mix.values() if w > 0) <= 0:
+            problems.append(f"{key}: at least one family needs a positive weight")
+    if spec.family_mix_after is not None and spec.family_shift_at is None:
+        problems.append("family_mix_after: set family_shift_at too (the evaluation index the new mix starts at)")
     ids: set[str] = set()
     for i, a in enumerate(spec.agents):
         if not AGENT_ID.match(a.id):

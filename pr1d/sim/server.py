@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
+from pr1d.sim import models
 from pr1d.sim.faults import (
     FAULT_KINDS,
     FaultPlan,
@@ -132,6 +133,8 @@ class SimServer:
         r.add_post("/v1/agents/{id}/profile", self._profile)
         r.add_get("/v1/gradebook", self._gradebook)
         r.add_post("/v1/critic/verify", self._critic)
+        r.add_post("/v1/chat/completions", self._chat)
+        r.add_post("/v1/completions", self._completions)
         r.add_post("/_sim/tick", self._tick)
         r.add_get("/_sim/state", self._state)
         r.add_get("/_sim/agents/{id}", self._agent_info)
@@ -312,6 +315,23 @@ class SimServer:
         if plan is not None and plan.mutates("bad_fields"):
             results = mutate_records(results, plan, "critic")
         return self._finish(json.dumps({"results": results}).encode(), plan)
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._model_call(request, "teacher",
+                                      lambda body: models.chat_completion(body, gsm=self.platform.gsm_task))
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._model_call(request, "sampler", models.completion)
+
+    async def _model_call(self, request: web.Request, endpoint: str, fn: Any) -> web.StreamResponse:
+        plan = self._plan(endpoint)
+        if (early := await self._before(plan, request)) is not None:
+            return early
+        try:
+            result = fn(await _read_json(request))
+        except (PlatformError, models.ModelRequestError) as e:
+            return _error(400, str(e))
+        return self._finish(json.dumps(result).encode(), plan)
 
     async def _profile(self, request: web.Request) -> web.StreamResponse:
         agent_id = request.match_info["id"]

@@ -312,7 +312,8 @@ def task_families(w: Worker) -> tuple[Any, Any]:
 def add_kb_context(w: Worker, tasks: list[dict], replay: dict) -> None:
     """KB context for the replayed tasks of families other than GSM-lite (as the dataset stage retrieves it),
     so both models answer them as the agent does: with retrieval in the prompt."""
-    todo = sorted({t["question"] for t in tasks if t.get("family") not in (None, "gsm_lite")})
+    cfg = w.spec.tasks
+    todo = sorted({t["question"] for t in tasks if t.get("family") not in (None, "gsm_lite") and cfg.kb_context(t["family"])})
     if not todo:
         return
     from .dataset import kb_contexts

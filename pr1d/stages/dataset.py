@@ -260,8 +260,9 @@ def main(w: Worker) -> dict:
             records, stats = _targeted(w, s, url, token, entries, exemplars, generator, source)
         else:
             kb_stats: dict = {}
-            contexts = (kb_contexts(w.spec.kb, w.spec.registry.state_dir, sorted({e["question"] for e in entries}),
-                                    kb_stats, warn=lambda m: w.log(m, level="warning")) if s["kb"] else {})
+            wanted = sorted({e["question"] for e in entries if w.spec.tasks.kb_context(families.name_of(e))})
+            contexts = (kb_contexts(w.spec.kb, w.spec.registry.state_dir, wanted, kb_stats,
+                                    warn=lambda m: w.log(m, level="warning")) if s["kb"] and wanted else {})
             records, stats = build_dataset(
                 entries, branches=s["branches"], mode=s["mode"], mix=s["mix"], seed=s["seed"],
                 max_records=s["max_records"], kb=(lambda q: contexts.get(q, "")) if contexts else None,

@@ -65,6 +65,10 @@ class TasksConfig(BaseModel):
         {}, description="Task families besides gsm_lite, by the name the platform puts in entries' `family` field: "
         "`grader` (exact | numeric | critic | rubric), `reference_from_entry`, `tiers`. See docs/dataset.md.",
     )
+    gsm_lite_kb_context: bool = Field(
+        True, description="GSM-lite prompts get retrieved KB context in datasets (when [kb] is configured). False "
+        "keeps them as the GSM-lite benchmark asks them; configured families have their own `kb_context`.",
+    )
     serves: list[str] | None = Field(
         None, description="The families the agents serve (gsm_lite and names under [tasks.families]); entries of "
         "others are reported as ungraded. Unset: all of them. Per profile: profiles.<name>.families.",
@@ -111,7 +115,15 @@ class TasksConfig(BaseModel):
         default = prof.default_family or self.default_family
         # gsm_lite not served: its entries are reported like any unserved family (Families always holds it, so
         # the default must be a served family: checked at load).
-        return TasksConfig(default_family=default, families=fams, serves=prof.families)
+        return TasksConfig(default_family=default, families=fams, serves=prof.families,
+                           gsm_lite_kb_context=self.gsm_lite_kb_context)
+
+    def kb_context(self, family: str) -> bool:
+        """Whether prompts of ``family`` get retrieved KB context in a dataset."""
+        if family == GSM_LITE:
+            return self.gsm_lite_kb_context
+        spec = self.families.get(family)
+        return spec is not None and spec.kb_context
 
     def build(self, *, critic: Any = None) -> Families:
         """The :class:`Families` of this config; a critic-graded family needs ``critic`` (a CriticClient)."""

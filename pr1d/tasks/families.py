@@ -215,6 +215,11 @@ class FamilySpec(BaseModel):
         description="The difficulty tiers in order; an entry's `tier` must be one of them or empty (then the tier is "
         "set from the agent's measured pass rate on the family).",
     )
+    kb_context: bool = Field(
+        True,
+        description="Prompts of this family get retrieved KB context (when [kb] is configured), in datasets and "
+        "backtests alike.",
+    )
 
 
 class Configured(TaskFamily):
