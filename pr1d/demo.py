@@ -97,6 +97,47 @@ min_samples = 30
 """
 
 
+# A scenario that sends store-catalogue questions (kb_facts): the family judged by the platform's critic, so
+# every question the agent was asked seeds the dataset (min_score 0: the sim's teacher answers it, the critic
+# checks every path), its held-out products scored by the SFT gate, its prompts with the page the KB retrieves
+# (GSM-lite prompts kept as the benchmark asks them). The teacher's URL comes from the environment.
+KB_TOML = """\
+[tasks]
+gsm_lite_kb_context = false
+
+[tasks.families.kb_facts]
+grader = { kind = "critic" }
+reference_from_entry = false
+min_score = 0.0
+heldout = "builtin:kb_facts"
+
+[kb]
+store = "sqlite"
+top_k = 2
+
+[dataset]
+teacher_model = "sim-teacher"
+"""
+# Context pages make KB-facts records longer than GSM-lite's: SFT keeps them whole (the model's 512 positions).
+KB_SFT = {"max_length": 512}
+
+
+def scenario_families(scenario: str) -> set[str]:
+    """The task families a sim scenario sends (empty when it cannot be loaded: the sim then says why)."""
+    from .sim.scenarios import ScenarioError, load_scenario
+
+    try:
+        spec = load_scenario(scenario).spec
+    except ScenarioError:
+        return set()
+    return {f for mix in (spec.family_mix, spec.family_mix_after or {}) for f, w in mix.items() if w > 0}
+
+
+def store_corpus() -> Path:
+    """The store catalogue's KB pages shipped with pr1 (pr1d.tasks.kb_facts writes them)."""
+    return PKG / "kb" / "corpus" / "store"
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
                    help="smallest settings that still show a real uplift (fewer SFT/RL steps, smaller evaluations)")
@@ -218,11 +259,14 @@ def _acc(acc: dict) -> str:
     return ", ".join(f"{t} {v:.0%}" for t, v in acc.items())
 
 
-def write_config(state: Path, quick: bool) -> Path:
+def write_config(state: Path, quick: bool, families: set[str] | frozenset[str] = frozenset()) -> Path:
     lines = [MONITOR_TOML]
     settings = SETTINGS["quick" if quick else "full"]
     if os.environ.get("PR1_DEMO_SETTINGS"):  # tests of the plumbing only: tiny step counts, no uplift to show
         settings = json.loads(os.environ["PR1_DEMO_SETTINGS"])
+    if "kb_facts" in families:
+        lines.append(KB_TOML)
+        settings = {**settings, "sft": {**settings.get("sft", {}), **KB_SFT}}
     for stage, params in settings.items():
         lines.append(f"[training.{stage}]")
         lines += [f"{k} = {json.dumps(v)}" for k, v in params.items()]
@@ -491,7 +535,8 @@ def _run(args: argparse.Namespace, con: Console, main_thread: bool) -> int:
         agent_base = state / "base-models" / BASE_MODEL_NAME
         if not agent_base.exists():
             shutil.copytree(base, agent_base)
-        cfg_path = state / "demo.toml" if resuming else write_config(state, quick)
+        families = scenario_families(scenario)
+        cfg_path = state / "demo.toml" if resuming else write_config(state, quick, families)
         t0 = time.monotonic()
         # 2. the simulated agent platform, grading with the agents' real models
         port_file = state / "sim.port"
@@ -515,6 +560,8 @@ def _run(args: argparse.Namespace, con: Console, main_thread: bool) -> int:
         # 3. the daemon: built-in defaults plus demo.toml; only the sim's address comes from the environment
         # The monitor is the demo: an inherited PR1_MONITOR__ENABLED=false must not switch it off.
         denv = dict(env, PR1_SCORING__BASE_URL=url, PR1_MONITOR__ENABLED="true")
+        if "kb_facts" in families:  # the sim's teacher writes the store questions' Parallel traces
+            denv["PR1_DATASET__TEACHER_URL"] = url
         sock = state / "pr1d.sock"
         serve_cmd = [str(BIN / "pr1d"), "serve", "--state-dir", str(state), "--config", str(cfg_path)]
         (state / "resume.sh").write_text(
@@ -527,6 +574,11 @@ def _run(args: argparse.Namespace, con: Console, main_thread: bool) -> int:
         procs.append(daemon)
         _wait_file(sock, daemon, "pr1d serve")
         con.print(f"[green]✓[/] pr1d serve (pid {daemon.pid}), socket {sock}", soft_wrap=True)
+        if "kb_facts" in families:
+            with _status(con, "loading the store catalogue into the knowledge base"):
+                kb = _kb_ingest(sock, store_corpus())
+            con.print(f"[green]✓[/] knowledge base: {kb['files']} store pages, {kb['total_chunks']} chunks "
+                      f"({kb['store']})")
         fired: list[dict] = []
         decided: dict | None = None
         if args.until == "ready":
@@ -590,6 +642,13 @@ def _run(args: argparse.Namespace, con: Console, main_thread: bool) -> int:
 
 def _signal_name(e: BaseException) -> str:
     return signal.Signals(e.signum).name if isinstance(e, Stopped) else "Ctrl+C"
+
+
+def _kb_ingest(sock: Path, path: Path) -> dict:
+    from .rpc.client import Client
+
+    with Client(sock, timeout=600) as c:
+        return c.call("kb.ingest", path=str(path))
 
 
 def _first_poll(sock: Path) -> list[str]:
@@ -722,6 +781,13 @@ def _show_decision(con: Console, run: dict, sock: Path) -> None:
         n = sum(n.values()) if isinstance(n, dict) else n
         con.print(f"uplift {(sft.get('uplift_abs') or 0) * 100:+.1f} points (threshold "
                   f"{(sft.get('threshold') or 0) * 100:+.0f}, {n} held-out problems)")
+        for fam, row in (sft.get("families") or {}).items():
+            con.print(f"{fam} (held-out, with KB context): " + ", ".join(
+                f"{tier} {_pct(row['base'].get(tier))} → {_pct(row['candidate'].get(tier))}" for tier in row["base"])
+                + f"; uplift {(row.get('uplift_abs') or 0) * 100:+.1f} points")
+        if sft.get("families"):
+            con.print(f"carried by: {', '.join(sft.get('carried_by') or []) or 'none'}; regressed beyond "
+                      f"{(sft.get('max_regression') or 0) * 100:.0f} points: {', '.join(sft.get('regressed') or []) or 'none'}")
     rl = next((s.get("result") for s in run.get("stages", []) if s["name"] == "rl" and isinstance(s.get("result"), dict)),
               None)
     if rl and isinstance(rl.get("eval"), dict):

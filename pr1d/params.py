@@ -508,6 +508,11 @@ class SFTGateParams(_Params):
     tiers: list[str] | None = Field(None, description="GSM-lite tiers scored (default: all)")
     max_new_tokens: int = Field(224, ge=1, description="token budget per answer")
     threads: int = Field(2, ge=1, description="torch CPU threads")
+    families: bool = Field(
+        True, description="also score every served task family with a `heldout` set ([tasks.families.X] heldout), "
+        "with its KB context; the run then proceeds when GSM-lite or a family gains `threshold`")
+    max_regression: float = Field(
+        0.02, ge=0, description="with families scored: the most GSM-lite or any family may lose (absolute points)")
 
 
 class BacktestParams(_Params):

@@ -20,9 +20,10 @@ from typing import Any
 
 import torch
 
-from pr1d.evaluate.gsm_lite import TIERS, check_answer, eval_split, format_prompt, load_tasks_jsonl
+from pr1d.evaluate.gsm_lite import TIERS, check_answer, eval_split, load_tasks_jsonl
 from pr1d.inference.generate import Completion, generate, load_model
 from pr1d.inference.policy import ParallelExecutionPolicy, PolicyError
+from pr1d.tasks.contract import format_prompt as family_prompt
 
 DEFAULT_MAX_NEW_TOKENS = 128
 
@@ -67,7 +68,8 @@ def evaluate_tasks(
     ``greedy_texts``, the greedy answers in task order (for callers that measure them further).
     """
     started = time.monotonic()
-    prompts = [format_prompt(t["question"]) for t in tasks]
+    # A task's ``context`` (retrieved KB text, as a task family's prompt carries it) goes before the question.
+    prompts = [family_prompt(t["question"], str(t.get("context") or "")) for t in tasks]
     if policy is not None:
         max_new_tokens = policy.max_new_tokens
         greedy, sampled = _parallel_generate(model, tokenizer, prompts, policy, k, temperature, seed, batch_size)

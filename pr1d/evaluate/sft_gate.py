@@ -18,6 +18,7 @@ from typing import Any
 
 REASON_BELOW = "sft_uplift_below_threshold"
 REASON_OK = "sft_uplift_ok"
+REASON_REGRESSION = "sft_family_regression"
 MODES = ("absolute", "relative")
 
 
@@ -96,3 +97,35 @@ def sft_gate(
         "stderr_abs": se,
     }
     return GateDecision(proceed, REASON_OK if proceed else REASON_BELOW, evidence)
+
+
+def family_gate(
+    gsm: GateDecision,
+    families: Mapping[str, tuple[Mapping[str, float], Mapping[str, float], Mapping[str, int]]],
+    *,
+    threshold: float = 0.05,
+    max_regression: float = 0.02,
+) -> GateDecision:
+    """The SFT gate over GSM-lite and every task family with a held-out set.
+
+    ``families`` maps a family to ``(base, candidate, n_per_tier)`` accuracies measured like GSM-lite's. The
+    run proceeds iff GSM-lite or some family gains at least ``threshold`` (absolute, overall) **and** neither
+    GSM-lite nor any family loses more than ``max_regression``: a curriculum for the platform's support questions
+    may leave arithmetic where it was, but not pay for the new family with it. With no families this is
+    GSM-lite's own decision. The evidence gains ``families`` (a row per family) and ``carried_by``.
+    """
+    if not families:
+        return gsm
+    rows: dict[str, dict[str, Any]] = {}
+    for name, (base, cand, n) in families.items():
+        d = sft_gate(base, cand, n, threshold=threshold)
+        rows[name] = {k: d.evidence[k] for k in ("base", "candidate", "n_per_tier", "per_tier_uplift", "base_overall",
+                                                   "candidate_overall", "uplift_abs", "stderr_abs")}
+    uplifts = {"gsm_lite": float(gsm.evidence["uplift_abs"]), **{n: r["uplift_abs"] for n, r in rows.items()}}
+    carried = sorted(n for n, u in uplifts.items() if u >= threshold - 1e-12)
+    regressed = sorted(n for n, u in uplifts.items() if u < -max_regression - 1e-12)
+    proceed = bool(carried) and not regressed
+    reason = REASON_OK if proceed else REASON_REGRESSION if carried else REASON_BELOW
+    evidence = {**gsm.evidence, "families": rows, "carried_by": carried, "regressed": regressed,
+                "max_regression": max_regression, "family_threshold": threshold}
+    return GateDecision(proceed, reason, evidence)

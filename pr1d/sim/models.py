@@ -89,8 +89,10 @@ def chat_completion(body: Any, gsm: Callable[[str], dict[str, Any] | None] | Non
 
 
 def has_page(prompt: str, product: kb_facts.Product) -> bool:
-    """Whether ``prompt`` holds ``product``'s catalogue page (every line of it, in any chunking)."""
-    return all(line.strip() in prompt for line in product.document().splitlines() if line.strip())
+    """Whether ``prompt`` holds ``product``'s catalogue page: its name and every fact line (a KB chunker may
+    re-render the title, so the heading itself is not required verbatim)."""
+    facts = product.document().splitlines()[1:]
+    return product.name in prompt and all(line.strip() in prompt for line in facts if line.strip())
 
 
 def _sample(prompt: str, i: int) -> str:

@@ -153,19 +153,32 @@ def _families(w: Worker) -> tuple[Any, Any]:
     return w.spec.tasks.build(critic=critic), critic
 
 
-def _fleet_entries(w: Worker, s: dict[str, Any], url: str, token: str | None, fetch_stats: dict) -> tuple[list, Any, Any]:
-    """The fleet's entries at or above min_score: the daemon's nightly copy, then the delta pulled now."""
+def _fleet_entries(w: Worker, s: dict[str, Any], url: str, token: str | None, fetch_stats: dict,
+                  families: Any = None) -> tuple[list, Any, Any]:
+    """The fleet's entries at or above min_score (a family's own ``min_score`` for its entries): the daemon's
+    nightly copy, then the delta pulled now."""
     # Deliberately NOT filtered by agent_id: the dataset is the whole fleet's best work across tiers
     # (spec.agent_id names the agent being trained, not the source of its examples).
+    floors = {name: spec.min_score for name, spec in w.spec.tasks.families.items() if spec.min_score is not None}
+
+    def keep(e: Mapping[str, Any]) -> bool:
+        name = families.name_of(e) if families is not None else None
+        try:
+            return float(e.get("score", 0)) >= floors.get(name, s["min_score"])
+        except (TypeError, ValueError):
+            return False
+
+    lowest = min([s["min_score"], *floors.values()])
     since = s["since"]
     local: list = []
     if since is None and w.spec.registry.state_dir:
         from ..data.gradebook import LocalGradebook
 
         book = LocalGradebook(Path(w.spec.registry.state_dir) / "gradebook")
-        local = [e for e in book.load() if float(e.get("score", 0)) >= s["min_score"]]
+        local = [e for e in book.load() if keep(e)]
         since = book.cursor()
-    entries, cursor = fetch_gradebook(url, token, since=since, min_score=s["min_score"], stats=fetch_stats)
+    entries, cursor = fetch_gradebook(url, token, since=since, min_score=lowest, stats=fetch_stats)
+    entries = [e for e in entries if keep(e)]
     if local:
         from ..data.gradebook import content_hash
 
@@ -247,7 +260,7 @@ def main(w: Worker) -> dict:
 
     w.progress(0, 3, message="fetching gradebook")
     fetch_stats: dict = {}
-    entries, since, cursor = _fleet_entries(w, s, url, token, fetch_stats)
+    entries, since, cursor = _fleet_entries(w, s, url, token, fetch_stats, families)
     w.log(f"gradebook: {len(entries)} entries in {fetch_stats.get('pages')} pages (cursor {cursor})")
     if w.stop_requested.is_set():
         w.interrupt()

@@ -1,8 +1,9 @@
-"""The `sft_gate` stage: score base and SFT candidate on the same held-out GSM-lite problems, then gate.
+"""The `sft_gate` stage: score base and SFT candidate on the same held-out GSM-lite problems (and on the held-out
+set of every served task family that has one), then gate.
 
 Params: the fields of :class:`pr1d.params.SFTGateParams` (``base``, ``candidate`` (default: the run's
 ``NN-sft/candidate``), ``n_per_tier``, ``threshold``, ``uplift_mode`` (``absolute`` | ``relative``), ``tiers``,
-``max_new_tokens``, ``threads``) over ``[training.sft_gate]``; ``base`` defaults to the run's ``model``
+``max_new_tokens``, ``threads``, ``families``, ``max_regression``) over ``[training.sft_gate]``; ``base`` defaults to the run's ``model``
 param, else the agent's model in service. Returns ``{"sft_gate": evidence}`` when
 the candidate clears the bar, else that plus ``{"stop_run": {"state": "rejected", "reason":
 "sft_uplift_below_threshold"}, "gate": evidence}``.
@@ -11,6 +12,7 @@ the candidate clears the bar, else that plus ``{"stop_run": {"state": "rejected"
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ..params import SFTGateParams
 from .base import Worker, run_stage
@@ -21,11 +23,51 @@ def find_candidate(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def heldout_families(w: Worker, p: SFTGateParams, models: dict[str, Any]) -> dict[str, dict]:
+    """Base and candidate scored on the held-out set of every served family that has one (with KB context where
+    the family takes it), by the family's grader. ``{family: {"base", "candidate", "n_per_tier", "with_context"}}``."""
+    from pr1d.inference.generate import load_model
+    from pr1d.tasks.families import load_heldout
+    from pr1d.train.sft import evaluate_family
+
+    from .backtest import task_families
+    from .dataset import kb_contexts
+
+    cfg = w.spec.tasks
+    families, critic = task_families(w)
+    try:
+        sets = {name: load_heldout(spec.heldout, p.n_per_tier) for name, spec in cfg.families.items()
+                if spec.heldout and name in families.by_name}
+        if not sets:
+            return {}
+        wanted = sorted({t["question"] for name, ts in sets.items() if cfg.kb_context(name) for t in ts})
+        kb_stats: dict = {}
+        ctx = kb_contexts(w.spec.kb, w.spec.registry.state_dir, wanted, kb_stats,
+                          warn=lambda m: w.log(m, level="warning")) if wanted else {}
+        if wanted and not ctx:
+            w.log(f"sft gate: no KB context for the held-out family tasks ({kb_stats.get('status')})", level="warning")
+        rows: dict[str, dict] = {name: {"n_per_tier": {}, "with_context": 0} for name in sets}
+        for side, path in models.items():
+            if w.stop_requested.is_set():
+                w.interrupt()
+            model, tok = load_model(path)
+            for name, tasks in sets.items():
+                tasks = [{**t, "context": ctx.get(t["question"], "") if cfg.kb_context(name) else ""} for t in tasks]
+                r = evaluate_family(model, tok, tasks, families.family(name), max_new_tokens=p.max_new_tokens)
+                rows[name].update({side: r, "n_per_tier": r["n_per_tier"], "with_context": r["with_context"]})
+                for tier, acc in r["accuracy"].items():
+                    w.metric(f"gate.{name}.{side}.{tier}", acc)
+        return rows
+    finally:
+        if critic is not None:
+            critic.close()
+
+
 def main(w: Worker) -> dict:
     import torch
 
     from pr1d.evaluate.gsm_lite import TIERS
-    from pr1d.evaluate.sft_gate import sft_gate
+    from pr1d.evaluate.sft_gate import family_gate, sft_gate
     from pr1d.inference.generate import load_model
     from pr1d.train.sft import evaluate_model
 
@@ -50,6 +92,7 @@ def main(w: Worker) -> dict:
         for tier, acc in reports[name]["accuracy"].items():
             w.metric(f"gate.{name}.{tier}", acc)
         w.metric(f"gate.{name}.parallel_adherence", reports[name]["parallel_adherence"])
+    family_rows = heldout_families(w, p, {"base": base, "candidate": cand_path}) if p.families else {}
     w.progress(2, 2)
     decision = sft_gate(
         reports["base"]["accuracy"],
@@ -58,6 +101,13 @@ def main(w: Worker) -> dict:
         threshold=p.threshold,
         mode=p.uplift_mode,
     )
+    if family_rows:
+        decision = family_gate(decision, {f: (r["base"]["accuracy"], r["candidate"]["accuracy"], r["n_per_tier"])
+                                          for f, r in family_rows.items()},
+                               threshold=p.threshold, max_regression=p.max_regression)
+        for f, row in decision.evidence["families"].items():
+            w.log(f"sft gate: {f} {row['base_overall']:.3f} -> {row['candidate_overall']:.3f} "
+                  f"({family_rows[f]['with_context']} of {sum(row['n_per_tier'].values())} prompts with KB context)")
     evidence = {
         **decision.evidence,
         "format": {

@@ -48,6 +48,7 @@ __all__ = [
     "TaskFamily",
     "entry_family",
     "family_pass_rates",
+    "load_heldout",
     "tier_from_pass_rate",
 ]
 
@@ -215,6 +216,19 @@ class FamilySpec(BaseModel):
         description="The difficulty tiers in order; an entry's `tier` must be one of them or empty (then the tier is "
         "set from the agent's measured pass rate on the family).",
     )
+    min_score: float | None = Field(
+        None, ge=0.0, le=1.0,
+        description="Entries of this family seed datasets from this score instead of [dataset] min_score. Lower it for "
+        "a family whose grader needs no reference (critic, rubric): the agent's failed tasks are then learnt from, "
+        "the teacher answering and the grader judging every path. Not allowed with reference_from_entry (a "
+        "low-scored entry's answer is no reference).",
+    )
+    heldout: str | None = Field(
+        None,
+        description="Held-out tasks the SFT gate scores base and candidate on for this family: a JSON-lines file of "
+        '{"question", "answer", "tier"} objects, or `builtin:kb_facts` (the store catalogue\'s held-out products). '
+        "Unset: the family is judged by the backtest's gradebook replay only.",
+    )
     kb_context: bool = Field(
         True,
         description="Prompts of this family get retrieved KB context (when [kb] is configured), in datasets and "
@@ -230,6 +244,9 @@ class Configured(TaskFamily):
             raise ValueError(f"task family name {name!r}: lowercase letters, digits and '_', starting with a letter")
         self.name, self.spec = name, spec
         self.grader = grader_from_spec(spec.grader, critic=critic, where=f"[tasks.families.{name}] grader")
+        if spec.min_score is not None and spec.reference_from_entry:
+            raise ValueError(f"[tasks.families.{name}]: min_score needs reference_from_entry = false (a low-scored "
+                             "entry's own answer is no reference); use a critic or rubric grader")
         if self.grader.needs_reference and not spec.reference_from_entry:
             raise ValueError(f"[tasks.families.{name}]: the {self.grader.kind} grader needs a reference answer; "
                              "set reference_from_entry = true")
@@ -311,3 +328,46 @@ class Families:
     def for_entry(self, entry: Mapping[str, Any]) -> TaskFamily | None:
         """The entry's family, or None when it is not configured (the caller reports ``unknown_family``)."""
         return self.by_name.get(self.name_of(entry))
+
+
+BUILTIN_HELDOUT = {"builtin:kb_facts"}
+
+
+def load_heldout(ref: str, per_tier: int | None = None) -> list[dict[str, Any]]:
+    """The held-out tasks a family's ``heldout`` names (``{"id", "question", "answer", "tier"}`` each), at most
+    ``per_tier`` of each tier in file order. A missing file or a bad line raises ValueError naming it."""
+    import json
+    from pathlib import Path
+
+    if ref == "builtin:kb_facts":
+        from . import kb_facts
+
+        raw = kb_facts.eval_split(per_tier)
+        return [{"id": t["task_id"], "question": t["question"], "answer": t["answer"], "tier": t["tier"]} for t in raw]
+    if ref.startswith("builtin:"):
+        raise ValueError(f"heldout {ref!r}: unknown built-in set (have: {', '.join(sorted(BUILTIN_HELDOUT))})")
+    path = Path(ref).expanduser()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise ValueError(f"heldout {ref}: cannot read it: {e.strerror or e}") from None
+    out: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: not JSON: {e}") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("question"), str) or obj.get("answer") is None:
+            raise ValueError(f"{path}:{lineno}: expected an object with a string question and an answer")
+        tier = str(obj.get("tier") or "custom")
+        if per_tier is not None and seen.get(tier, 0) >= per_tier:
+            continue
+        seen[tier] = seen.get(tier, 0) + 1
+        out.append({"id": str(obj.get("id", f"{path.stem}-{lineno}")), "question": obj["question"],
+                    "answer": str(obj["answer"]), "tier": tier})
+    if not out:
+        raise ValueError(f"heldout {ref}: no tasks in it")
+    return out

@@ -435,6 +435,26 @@ def evaluate_model(
     }
 
 
+def evaluate_family(model, tokenizer, tasks: list[dict[str, Any]], family, max_new_tokens: int = PARALLEL_EVAL_TOKENS,
+                    ) -> dict[str, Any]:
+    """Greedy held-out accuracy per tier on a task family's ``tasks`` (each with its ``context``), every answer
+    judged by the family's own grader (the critic's outage counts as not passed, and is counted)."""
+    from pr1d.evaluate.gsm_eval import evaluate_tasks
+    from pr1d.tasks.contract import Task, final_answer
+
+    report = evaluate_tasks(model, tokenizer, tasks, k=0, max_new_tokens=max_new_tokens, keep_texts=True)
+    texts = report.pop("greedy_texts")
+    items = [(Task(str(t["id"]), family.name, t["question"], str(t["answer"]), t["tier"], str(t.get("context") or "")),
+              final_answer(text)) for t, text in zip(tasks, texts, strict=True)]
+    verdicts = family.grader.grade_many(items)
+    tiers = list(dict.fromkeys(t["tier"] for t in tasks))
+    acc = {tier: sum(v.passed for t, v in zip(tasks, verdicts, strict=True) if t["tier"] == tier)
+           / sum(1 for t in tasks if t["tier"] == tier) for tier in tiers}
+    return {"accuracy": acc, "n_per_tier": {tier: sum(1 for t in tasks if t["tier"] == tier) for tier in tiers},
+            "unavailable": sum(v.unavailable for v in verdicts), "with_context": sum(bool(t.get("context")) for t in tasks),
+            "samples": texts[:2]}
+
+
 # -------------------------------------------------------------------------------------------------
 # CLI
 # -------------------------------------------------------------------------------------------------

@@ -50,6 +50,40 @@ def test_demo_shows_the_trigger_and_why(tmp_path):
     assert (tmp_path / "s" / "resume.sh").exists()
 
 
+@needs_torch
+@pytest.mark.timeout(1800)
+def test_kb_dip_demo_loads_the_store_pages_and_triggers_on_the_new_family(tmp_path):
+    """Store-catalogue questions join arithmetic at evaluation 150: the arithmetic-only model fails them for real
+    (the sim shows it the product's page), the daemon's drift signal fires, and the KB holds the store pages."""
+    state = tmp_path / "s"
+    cp = subprocess.run([str(BIN / "pr1d"), "demo", "--quick", "--scenario", "kb-dip", "--until", "trigger",
+                         "--exit-when-done", "--state-dir", str(state)],
+                        capture_output=True, text=True, timeout=1700, env=pr1_env(COLUMNS="200"))
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    out = cp.stdout
+    assert re.search(r"knowledge base: 96 store pages, 96 chunks \(sqlite\)", out), out
+    assert "trigger: agent agent-000" in out
+    m = re.search(r"recent mean (0\.\d+), baseline (0\.\d+)", out)
+    assert m and float(m.group(1)) < 0.8 * float(m.group(2)), out
+    toml = (state / "demo.toml").read_text()
+    assert '[tasks.families.kb_facts]' in toml and 'heldout = "builtin:kb_facts"' in toml and "max_length = 512" in toml
+    assert "PR1_DATASET__TEACHER_URL" not in toml  # the sim's address is the environment's, not the file's
+
+
+def test_demo_config_for_a_kb_scenario(tmp_path):
+    assert demo.scenario_families("kb-dip") == {"gsm_lite", "kb_facts"}
+    assert demo.scenario_families("demo") == {"gsm_lite"} and demo.scenario_families("no-such") == set()
+    plain = demo.write_config(tmp_path, quick=True).read_text()
+    assert "[tasks" not in plain and "max_length" not in plain
+    kb = demo.write_config(tmp_path, quick=True, families={"gsm_lite", "kb_facts"}).read_text()
+    from pr1d.config import load_config
+
+    cfg = load_config([tmp_path / "demo.toml"], environ={}, use_system=False)
+    assert cfg.tasks.families["kb_facts"].heldout == "builtin:kb_facts" and not cfg.tasks.gsm_lite_kb_context
+    assert cfg.kb.top_k == 2 and cfg.training.sft.max_length == 512 and "[training.sft]" in kb
+    assert (demo.store_corpus() / "README.md").is_file()
+
+
 # Plumbing settings: enough SFT steps to interrupt it mid-stage after a checkpoint, tiny evaluations.
 # No uplift to show (the SFT gate may well refuse); this is about Ctrl+C and resuming, not learning.
 PLUMBING = {

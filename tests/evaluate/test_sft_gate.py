@@ -82,3 +82,38 @@ def test_gate_skips_unmeasured_tiers():
 def test_gate_rejects_bad_input(base, cand, n, kw, match):
     with pytest.raises(ValueError, match=match):
         sft_gate(base, cand, n, **kw)
+
+
+# --- task families with a held-out set -------------------------------------------------------------
+
+from pr1d.evaluate.sft_gate import REASON_REGRESSION, family_gate  # noqa: E402
+
+KB0 = {"easy": 0.0, "medium": 0.0, "hard": 0.0}
+KBN = {"easy": 72, "medium": 48, "hard": 24}
+
+
+@pytest.mark.parametrize(("gsm_cand", "kb_cand", "proceed", "reason", "carried", "regressed"), [
+    # the KB family carries the run, GSM-lite stays where it was (within 2 points)
+    ({"easy": 0.80, "medium": 0.19, "hard": 0.05}, {"easy": 0.5, "medium": 0.2, "hard": 0.1}, True, REASON_OK,
+     ["kb_facts"], []),
+    # the KB family improves but arithmetic paid for it: refused
+    ({"easy": 0.60, "medium": 0.15, "hard": 0.05}, {"easy": 0.5, "medium": 0.2, "hard": 0.1}, False,
+     REASON_REGRESSION, ["kb_facts"], ["gsm_lite"]),
+    # GSM-lite carries it, the KB family flat: as before families
+    ({"easy": 0.90, "medium": 0.30, "hard": 0.10}, KB0, True, REASON_OK, ["gsm_lite"], []),
+    # neither moves: below threshold
+    (B, {"easy": 0.02, "medium": 0.0, "hard": 0.0}, False, REASON_BELOW, [], []),
+])
+def test_family_gate(gsm_cand, kb_cand, proceed, reason, carried, regressed):
+    gsm = sft_gate(B, gsm_cand, 50)
+    d = family_gate(gsm, {"kb_facts": (KB0, kb_cand, KBN)}, threshold=0.05, max_regression=0.02)
+    assert (d.proceed, d.reason, d.evidence["carried_by"], d.evidence["regressed"]) == (proceed, reason, carried,
+                                                                                         regressed)
+    row = d.evidence["families"]["kb_facts"]
+    assert row["n_per_tier"] == KBN and row["base_overall"] == 0.0
+    assert d.evidence["uplift_abs"] == gsm.evidence["uplift_abs"]  # GSM-lite's own figures stay as they were
+
+
+def test_family_gate_without_families_is_gsm_lite_alone():
+    gsm = sft_gate(B, B, 50)
+    assert family_gate(gsm, {}) is gsm

@@ -65,3 +65,43 @@ def test_gradebook_sync_keeps_a_deduplicated_local_copy(daemon_factory, tmp_path
         assert manifest["stats"]["fetch"]["from_local_copy"] == len(held)
     finally:
         sim.close()
+
+
+def test_kb_family_dataset_from_the_sims_teacher_with_the_store_pages(daemon_factory, tmp_path):
+    """kb-dip's store questions become verified Parallel records whose prompts hold the product's page (retrieved
+    from the KB the daemon ingested); GSM-lite prompts stay without context (gsm_lite_kb_context = false)."""
+    from pr1d import demo
+    from pr1d.tasks import kb_facts
+
+    sim = Sim(tmp_path, "kb-dip")
+    try:
+        sim.tick(500)
+        cfg = tmp_path / "kb.toml"
+        cfg.write_text(demo.KB_TOML)
+        d = daemon_factory(config=cfg, extra_env={"PR1_MONITOR__ENABLED": "true", "PR1_SCORING__BASE_URL": sim.url,
+                                                  "PR1_DATASET__TEACHER_URL": sim.url,
+                                                  "PR1_DATASET__MIN_SCORE": "0.7"}).start()
+        deadline = time.monotonic() + 30
+        while not d.ctl_json("agents"):
+            assert time.monotonic() < deadline, "the start-up poll did not register agents"
+            time.sleep(0.2)
+        ingested = d.ctl_json("kb", "ingest", str(demo.store_corpus()))
+        assert ingested["files"] == len(kb_facts.PRODUCTS) + 1
+        rid = d.ctl_json("trigger", "agent-000", "--kind", "dataset")["run"]["id"]
+        run = d.wait_run(rid, {"succeeded", "failed"}, timeout=240)
+        assert run["state"] == "succeeded", run["reason"]
+        art = next(a for a in run["artifacts"] if a["kind"] == "dataset")
+        manifest = json.loads((Path(art["path"]) / "manifest.json").read_text())
+        fams = manifest["stats"]["families"]
+        assert fams["kb_facts"]["records"] >= 10 and fams["gsm_lite"]["records"] >= 10
+        assert manifest["stats"]["generator"]["name"] == "teacher" and manifest["stats"]["generator"]["errors"] == 0
+        records = [json.loads(x) for x in (Path(art["path"]) / "records.jsonl").read_text().splitlines()]
+        for r in records:
+            if r.get("family") == "kb_facts":
+                slug = kb_facts.product_in(r["question"]).slug
+                assert r["prompt"].startswith(f"[1] {slug}.md"), r["prompt"][:200]  # sources relative to the ingested folder
+                assert r["answer"] == kb_facts.lookup(r["question"])["answer"]
+            else:
+                assert r["prompt"].startswith("Question: ")
+    finally:
+        sim.close()
