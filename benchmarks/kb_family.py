@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/kb_family.py [--seeds 0] [--train-seeds 0 1] [--steps 1200] [--top-k 2]
 
 The KB-facts family (pr1d/tasks/kb_facts.py) asks about a fictional store's products; the facts exist only in
-the shipped pages under ``pr1d/kb/corpus/store``. Per bootstrap seed (the demo's base model, cached like
+the shipped pages under ``pr1d/kb/catalogue``. Per bootstrap seed (the demo's base model, cached like
 ``pr1d demo`` does) and per training seed, two SFT arms of equal compute:
 
 - ``kb-on``: records of the KB-facts training products with the context the dataset stage retrieves (the
@@ -33,7 +33,8 @@ sys.path.insert(0, str(ROOT))
 
 
 def build_kb(state_dir: Path, top_k: int):
-    """The shipped corpus in the embedded store, as `pr1ctl kb ingest pr1d/kb/corpus` loads it."""
+    """Both shipped corpora (the arithmetic notes and the store catalogue) in the embedded store, as
+    `pr1ctl kb ingest` loads them: retrieval has to find the product's page among everything."""
     from pr1d.kb.config import KBConfig
     from pr1d.kb.discovery import create_service_discovery
     from pr1d.kb.embed import Embedder
@@ -48,9 +49,10 @@ def build_kb(state_dir: Path, top_k: int):
         embedder = Embedder(cfg.embedding_model, cache=cache)
         store = open_store(cfg, state_dir=state_dir, endpoints=endpoints, dim=embedder.dim)
         async with store:
-            report = await ingest_path(ROOT / "pr1d" / "kb" / "corpus", store, embedder, cfg, cache=cache)
+            reports = [await ingest_path(ROOT / "pr1d" / "kb" / folder, store, embedder, cfg, cache=cache)
+                       for folder in ("corpus", "catalogue")]
         cache.close()
-        return report
+        return reports
 
     report = asyncio.run(go())
     return cfg, report
@@ -64,8 +66,8 @@ def contexts(cfg, state_dir: Path, questions: list[str]) -> tuple[dict[str, str]
     return got, out
 
 
-def kb_records(ctx: dict[str, str] | None) -> tuple[list[dict], dict]:
-    """Verified Parallel records of every training-product task (both wordings), with or without context."""
+def kb_records(ctx: dict[str, str] | None, tasks: list[dict]) -> tuple[list[dict], dict]:
+    """Verified Parallel records of ``tasks`` (training products), with or without context."""
     from pr1d.data.builder import DropReason, build_family_record
     from pr1d.tasks import kb_facts
     from pr1d.tasks.families import Families
@@ -77,7 +79,7 @@ def kb_records(ctx: dict[str, str] | None) -> tuple[list[dict], dict]:
             return [kb_facts.parallel_trace(kb_facts.lookup(task.question))]
 
     records, drops = [], {}
-    for raw in kb_facts.train_split():
+    for raw in tasks:
         entry = {**raw, "transcript": kb_facts.render_sequential(raw), "final_answer": raw["answer"]}
         try:
             records.append(build_family_record(fam.task_from_entry(entry), fam, generator=Teacher(),
@@ -142,10 +144,11 @@ def render(cells: list[dict], args, command: str, kb_info: dict) -> str:
         "",
         f"`{command}`",
         "",
-        "Held-out products only (the 24 the sim never asks about): 72 easy, 48 medium, 24 hard tasks, greedy. "
+        "Held-out products only (24 of the 288 the sim never asks about): 72 easy, 48 medium, 24 hard tasks, greedy. "
         "`kb-on` trains and answers with the context the dataset stage retrieves "
-        f"(whole shipped corpus in the sqlite-vec store, top_k={args.top_k}); `kb-off` trains on the same records "
-        f"and steps ({args.steps} steps of {args.batch_size}, GSM-lite top-up {args.gsm_topup}) with no context. "
+        f"(pr1d/kb/corpus and pr1d/kb/catalogue in the sqlite-vec store, top_k={args.top_k}); `kb-off` trains on the same records "
+        f"and steps ({args.kb_records} KB-facts records, {args.steps} steps of {args.batch_size}, GSM-lite top-up "
+        f"{args.gsm_topup}) with no context. "
         f"GSM-lite: the SFT gate's evaluation split, {args.gsm_per_tier} per tier. Mean ± sd over "
         f"{len(cells)} model(s) (bootstrap seeds {args.seeds} x training seeds {args.train_seeds}).",
         "",
@@ -183,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gsm-topup", type=int, default=1500, help="GSM-lite records added to the KB records")
     ap.add_argument("--gsm-per-tier", type=int, default=50)
     ap.add_argument("--top-k", type=int, default=2)
+    ap.add_argument("--kb-records", type=int, default=2000, help="KB-facts training tasks drawn (of 10,368)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "kb_family.md")
     args = ap.parse_args(argv)
     command = "python benchmarks/kb_family.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -195,15 +199,18 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(2)
     work = Path(tempfile.mkdtemp(prefix="pr1-kbfam-"))
-    cfg, report = build_kb(work, args.top_k)
-    questions = [t["question"] for t in kb_facts.train_split() + kb_facts.eval_split()]
+    cfg, reports = build_kb(work, args.top_k)
+    import random
+
+    train = random.Random(0).sample(kb_facts.train_split(), args.kb_records)
+    questions = [t["question"] for t in train + kb_facts.eval_split()]
     ctx, kb_out = contexts(cfg, work, questions)
-    right = sum(ctx.get(q, "").startswith(f"[1] store/{kb_facts.product_in(q).slug}.md") for q in questions)
-    kb_info = (f"{report.files} files, {report.chunks} chunks ingested; {kb_out.get('with_context')} of "
+    right = sum(ctx.get(q, "").startswith(f"[1] {kb_facts.product_in(q).slug}.md") for q in questions)
+    kb_info = (f"{sum(r.files for r in reports)} files, {sum(r.chunks for r in reports)} chunks ingested; {kb_out.get('with_context')} of "
                f"{len(set(questions))} questions got context, {right} of {len(questions)} with their product's page first")
     print(kb_info, file=sys.stderr)
-    on_records, on_drops = kb_records(ctx)
-    off_records, off_drops = kb_records(None)
+    on_records, on_drops = kb_records(ctx, train)
+    off_records, off_drops = kb_records(None, train)
     print(f"records: kb-on {len(on_records)} (drops {on_drops}), kb-off {len(off_records)} (drops {off_drops})",
           file=sys.stderr)
     cells = []

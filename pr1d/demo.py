@@ -135,7 +135,7 @@ def scenario_families(scenario: str) -> set[str]:
 
 def store_corpus() -> Path:
     """The store catalogue's KB pages shipped with pr1 (pr1d.tasks.kb_facts writes them)."""
-    return PKG / "kb" / "corpus" / "store"
+    return PKG / "kb" / "catalogue"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

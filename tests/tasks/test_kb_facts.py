@@ -17,14 +17,16 @@ from pr1d.tasks.families import Families
 def test_the_committed_corpus_is_what_the_catalogue_writes(tmp_path):
     written = {p.name: p.read_text() for p in kb_facts.write_corpus(tmp_path)}
     shipped = {p.name: p.read_text() for p in kb_facts.corpus_dir().iterdir()}
-    assert shipped == written, "run `python -m pr1d.tasks.kb_facts --write` and commit pr1d/kb/corpus/store"
+    assert shipped == written, "run `python -m pr1d.tasks.kb_facts --write` and commit pr1d/kb/catalogue"
     assert len(written) == len(kb_facts.PRODUCTS) + 1  # one page per product and the README
 
 
 def test_splits_are_by_product_and_tiers_are_balanced():
     train, held = kb_facts.train_split(), kb_facts.eval_split()
     assert {t["product"] for t in train}.isdisjoint({t["product"] for t in held})
-    assert len({t["product"] for t in held}) == 24 and len(train) == 72 * 6 * 2
+    assert len({t["product"] for t in held}) == 24 and len(train) == 864 * 6 * 2
+    assert len(kb_facts.catalogue("eval")) == 288 and {p.kind for p in kb_facts.catalogue("eval")} == {
+        p.kind for p in kb_facts.PRODUCTS}
     assert Counter(t["tier"] for t in held) == {"easy": 72, "medium": 48, "hard": 24}
     assert Counter(t["tier"] for t in kb_facts.eval_split(per_tier=10)) == {"easy": 10, "medium": 10, "hard": 10}
     assert len({t["task_id"] for t in train}) == len(train)
