@@ -61,30 +61,32 @@ def test_numeric_match_tolerance():
         NumericMatch().grade_many([(T, "1")])
 
 
-class _Result:
-    def __init__(self, agree):
-        self.agree, self.confidence = agree, 1.0
+def test_critic_grader_sends_one_batch_and_reports_outage_apart(tmp_path):
+    """Against the sim's critic (it knows the store catalogue): one request for the batch, no answerless item
+    sent; with the platform gone the verdict is "unavailable", never "wrong"."""
+    import json
+    import urllib.request
 
+    from pr1d.tasks import kb_facts
+    from pr1d.train.critic import CriticClient
+    from tests.monitor.test_monitor_e2e import Sim
 
-class RecordingCritic:
-    """A stand-in for the platform's critic with a fixed answer key: only the *outage* case cannot be caused
-    against the sim (tests/data/test_dataset_families.py grades through the real sim critic)."""
-
-    def __init__(self, key, down=False):
-        self.key, self.down, self.calls, self.last_error = key, down, [], "connection refused"
-
-    def verify(self, items):
-        self.calls.append(list(items))
-        return [None if self.down else _Result(self.key.get(q) == a) for q, a in items]
-
-
-def test_critic_grader_sends_one_batch_and_reports_outage_apart():
-    critic = RecordingCritic({T.question: "Lyon"})
-    got = CriticGrader(critic).grade_many([(T, "Lyon"), (T, "Porto"), (T, None)])
-    assert [v.passed for v in got] == [True, False, False]
-    assert critic.calls == [[(T.question, "Lyon"), (T.question, "Porto")]]  # one request, no answerless item
-    down = CriticGrader(RecordingCritic({}, down=True)).grade_many([(T, "Lyon")])
-    assert down[0].unavailable and not down[0].passed and "connection refused" in down[0].reason
+    raw = kb_facts.eval_split(per_tier=1)[0]
+    task = Task(raw["task_id"], "kb_facts", raw["question"], tier=raw["tier"])
+    sim = Sim(tmp_path, "kb-dip")
+    try:
+        client = CriticClient(sim.url)
+        got = CriticGrader(client).grade_many([(task, raw["answer"]), (task, str(int(raw["answer"]) + 3)), (task, None)])
+        assert [v.passed for v in got] == [True, False, False] and not any(v.unavailable for v in got)
+        state = json.loads(urllib.request.urlopen(f"{sim.url}/_sim/state", timeout=10).read())
+        assert state["requests"]["critic"] == 1
+        client.close()
+    finally:
+        sim.close()
+    gone = CriticClient(sim.url, timeout=2.0)
+    down = CriticGrader(gone).grade_many([(task, raw["answer"])])
+    gone.close()
+    assert down[0].unavailable and not down[0].passed and down[0].reason
 
 
 def test_rubric_named_checks_and_pass_share():

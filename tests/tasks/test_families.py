@@ -68,23 +68,33 @@ def test_families_route_entries_and_name_the_unknown():
         fams.family("tool_calls")
 
 
-def test_families_grade_batches_per_family():
-    calls = []
+def test_families_grade_batches_per_family(tmp_path):
+    """Each family's items are graded together: one critic request for the critic-graded family (the sim's
+    critic, which knows the store catalogue), none for the others."""
+    import json
+    import urllib.request
 
-    class Critic:
-        last_error = None
+    from pr1d.tasks import kb_facts
+    from pr1d.train.critic import CriticClient
+    from tests.monitor.test_monitor_e2e import Sim
 
-        def verify(self, items):
-            calls.append(list(items))
-            return [type("R", (), {"agree": a == "yes"})() for _, a in items]
-
-    fams = Families.from_config({"store_facts": {"grader": {"kind": "exact"}},
-                                 "support": {"grader": {"kind": "critic"}, "reference_from_entry": False}},
-                                critic=Critic())
-    got = fams.grade([("store_facts", "q1", "Lyon", "lyon"), ("support", "q2", None, "yes"),
-                      ("gsm_lite", "q3", "68", "68.0"), ("support", "q4", None, "no"), ("store_facts", "q5", "Lyon", "Porto")])
-    assert [v.passed for v in got] == [True, True, True, False, False]
-    assert calls == [[("q2", "yes"), ("q4", "no")]]  # one request for the family's items
+    q1, q2 = (t["question"] for t in kb_facts.eval_split(per_tier=1)[:2])
+    a1, a2 = (kb_facts.lookup(q)["answer"] for q in (q1, q2))
+    sim = Sim(tmp_path, "kb-dip")
+    try:
+        critic = CriticClient(sim.url)
+        fams = Families.from_config({"store_facts": {"grader": {"kind": "exact"}},
+                                     "kb_facts": {"grader": {"kind": "critic"}, "reference_from_entry": False}},
+                                    critic=critic)
+        got = fams.grade([("store_facts", "q1", "Lyon", "lyon"), ("kb_facts", q1, None, a1),
+                          ("gsm_lite", "q3", "68", "68.0"), ("kb_facts", q2, None, str(int(a2) + 1)),
+                          ("store_facts", "q5", "Lyon", "Porto")])
+        critic.close()
+        assert [v.passed for v in got] == [True, True, True, False, False]
+        state = json.loads(urllib.request.urlopen(f"{sim.url}/_sim/state", timeout=10).read())
+        assert state["requests"]["critic"] == 1  # one request for the family's items
+    finally:
+        sim.close()
 
 
 def test_tasks_config_is_checked_at_load():
