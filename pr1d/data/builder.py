@@ -246,6 +246,25 @@ def _select_mix(records: list[dict[str, Any]], mix: Mapping[str, float], cap: in
     return [r for r in records if id(r) in kept]
 
 
+def _select_mix_per_family(records: list[dict[str, Any]], mix: Mapping[str, float], cap: int | None) -> list[dict]:
+    """The tier mix applied to each task family on its own: a family's records whose tier the mix names keep the
+    mix's proportions; records without a tier, or of a family whose tiers the mix does not name, are all kept (the
+    mix is about tiers they do not have). Then ``cap``. One family with mix tiers only: exactly :func:`_select_mix`."""
+    fam_of = [str(r.get("family") or "gsm_lite") for r in records]
+    named = {t for t, w in mix.items() if w > 0}
+    if len(set(fam_of)) <= 1 and all(r["tier"] in named for r in records):
+        return _select_mix(records, mix, cap)
+    kept: set[int] = set()
+    for fam in dict.fromkeys(fam_of):
+        group = [r for r, f in zip(records, fam_of, strict=True) if f == fam]
+        tiered = [r for r in group if r["tier"] in named]
+        kept |= {id(r) for r in group if r["tier"] not in named and (not r["tier"] or not tiered)}
+        if tiered:
+            kept |= {id(r) for r in _select_mix(tiered, mix, None)}
+    out = [r for r in records if id(r) in kept]
+    return out if cap is None else out[: max(0, int(cap))]
+
+
 def record_stats(records: list[dict[str, Any]]) -> dict[str, Any]:
     """The manifest's record statistics: tiers, paths per record, prompt and completion lengths."""
 
@@ -342,7 +361,7 @@ def build_dataset(
     built = len(records)
     random.Random(f"pr1-dataset/{seed}").shuffle(records)
     if mix:
-        records = _select_mix(records, mix, max_records)
+        records = _select_mix_per_family(records, mix, max_records)
     elif max_records is not None:
         records = records[: max(0, int(max_records))]
     stats = {

@@ -109,3 +109,19 @@ def test_sequential_records_are_the_graded_transcripts():
 def test_gsm_only_build_without_families_drops_other_families_as_unknown():
     records, stats = build_dataset([_entry(1)])
     assert records == [] and stats["unknown_families"] == {"store_facts": 1}
+
+
+def test_the_tier_mix_applies_per_family_and_keeps_untiered_records():
+    """A mix of tiers keeps each family's proportions on its own; a family's untiered records (tiers then come
+    from pass rates) and a family whose tiers the mix does not name are kept, not dropped by the mix."""
+    fams = Families.from_config({"store_facts": {"grader": {"kind": "exact"}},
+                                 "support": {"grader": {"kind": "exact"}, "tiers": ["basic", "expert"]}})
+    entries = [{**_entry(i), "tier": "easy" if i < 4 else "medium" if i < 8 else ""} for i in range(10)]
+    entries += [{**_entry(20 + i, family="support"), "tier": "basic"} for i in range(3)]
+    records, stats = build_dataset(entries, families=fams, generator=Traces(GOOD), mix={"easy": 1.0})
+    by = {(r["family"], r["tier"]) for r in records}
+    assert by == {("store_facts", "easy"), ("store_facts", ""), ("support", "basic")}
+    assert sum(r["tier"] == "easy" for r in records) == 4 and sum(r["tier"] == "" for r in records) == 2
+    assert stats["excluded_by_mix_or_cap"] == 4  # the medium ones
+    capped, _ = build_dataset(entries, families=fams, generator=Traces(GOOD), mix={"easy": 1.0}, max_records=5)
+    assert len(capped) == 5
