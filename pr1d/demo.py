@@ -577,8 +577,8 @@ def _run(args: argparse.Namespace, con: Console, main_thread: bool) -> int:
         if "kb_facts" in families:
             with _status(con, "loading the store catalogue into the knowledge base"):
                 kb = _kb_ingest(sock, store_corpus())
-            con.print(f"[green]✓[/] knowledge base: {kb['files']} store pages, {kb['total_chunks']} chunks "
-                      f"({kb['store']})")
+            con.print(f"[green]✓[/] knowledge base: the store catalogue, {kb['files']} files, {kb['total_chunks']} "
+                      f"chunks ({kb['store']})")
         fired: list[dict] = []
         decided: dict | None = None
         if args.until == "ready":

@@ -61,7 +61,7 @@ def test_kb_dip_demo_loads_the_store_pages_and_triggers_on_the_new_family(tmp_pa
                         capture_output=True, text=True, timeout=1700, env=pr1_env(COLUMNS="200"))
     assert cp.returncode == 0, cp.stdout + cp.stderr
     out = cp.stdout
-    assert re.search(r"knowledge base: 96 store pages, 96 chunks \(sqlite\)", out), out
+    assert re.search(r"knowledge base: the store catalogue, 1153 files, 115\d chunks \(sqlite\)", out), out
     assert "trigger: agent agent-000" in out
     m = re.search(r"recent mean (0\.\d+), baseline (0\.\d+)", out)
     assert m and float(m.group(1)) < 0.8 * float(m.group(2)), out
