@@ -99,7 +99,9 @@ min_samples = 30
 
 # A scenario that sends store-catalogue questions (kb_facts): the family judged by the platform's critic, so
 # every question the agent was asked seeds the dataset (min_score 0: the sim's teacher answers it, the critic
-# checks every path), its held-out products scored by the SFT gate, its prompts with the page the KB retrieves
+# checks every path), topped up to 2,000 from the catalogue's training products (a gradebook holds a few dozen
+# store questions when the dip fires; benchmarks/kb_family.md trains on 2,000), its held-out products scored
+# by the SFT gate, its prompts with the page the KB retrieves
 # (GSM-lite prompts kept as the benchmark asks them). The teacher's URL comes from the environment.
 KB_TOML = """\
 [tasks]
@@ -110,6 +112,8 @@ grader = { kind = "critic" }
 reference_from_entry = false
 min_score = 0.0
 heldout = "builtin:kb_facts"
+train_tasks = "builtin:kb_facts"
+min_records = 2000
 
 [kb]
 store = "sqlite"

@@ -188,6 +188,34 @@ def _fleet_entries(w: Worker, s: dict[str, Any], url: str, token: str | None, fe
     return entries, since, cursor
 
 
+def family_topup(tasks_cfg: Any, entries: list[dict], families: Any, seed: int) -> tuple[list[dict], dict[str, int]]:
+    """Entries drawn from a family's ``train_tasks`` bank (seeded, questions not already in ``entries``) to bring
+    its entries up to ``min_records``; returns them and how many per family."""
+    import random
+
+    from pr1d.tasks.families import load_train_tasks
+
+    have = {str(e.get("question", "")).strip() for e in entries}
+    extra: list[dict] = []
+    counts: dict[str, int] = {}
+    for name, spec in tasks_cfg.families.items():
+        if not spec.train_tasks or not spec.min_records or name not in families.by_name:
+            continue
+        # Distinct questions: a gradebook asks the same task again and again, and a repeat builds no record.
+        need = spec.min_records - len({str(e.get("question", "")).strip() for e in entries
+                                       if families.name_of(e) == name})
+        if need <= 0:
+            counts[name] = 0
+            continue
+        bank = [t for t in load_train_tasks(spec.train_tasks) if t["question"].strip() not in have]
+        random.Random(f"pr1-topup/{seed}/{name}").shuffle(bank)
+        for t in bank[:need]:
+            extra.append({"task_id": t["id"], "family": name, "question": t["question"], "final_answer": t["answer"],
+                          "transcript": "", "tier": t["tier"], "score": 1.0, "source": "train_tasks"})
+        counts[name] = min(need, len(bank))
+    return extra, counts
+
+
 def _targeted(w: Worker, s: dict, url: str, token: str | None, fleet: list, exemplars: list,
               generator: Any, source: dict) -> tuple[list, dict]:
     """Failing evaluations → failing tasks → verified tasks → records mixed with guardrail exemplars."""
@@ -272,6 +300,11 @@ def main(w: Worker) -> dict:
         if s["targeted"]:
             records, stats = _targeted(w, s, url, token, entries, exemplars, generator, source)
         else:
+            extra, topped = family_topup(w.spec.tasks, entries, families, s["seed"])
+            if extra:
+                w.log("topped up from the families' train_tasks: "
+                      + ", ".join(f"{n} {name}" for name, n in topped.items()))
+                entries = entries + extra
             kb_stats: dict = {}
             wanted = sorted({e["question"] for e in entries if w.spec.tasks.kb_context(families.name_of(e))})
             contexts = (kb_contexts(w.spec.kb, w.spec.registry.state_dir, wanted, kb_stats,
@@ -281,6 +314,7 @@ def main(w: Worker) -> dict:
                 max_records=s["max_records"], kb=(lambda q: contexts.get(q, "")) if contexts else None,
                 generator=generator, families=families)
             stats["kb"] = kb_stats
+            stats["family_topup"] = topped
             for name, n in stats["unknown_families"].items():
                 w.log(f"{n} entries of task family {name!r} dropped: no [tasks.families.{name}] says how to grade "
                       "them (docs/dataset.md, 'Adding a task family')", level="warning")

@@ -49,6 +49,7 @@ __all__ = [
     "entry_family",
     "family_pass_rates",
     "load_heldout",
+    "load_train_tasks",
     "tier_from_pass_rate",
 ]
 
@@ -229,6 +230,15 @@ class FamilySpec(BaseModel):
         '{"question", "answer", "tier"} objects, or `builtin:kb_facts` (the store catalogue\'s held-out products). '
         "Unset: the family is judged by the backtest's gradebook replay only.",
     )
+    train_tasks: str | None = Field(
+        None,
+        description="A bank of this family's training tasks the dataset stage tops up from when the gradebook holds "
+        "fewer than `min_records` of them: a JSON-lines file ({\"question\", \"answer\"?, \"tier\"}) or "
+        "`builtin:kb_facts` (the store catalogue's training products). Same trace source, grader and KB context as "
+        "gradebook tasks; never the held-out set.",
+    )
+    min_records: int = Field(
+        0, ge=0, description="Top the family's dataset entries up to this many from `train_tasks` (0: no top-up).")
     kb_context: bool = Field(
         True,
         description="Prompts of this family get retrieved KB context (when [kb] is configured), in datasets and "
@@ -244,6 +254,8 @@ class Configured(TaskFamily):
             raise ValueError(f"task family name {name!r}: lowercase letters, digits and '_', starting with a letter")
         self.name, self.spec = name, spec
         self.grader = grader_from_spec(spec.grader, critic=critic, where=f"[tasks.families.{name}] grader")
+        if spec.min_records and not spec.train_tasks:
+            raise ValueError(f"[tasks.families.{name}]: min_records needs train_tasks (the bank to top up from)")
         if spec.min_score is not None and spec.reference_from_entry:
             raise ValueError(f"[tasks.families.{name}]: min_score needs reference_from_entry = false (a low-scored "
                              "entry's own answer is no reference); use a critic or rubric grader")
@@ -333,7 +345,18 @@ class Families:
 BUILTIN_HELDOUT = {"builtin:kb_facts"}
 
 
-def load_heldout(ref: str, per_tier: int | None = None) -> list[dict[str, Any]]:
+def load_train_tasks(ref: str) -> list[dict[str, Any]]:
+    """The training-task bank a family's ``train_tasks`` names (``{"id", "question", "answer", "tier"}``; answer
+    may be None in a file for a critic-graded family)."""
+    if ref == "builtin:kb_facts":
+        from . import kb_facts
+
+        return [{"id": t["task_id"], "question": t["question"], "answer": t["answer"], "tier": t["tier"]}
+                for t in kb_facts.train_split()]
+    return load_heldout(ref, need_answer=False)
+
+
+def load_heldout(ref: str, per_tier: int | None = None, *, need_answer: bool = True) -> list[dict[str, Any]]:
     """The held-out tasks a family's ``heldout`` names (``{"id", "question", "answer", "tier"}`` each), at most
     ``per_tier`` of each tier in file order. A missing file or a bad line raises ValueError naming it."""
     import json
@@ -360,14 +383,17 @@ def load_heldout(ref: str, per_tier: int | None = None) -> list[dict[str, Any]]:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{lineno}: not JSON: {e}") from None
-        if not isinstance(obj, dict) or not isinstance(obj.get("question"), str) or obj.get("answer") is None:
-            raise ValueError(f"{path}:{lineno}: expected an object with a string question and an answer")
+        if not isinstance(obj, dict) or not isinstance(obj.get("question"), str) or (
+                need_answer and obj.get("answer") is None):
+            raise ValueError(f"{path}:{lineno}: expected an object with a string question"
+                             + (" and an answer" if need_answer else ""))
         tier = str(obj.get("tier") or "custom")
         if per_tier is not None and seen.get(tier, 0) >= per_tier:
             continue
         seen[tier] = seen.get(tier, 0) + 1
+        answer = obj.get("answer")
         out.append({"id": str(obj.get("id", f"{path.stem}-{lineno}")), "question": obj["question"],
-                    "answer": str(obj["answer"]), "tier": tier})
+                    "answer": None if answer is None else str(answer), "tier": tier})
     if not out:
         raise ValueError(f"heldout {ref}: no tasks in it")
     return out

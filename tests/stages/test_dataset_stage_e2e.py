@@ -77,7 +77,7 @@ def test_kb_family_dataset_from_the_sims_teacher_with_the_store_pages(daemon_fac
     try:
         sim.tick(500)
         cfg = tmp_path / "kb.toml"
-        cfg.write_text(demo.KB_TOML)
+        cfg.write_text(demo.KB_TOML.replace("min_records = 2000", "min_records = 150"))
         d = daemon_factory(config=cfg, extra_env={"PR1_MONITOR__ENABLED": "true", "PR1_SCORING__BASE_URL": sim.url,
                                                   "PR1_DATASET__TEACHER_URL": sim.url,
                                                   "PR1_DATASET__MIN_SCORE": "0.7"}).start()
@@ -94,7 +94,10 @@ def test_kb_family_dataset_from_the_sims_teacher_with_the_store_pages(daemon_fac
         art = next(a for a in run["artifacts"] if a["kind"] == "dataset")
         manifest = json.loads((Path(art["path"]) / "manifest.json").read_text())
         fams = manifest["stats"]["families"]
-        assert fams["kb_facts"]["records"] >= 10 and fams["gsm_lite"]["records"] >= 10
+        assert fams["kb_facts"]["records"] >= 140 and fams["gsm_lite"]["records"] >= 10
+        # the gradebook's store questions (min_score 0: failed ones too), topped up from the catalogue's bank
+        topped = manifest["stats"]["family_topup"]["kb_facts"]
+        assert 0 < topped < 150 and fams["kb_facts"]["entries"] >= 150
         assert manifest["stats"]["generator"]["name"] == "teacher" and manifest["stats"]["generator"]["errors"] == 0
         records = [json.loads(x) for x in (Path(art["path"]) / "records.jsonl").read_text().splitlines()]
         kb = [r for r in records if r.get("family") == "kb_facts"]

@@ -44,3 +44,23 @@ def test_heldout_and_kb_context_are_config_keys():
         False, True, False, False)
     assert t.for_profile("any").gsm_lite_kb_context is False
     assert t.families["kb_facts"].heldout == "builtin:kb_facts"
+
+
+def test_family_topup_draws_unseen_training_tasks_up_to_min_records():
+    from pr1d.stages.dataset import family_topup
+    from pr1d.tasks import kb_facts
+    from pr1d.tasks.config import TasksConfig
+
+    cfg = TasksConfig.model_validate({"families": {"kb_facts": {
+        "grader": {"kind": "numeric"}, "train_tasks": "builtin:kb_facts", "min_records": 30}}})
+    fams = cfg.build()
+    seen = kb_facts.train_split()[:10]
+    entries = [{"family": "kb_facts", "question": t["question"], "final_answer": t["answer"]} for t in seen]
+    entries.append({"question": "Mia has 2 apples.", "final_answer": "2"})  # gsm_lite: not counted
+    extra, counts = family_topup(cfg, entries, fams, seed=0)
+    assert counts == {"kb_facts": 20} and len(extra) == 20
+    assert not {e["question"] for e in extra} & {t["question"] for t in seen}
+    assert all(kb_facts.product_in(e["question"]).split == "train" and e["family"] == "kb_facts" for e in extra)
+    assert extra == family_topup(cfg, entries, fams, seed=0)[0]  # seeded
+    with pytest.raises(ValueError, match="min_records needs train_tasks"):
+        TasksConfig.model_validate({"families": {"x": {"grader": {"kind": "exact"}, "min_records": 5}}})
