@@ -4,7 +4,7 @@
 Pure Python over the per-item records the backtest stage writes (no torch, no numpy), so the gate
 stage, the daemon and the tests can all recompute every figure of a report from its items. One item::
 
-    {"id": "gsm:eval-easy-0003", "task_id": "eval-easy-0003", "source": "gsm_lite" | "gradebook" | "guardrail",
+    {"id": "gsm:eval-easy-0003", "task_id": "eval-easy-0003", "source": "gsm_lite" | "gradebook" | "heldout" | "guardrail",
      "tier": "easy", "question": ..., "answer": "68" (None: no reference answer),
      "candidate": Grade.to_dict() + {"n_tokens", "finished", "critic_agrees", "text",
                                      "rubric": {"safety": bool, "compliance": bool, ["critic_agrees": bool]},

@@ -273,18 +273,37 @@ def replay_tasks(w: Worker, cfg: BacktestParams, families: Any = None) -> tuple[
     # GSM-lite's held-out split is never training data by construction; it goes through the same filter anyway.
     gsm = [{**t, "id": f"gsm:{t['id']}", "task_id": t["id"], "source": "gsm_lite", "family": "gsm_lite"}
            for t in (eval_split(cfg.n_per_tier) if cfg.n_per_tier else []) if t["tier"] in tiers]
+    held = heldout_tasks(w, cfg, families)
     guard = guardrail_tasks(w.spec) if cfg.guardrail_probes else []
     ids, questions, files = trained_tasks(w.run_dir)
-    kept, excluded = exclude_trained(tasks + gsm + guard, ids, questions)
+    kept, excluded = exclude_trained(tasks + gsm + held + guard, ids, questions)
     excluded["training_files"] = files
-    by_source = {src: sum(1 for t in kept if t["source"] == src) for src in ("gradebook", "gsm_lite", "guardrail")}
+    by_source = {src: sum(1 for t in kept if t["source"] == src)
+                 for src in ("gradebook", "gsm_lite", "heldout", "guardrail")}
     gb["replayed"] = by_source["gradebook"]
     return list(kept), {"gradebook": gb,
                         "gsm_lite": {"n_per_tier": cfg.n_per_tier, "tiers": list(tiers), "seed": EVAL_SEED,
                                      "used": by_source["gsm_lite"]},
+                        "heldout": {"families": sorted({t["family"] for t in held}), "n_per_tier": cfg.n_per_tier,
+                                    "used": by_source["heldout"]},
                         "guardrail": {"enabled": cfg.guardrail_probes, "exemplars": len(guard),
                                       "used": by_source["guardrail"]},
                         "excluded": excluded}
+
+
+def heldout_tasks(w: Worker, cfg: BacktestParams, families: Any) -> list[dict]:
+    """Each served family's held-out set (``[tasks.families.X] heldout``), ``n_per_tier`` per tier: the family's
+    own benchmark next to GSM-lite's, with the family's grader and KB context (source ``heldout``)."""
+    from ..tasks.families import load_heldout
+
+    if not cfg.n_per_tier or families is None:
+        return []
+    out: list[dict] = []
+    for name, spec in w.spec.tasks.families.items():
+        if spec.heldout and name in families.by_name:
+            out += [{**t, "id": f"heldout:{name}:{t['id']}", "task_id": t["id"], "source": "heldout", "family": name}
+                    for t in load_heldout(spec.heldout, cfg.n_per_tier)]
+    return out
 
 
 def task_families(w: Worker) -> tuple[Any, Any]:
@@ -496,7 +515,8 @@ def main(w: Worker) -> dict:
         raise ValueError(f"nothing to replay: {replay}")
     ex = replay["excluded"]
     w.log(f"backtest: {len(tasks)} tasks ({replay['gradebook']['replayed']} gradebook, "
-          f"{replay['gsm_lite']['used']} GSM-lite, {replay['guardrail']['used']} guardrail; {ex['by_id']} by id and "
+          f"{replay['gsm_lite']['used']} GSM-lite, {replay['heldout']['used']} held-out of task families, "
+          f"{replay['guardrail']['used']} guardrail; {ex['by_id']} by id and "
           f"{ex['by_question']} by question left out as training data); candidate {sides['candidate']['path']} vs "
           f"{sides['incumbent']['source']} {sides['incumbent']['path']}")
 

@@ -65,3 +65,20 @@ def test_family_items_are_graded_by_their_grader_and_reported_per_family(tmp_pat
     acc = fam["store_facts"]["columns"]["correctness"]
     assert (acc["candidate"], acc["incumbent"], acc["diff"]) == (1.0, 0.0, 1.0)
     assert fam["gsm_lite"]["columns"]["correctness"]["diff"] == 0.0
+
+
+def test_a_family_with_a_heldout_set_is_replayed_next_to_gsm_lite():
+    """`[tasks.families.X] heldout` puts the family's own benchmark in the backtest (source heldout), like GSM-lite's,
+    so the promotion gate sees the family even when every gradebook task of it was training data."""
+    from pr1d.params import BacktestParams
+    from pr1d.stages.backtest import heldout_tasks
+    from pr1d.tasks.config import TasksConfig
+
+    cfg = TasksConfig.model_validate({"families": {
+        "kb_facts": {"grader": {"kind": "numeric"}, "heldout": "builtin:kb_facts"},
+        "store_facts": {"grader": {"kind": "exact"}}}})
+    w = SimpleNamespace(spec=SimpleNamespace(tasks=cfg))
+    held = heldout_tasks(w, BacktestParams(n_per_tier=4), cfg.build())
+    assert len(held) == 12 and {t["source"] for t in held} == {"heldout"} and {t["family"] for t in held} == {"kb_facts"}
+    assert held[0]["id"].startswith("heldout:kb_facts:kb-") and held[0]["answer"].isdigit()
+    assert heldout_tasks(w, BacktestParams(n_per_tier=0), cfg.build()) == []
