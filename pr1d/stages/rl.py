@@ -146,7 +146,9 @@ def dataset_tasks(w: Worker, cfg: RLParams, critic: Any) -> dict[str, Any]:
         w.log(f"tiers from pass rates: {', '.join(f'{f} {rates[f]:.0%} -> {t}' for f, t in family_tiers.items())}")
     w.log(f"RL problems: {len(records)} dataset tasks from {path.parent.parent.name} "
           f"({', '.join(sorted({str(r.get('family') or 'gsm_lite') for r in records}))})")
-    return {"task_records": records, "families": families, "family_tiers": family_tiers}
+    # A critic made here only for the families is the caller's to close (``_own_critic``).
+    return {"task_records": records, "families": families, "family_tiers": family_tiers,
+            "_own_critic": families_critic if families_critic is not critic else None}
 
 
 def main(w: Worker) -> dict:
@@ -163,6 +165,7 @@ def main(w: Worker) -> dict:
     torch.set_num_threads(cfg.threads)
     critic = make_critic(w.spec.scoring, cfg) if cfg.critic else None
     tasks = dataset_tasks(w, cfg, critic) if cfg.tasks == "dataset" else {}
+    own_critic = tasks.pop("_own_critic", None)
 
     def on_event(kind: str, fields: dict[str, Any]) -> None:
         if kind == "progress":
@@ -192,10 +195,14 @@ def main(w: Worker) -> dict:
 
     # -- train -----------------------------------------------------------------------------------
     resume = w.resume or last_checkpoint(w.checkpoint_dir) is not None
-    model, tokenizer, summary = train_grpo(
-        start, w.checkpoint_dir, cfg, on_event=on_event, stop=w.stop_requested, resume=resume, critic=critic,
-        use_cpu=True if w.params.get("cpu") else None, **tracking(w), **tasks,
-    )
+    try:
+        model, tokenizer, summary = train_grpo(
+            start, w.checkpoint_dir, cfg, on_event=on_event, stop=w.stop_requested, resume=resume, critic=critic,
+            use_cpu=True if w.params.get("cpu") else None, **tracking(w), **tasks,
+        )
+    finally:
+        if own_critic is not None:
+            own_critic.close()
     if summary["resumed_from"]:
         w.log(f"resumed from {summary['resumed_from']}")
     if summary["interrupted"] or w.stop_requested.is_set():
