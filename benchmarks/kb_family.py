@@ -1,6 +1,6 @@
 """Does the curriculum lift a task family that needs the knowledge base, and is retrieval what does it?
 
-    .venv/bin/python benchmarks/kb_family.py [--seeds 0] [--train-seeds 0 1] [--steps 1200] [--top-k 2]
+    .venv/bin/python benchmarks/kb_family.py [--seeds 0] [--train-seeds 0 1] [--steps 2000] [--top-k 1]
 
 The KB-facts family (pr1d/tasks/kb_facts.py) asks about a fictional store's products; the facts exist only in
 the shipped pages under ``pr1d/kb/catalogue``. Per bootstrap seed (the demo's base model, cached like
@@ -181,12 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="bootstrap seeds (base models)")
     ap.add_argument("--train-seeds", type=int, nargs="+", default=[0], help="SFT seeds per base model")
-    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--gsm-topup", type=int, default=1500, help="GSM-lite records added to the KB records")
+    ap.add_argument("--gsm-topup", type=int, default=5000, help="GSM-lite records added to the KB records")
     ap.add_argument("--gsm-per-tier", type=int, default=50)
-    ap.add_argument("--top-k", type=int, default=2)
-    ap.add_argument("--kb-records", type=int, default=2000, help="KB-facts training tasks drawn (of 10,368)")
+    ap.add_argument("--top-k", type=int, default=1)
+    ap.add_argument("--kb-records", type=int, default=3000, help="KB-facts training tasks drawn (of 10,368)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "kb_family.md")
     args = ap.parse_args(argv)
     command = "python benchmarks/kb_family.py " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -99,10 +99,11 @@ min_samples = 30
 
 # A scenario that sends store-catalogue questions (kb_facts): the family judged by the platform's critic, so
 # every question the agent was asked seeds the dataset (min_score 0: the sim's teacher answers it, the critic
-# checks every path), topped up to 2,000 from the catalogue's training products (a gradebook holds a few dozen
-# store questions when the dip fires; benchmarks/kb_family.md trains on 2,000), its held-out products scored
+# checks every path), topped up to 3,000 from the catalogue's training products (a gradebook holds a few dozen
+# store questions when the dip fires; benchmarks/kb_family.md trains on 3,000), its held-out products scored
 # by the SFT gate, its prompts with the page the KB retrieves
-# (GSM-lite prompts kept as the benchmark asks them). The teacher's URL comes from the environment.
+# (GSM-lite prompts kept as the benchmark asks them). One page of context (top_k = 1): with two pages the tiny
+# model copies facts from the wrong one (benchmarks/kb_family.md). The teacher's URL comes from the environment.
 KB_TOML = """\
 [tasks]
 gsm_lite_kb_context = false
@@ -113,11 +114,11 @@ reference_from_entry = false
 min_score = 0.0
 heldout = "builtin:kb_facts"
 train_tasks = "builtin:kb_facts"
-min_records = 2000
+min_records = 3000
 
 [kb]
 store = "sqlite"
-top_k = 2
+top_k = 1
 
 [dataset]
 teacher_model = "sim-teacher"

@@ -77,7 +77,7 @@ def test_kb_family_dataset_from_the_sims_teacher_with_the_store_pages(daemon_fac
     try:
         sim.tick(500)
         cfg = tmp_path / "kb.toml"
-        cfg.write_text(demo.KB_TOML.replace("min_records = 2000", "min_records = 150"))
+        cfg.write_text(demo.KB_TOML.replace("min_records = 3000", "min_records = 150"))
         d = daemon_factory(config=cfg, extra_env={"PR1_MONITOR__ENABLED": "true", "PR1_SCORING__BASE_URL": sim.url,
                                                   "PR1_DATASET__TEACHER_URL": sim.url,
                                                   "PR1_DATASET__MIN_SCORE": "0.7"}).start()
