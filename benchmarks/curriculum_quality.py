@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/curriculum_quality.py [--quick] [--state-dir DIR]   # runs `pr1d demo` first
     .venv/bin/python benchmarks/curriculum_quality.py --from-state-dir DIR [--run N]  # a demo already run
+    .venv/bin/python benchmarks/curriculum_quality.py --quick --scenario kb-dip --append  # + a row per task family
 
 It reads what the run recorded in the ledger (no number is computed here): the SFT gate's evidence (base
 and SFT candidate on the same held-out GSM-lite problems, greedy), the RL stage's before/after
@@ -92,6 +93,27 @@ def render(state: Path, run: int | None, label: str) -> str:
         + f"; parallel adherence {after.get('parallel_adherence', '-')}.",
         "",
     ]
+    fams = sft.get("families") or {}
+    if fams:
+        lines += [
+            "Task families with a held-out set, scored by the SFT gate next to GSM-lite (same base and candidate, the "
+            "family's own grader, its KB context in the prompt; the run proceeds when GSM-lite or a family gains the "
+            f"threshold and none loses more than {(sft.get('max_regression') or 0) * 100:.0f} points):",
+            "",
+            "| family | tier | base | after SFT | SFT uplift |",
+            "|---|---|---|---|---|",
+        ]
+        rows = {"gsm_lite": {"base": base, "candidate": cand, "base_overall": sft.get("base_overall"),
+                             "candidate_overall": sft.get("candidate_overall"), "uplift_abs": sft.get("uplift_abs")},
+                **fams}
+        for name, row in rows.items():
+            for tier in row["base"]:
+                b, c = row["base"].get(tier), row["candidate"].get(tier)
+                lines.append(f"| {name} | {tier} | {_pct(b)} | {_pct(c)} | {(c - b) * 100:+.1f} pts |")
+            lines.append(f"| {name} | overall | {_pct(row.get('base_overall'))} | {_pct(row.get('candidate_overall'))} | "
+                         f"{(row.get('uplift_abs') or 0) * 100:+.1f} pts |")
+        lines += ["", f"Carried by: {', '.join(sft.get('carried_by') or []) or 'none'}; regressed: "
+                      f"{', '.join(sft.get('regressed') or []) or 'none'}.", ""]
     g = final["gate"]
     if g.get("uplift"):
         u = g["uplift"]
@@ -111,15 +133,22 @@ def main() -> int:
     ap.add_argument("--run", type=int, help="run id (default: the newest full run)")
     ap.add_argument("--quick", action="store_true", help="run `pr1d demo --quick`")
     ap.add_argument("--state-dir", type=Path, help="where the demo runs (default: a temporary dir)")
+    ap.add_argument("--scenario", help="the demo's sim scenario (e.g. kb-dip: store questions from the KB)")
+    ap.add_argument("--append", action="store_true",
+                    help="append this run as a section of --out (e.g. a second scenario) instead of replacing it")
     ap.add_argument("--out", type=Path, default=OUT)
     a = ap.parse_args()
     state, label = a.from_state_dir, "an existing demo state dir"
     if state is None:
         state = a.state_dir or Path(tempfile.mkdtemp(prefix="pr1-quality-"))
         cmd = [str(Path(sys.executable).parent / "pr1d"), "demo", "--exit-when-done", "--state-dir", str(state)]
-        label = "`pr1d demo" + (" --quick" if a.quick else "") + "`"
-        subprocess.run(cmd + (["--quick"] if a.quick else []), check=True)
+        extra = (["--quick"] if a.quick else []) + (["--scenario", a.scenario] if a.scenario else [])
+        label = " ".join(["`pr1d demo", *extra]) + "`"
+        subprocess.run(cmd + extra, check=True)
     text = render(state, a.run, label)
+    if a.append and a.out.is_file():
+        section = text.replace("# Curriculum quality on the demo model", f"## Another run: {label}", 1)
+        text = a.out.read_text().rstrip("\n") + "\n\n" + section
     a.out.write_text(text)
     print(text)
     return 0

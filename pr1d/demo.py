@@ -626,6 +626,9 @@ def _run(args: argparse.Namespace, con: Console, main_thread: bool) -> int:
                   f"its log is in {logs}", soft_wrap=True)
         return 1
     except KeyboardInterrupt as e:
+        if main_thread:  # a second signal (a supervisor forwarding it too) must not cut the clean-up short
+            for s in (signal.SIGINT, *STOP_SIGNALS):
+                signal.signal(s, signal.SIG_IGN)
         con.print(f"\n[yellow]interrupted[/] ({_signal_name(e)}): stopping the daemon (its stage checkpoints and "
                   "is resumed later) and the sim")
         return 128 + getattr(e, "signum", signal.SIGINT)
