@@ -23,6 +23,12 @@ BIN = Path(sys.executable).parent
 os.environ["PR1_NO_SYSTEM_CONFIG"] = "1"
 os.environ.pop("PR1_SOCKET", None)
 
+# A test run a non-interactive shell started in the background (`cmd &`, some CI wrappers) inherits SIGINT
+# ignored, and so would every demo and daemon it starts: the Ctrl+C tests would then test nothing. Python's own
+# handler comes back here, and with it the default disposition in every child.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 def pr1_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
