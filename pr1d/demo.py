@@ -113,6 +113,7 @@ grader = { kind = "critic" }
 reference_from_entry = false
 min_score = 0.0
 heldout = "builtin:kb_facts"
+select = "builtin:kb_facts"
 train_tasks = "builtin:kb_facts"
 min_records = 3000
 

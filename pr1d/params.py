@@ -443,10 +443,11 @@ class RLParams(LoraParams):
     vllm_tensor_parallel_size: int = Field(1, ge=1, description="GPUs one colocated vLLM engine spans")
     eval_per_tier: int = Field(
         50, ge=0, description="held-out GSM-lite problems per tier scored before and after training, on the "
-        "selection split the gate never scores (0: skip, and keep_better cannot choose)")
+        "selection split the gate never scores, and the cap per tier of each task family's `select` set "
+        "(0: skip, and keep_better cannot choose)")
     keep_better: bool = Field(
         True, description="hand on the RL model only when it is not worse than its starting model on that held-out "
-        "check; otherwise keep the SFT candidate (the RL model stays in rl_model_not_kept/) and say why")
+        "check (and on each family's `select` set); otherwise keep the SFT candidate (the RL model stays in rl_model_not_kept/) and say why")
     keep_max_tier_drop: float = Field(
         0.05, ge=0, le=1, description="keep_better also refuses an RL model whose accuracy on any one tier fell by "
         "more than this (a fraction: 0.05 = 5 points) even when the overall accuracy rose")

@@ -26,7 +26,8 @@ resumed stage does not measure it twice) and on the saved RL model after, both o
 both go into the result with their difference.
 
 Keep the better one (``keep_better``, on by default): the RL model becomes the run's ``candidate/`` only
-when :func:`choose_candidate` finds it no worse than its starting model on that check. Otherwise it is
+when :func:`choose_candidate` finds it no worse than its starting model on that check, and on the selection set
+(``[tasks.families.X] select``) of every served task family that has one. Otherwise it is
 moved to ``rl_model_not_kept/``, the result's ``kept`` says why, and the backtest finds the run's SFT
 candidate instead; a run without one (kind ``rl``, started from the model in service or ``params.model``)
 stops as rejected, since nothing better than its start came out of it. The result also carries ``curriculum.transitions`` (every tier change: from, to, step,
@@ -49,7 +50,7 @@ from ..pipeline.files import writing
 from ..pipeline.spec import Scoring, StageSpec
 from .base import Worker, run_stage
 from .sft import record_curves, tracking
-from .sft_gate import find_candidate
+from .sft_gate import find_candidate, score_families
 
 # Flat run params the rl stage reads in every run kind: they mean the same to the sft stage.
 SHARED_FLAT = ("report_to",)
@@ -83,14 +84,38 @@ def start_model(w: Worker) -> tuple[Path, str]:
     )
 
 
-def choose_candidate(before: dict | None, after: dict | None, max_tier_drop: float) -> tuple[bool, str]:
+def family_overall(report: dict) -> float:
+    """A family report's overall accuracy: its tiers weighted by their task counts."""
+    n = report["n_per_tier"]
+    total = sum(n.get(t, 0) for t in report["accuracy"])
+    return sum(acc * n.get(t, 0) for t, acc in report["accuracy"].items()) / total if total else 0.0
+
+
+def choose_candidate(before: dict | None, after: dict | None, max_tier_drop: float,
+                     families: dict[str, dict] | None = None) -> tuple[bool, str]:
     """``(keep_rl, why)`` from the held-out reports of the starting model and the RL model.
 
     The RL model is kept unless its overall accuracy is lower, or one tier fell by more than
     ``max_tier_drop``. A tie keeps it. Without both reports nothing can be compared and it is kept.
+    ``families`` (``{family: {"before": report, "after": report}}``, the selection sets of the served task
+    families) are held to the same two rules: RL that trades a family away for arithmetic is not kept.
     """
     if not before or not after:
         return True, "no held-out check ran (eval_per_tier = 0): the RL model is handed on unchecked"
+    for name, pair in sorted((families or {}).items()):
+        fb, fa = pair.get("before"), pair.get("after")
+        if not fb or not fa:
+            continue
+        b, a = family_overall(fb), family_overall(fa)
+        if a < b:
+            return False, (f"RL model {a:.1%} < its start {b:.1%} on the {name} family's selection set "
+                           f"({(a - b) * 100:+.1f} points)")
+        drops = sorted(((fb["accuracy"][t] - acc, t) for t, acc in fa["accuracy"].items()
+                        if fb["accuracy"].get(t) is not None), reverse=True)
+        if drops and drops[0][0] > max_tier_drop + 1e-9:
+            drop, tier = drops[0]
+            return False, (f"RL model's {name} {tier} tier fell {drop * 100:.1f} points (more than "
+                           f"keep_max_tier_drop {max_tier_drop * 100:.1f}) on the family's selection set")
     n = after.get("n_per_tier")
     b, a = before["overall"], after["overall"]
     if a < b:
@@ -103,7 +128,9 @@ def choose_candidate(before: dict | None, after: dict | None, max_tier_drop: flo
         return False, (f"RL model's {tier} tier fell {drop * 100:.1f} points (more than keep_max_tier_drop "
                        f"{max_tier_drop * 100:.1f}) on {n} held-out problems per tier, though overall "
                        f"{(a - b) * 100:+.1f} points")
-    return True, f"RL model {a:.1%} >= its start {b:.1%} overall, no tier down more than {max_tier_drop * 100:.1f} points"
+    fams = f" (and on {', '.join(sorted(families))})" if families else ""
+    return True, (f"RL model {a:.1%} >= its start {b:.1%} overall{fams}, no tier down more than "
+                  f"{max_tier_drop * 100:.1f} points")
 
 
 def make_critic(scoring: Scoring, cfg: RLParams):
@@ -156,7 +183,13 @@ def main(w: Worker) -> dict:
 
     from pr1d.inference.generate import load_model
     from pr1d.train.grpo import copy_policy, train_grpo
-    from pr1d.train.sft import check_reporters, evaluate_model, last_checkpoint, save_candidate
+    from pr1d.train.sft import (
+        PARALLEL_EVAL_TOKENS,
+        check_reporters,
+        evaluate_model,
+        last_checkpoint,
+        save_candidate,
+    )
 
     cfg = stage_config(w.spec)
     check_reporters(cfg.report_to)  # a missing tracker package stops the stage now, not after the evaluation
@@ -186,6 +219,10 @@ def main(w: Worker) -> dict:
         if not before or before.get("split") != "select" or before.get("n_per_tier") != cfg.eval_per_tier:
             model, tok = load_model(start)
             before = evaluate_model(model, tok, cfg.eval_per_tier, split="select")
+        if "families" not in before:
+            rows = score_families(w, {"before": start}, n_per_tier=cfg.eval_per_tier,
+                                  max_new_tokens=PARALLEL_EVAL_TOKENS, split="select", metric="rl.eval")
+            before["families"] = {name: row["before"] for name, row in rows.items()}
             with writing(before_path):
                 before_path.write_text(json.dumps(before, default=str) + "\n")
         for tier, acc in before["accuracy"].items():
@@ -236,16 +273,27 @@ def main(w: Worker) -> dict:
         for tier, acc in after["accuracy"].items():
             w.metric(f"rl.eval.after.{tier}", acc)
         w.metric("rl.eval.after.parallel_adherence", after["parallel_adherence"])
+        rows = score_families(w, {"after": out}, n_per_tier=cfg.eval_per_tier,
+                              max_new_tokens=PARALLEL_EVAL_TOKENS, split="select", metric="rl.eval")
+        family_eval = {name: {"before": (before or {}).get("families", {}).get(name), "after": row["after"]}
+                       for name, row in rows.items()}
+        for name, pair in family_eval.items():
+            if pair["before"]:
+                w.log(f"rl: {name} selection set {family_overall(pair['before']):.3f} -> "
+                      f"{family_overall(pair['after']):.3f}")
         result["eval"] = {
             "split": "select",
             "before": before,
             "after": after,
             "delta": {t: after["accuracy"][t] - before["accuracy"][t] for t in after["accuracy"]
                       if before and before["accuracy"].get(t) is not None and after["accuracy"][t] is not None},
+            "families": {name: {**pair, "delta": family_overall(pair["after"]) - family_overall(pair["before"])}
+                         for name, pair in family_eval.items() if pair["before"]},
         }
 
     # -- keep the better one -----------------------------------------------------------------------------
-    keep, why = choose_candidate(before, after, cfg.keep_max_tier_drop) if cfg.keep_better else (
+    fam_pairs = (result.get("eval") or {}).get("families")
+    keep, why = choose_candidate(before, after, cfg.keep_max_tier_drop, fam_pairs) if cfg.keep_better else (
         True, "keep_better is off: the RL model is handed on whatever the held-out check says")
     if keep:
         result["kept"] = {"model": "rl", "reason": why}

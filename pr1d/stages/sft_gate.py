@@ -26,6 +26,16 @@ def find_candidate(run_dir: Path) -> Path | None:
 def heldout_families(w: Worker, p: SFTGateParams, models: dict[str, Any]) -> dict[str, dict]:
     """Base and candidate scored on the held-out set of every served family that has one (with KB context where
     the family takes it), by the family's grader. ``{family: {"base", "candidate", "n_per_tier", "with_context"}}``."""
+    return score_families(w, models, n_per_tier=p.n_per_tier, max_new_tokens=p.max_new_tokens, split="eval",
+                          metric="gate")
+
+
+def score_families(w: Worker, models: dict[str, Any], *, n_per_tier: int | None, max_new_tokens: int,
+                   split: str = "eval", metric: str = "gate") -> dict[str, dict]:
+    """Each model of ``models`` (``{side: folder}``) scored on every served family's ``heldout`` set
+    (``split="eval"``, what the gates score) or ``select`` set (``split="select"``, what RL chooses on), with KB
+    context where the family takes it, by the family's grader. ``{family: {side: report, "n_per_tier",
+    "with_context"}}``; families without that set are left out. Metrics ``<metric>.<family>.<side>.<tier>``."""
     from pr1d.inference.generate import load_model
     from pr1d.tasks.families import load_heldout
     from pr1d.train.sft import evaluate_family
@@ -34,10 +44,13 @@ def heldout_families(w: Worker, p: SFTGateParams, models: dict[str, Any]) -> dic
     from .dataset import kb_contexts
 
     cfg = w.spec.tasks
+    attr = "heldout" if split == "eval" else "select"
+    if not any(getattr(spec, attr) for spec in cfg.families.values()):
+        return {}
     families, critic = task_families(w)
     try:
-        sets = {name: load_heldout(spec.heldout, p.n_per_tier) for name, spec in cfg.families.items()
-                if spec.heldout and name in families.by_name}
+        sets = {name: load_heldout(getattr(spec, attr), n_per_tier, split=split) for name, spec in cfg.families.items()
+                if getattr(spec, attr) and name in families.by_name}
         if not sets:
             return {}
         wanted = sorted({t["question"] for name, ts in sets.items() if cfg.kb_context(name) for t in ts})
@@ -45,7 +58,7 @@ def heldout_families(w: Worker, p: SFTGateParams, models: dict[str, Any]) -> dic
         ctx = kb_contexts(w.spec.kb, w.spec.registry.state_dir, wanted, kb_stats,
                           warn=lambda m: w.log(m, level="warning")) if wanted else {}
         if wanted and not ctx:
-            w.log(f"sft gate: no KB context for the held-out family tasks ({kb_stats.get('status')})", level="warning")
+            w.log(f"{metric}: no KB context for the held-out family tasks ({kb_stats.get('status')})", level="warning")
         rows: dict[str, dict] = {name: {"n_per_tier": {}, "with_context": 0} for name in sets}
         for side, path in models.items():
             if w.stop_requested.is_set():
@@ -53,10 +66,10 @@ def heldout_families(w: Worker, p: SFTGateParams, models: dict[str, Any]) -> dic
             model, tok = load_model(path)
             for name, tasks in sets.items():
                 tasks = [{**t, "context": ctx.get(t["question"], "") if cfg.kb_context(name) else ""} for t in tasks]
-                r = evaluate_family(model, tok, tasks, families.family(name), max_new_tokens=p.max_new_tokens)
+                r = evaluate_family(model, tok, tasks, families.family(name), max_new_tokens=max_new_tokens)
                 rows[name].update({side: r, "n_per_tier": r["n_per_tier"], "with_context": r["with_context"]})
                 for tier, acc in r["accuracy"].items():
-                    w.metric(f"gate.{name}.{side}.{tier}", acc)
+                    w.metric(f"{metric}.{name}.{side}.{tier}", acc)
         return rows
     finally:
         if critic is not None:

@@ -230,6 +230,13 @@ class FamilySpec(BaseModel):
         '{"question", "answer", "tier"} objects, or `builtin:kb_facts` (the store catalogue\'s held-out products). '
         "Unset: the family is judged by the backtest's gradebook replay only.",
     )
+    select: str | None = Field(
+        None,
+        description="Tasks the RL stage's keep check scores the SFT candidate and the RL model on for this family "
+        "(the selection split): a JSON-lines file like `heldout`'s, or `builtin:kb_facts` (held-out products the gate "
+        "never asks about). Keep it apart from `heldout`, so the gate never scores what RL chose on. Unset: RL keeps or "
+        "drops its model without looking at this family.",
+    )
     train_tasks: str | None = Field(
         None,
         description="A bank of this family's training tasks the dataset stage tops up from when the gradebook holds "
@@ -254,6 +261,9 @@ class Configured(TaskFamily):
             raise ValueError(f"task family name {name!r}: lowercase letters, digits and '_', starting with a letter")
         self.name, self.spec = name, spec
         self.grader = grader_from_spec(spec.grader, critic=critic, where=f"[tasks.families.{name}] grader")
+        if spec.select and spec.select == spec.heldout and not spec.select.startswith("builtin:"):
+            raise ValueError(f"[tasks.families.{name}]: select and heldout name the same file ({spec.select}); the "
+                             "gate would score the tasks RL chose its model on")
         if spec.min_records and not spec.train_tasks:
             raise ValueError(f"[tasks.families.{name}]: min_records needs train_tasks (the bank to top up from)")
         if spec.min_score is not None and spec.reference_from_entry:
@@ -356,16 +366,20 @@ def load_train_tasks(ref: str) -> list[dict[str, Any]]:
     return load_heldout(ref, need_answer=False)
 
 
-def load_heldout(ref: str, per_tier: int | None = None, *, need_answer: bool = True) -> list[dict[str, Any]]:
-    """The held-out tasks a family's ``heldout`` names (``{"id", "question", "answer", "tier"}`` each), at most
-    ``per_tier`` of each tier in file order. A missing file or a bad line raises ValueError naming it."""
+def load_heldout(ref: str, per_tier: int | None = None, *, need_answer: bool = True,
+                 split: str = "eval") -> list[dict[str, Any]]:
+    """The held-out tasks a family's ``heldout`` (``split="eval"``) or ``select`` (``split="select"``) names
+    (``{"id", "question", "answer", "tier"}`` each), at most ``per_tier`` of each tier in file order; a built-in set
+    has both splits, a file is its own. A missing file or a bad line raises ValueError naming it."""
     import json
     from pathlib import Path
 
+    if split not in ("eval", "select"):
+        raise ValueError(f"unknown held-out split {split!r}; expected 'eval' or 'select'")
     if ref == "builtin:kb_facts":
         from . import kb_facts
 
-        raw = kb_facts.eval_split(per_tier)
+        raw = (kb_facts.eval_split if split == "eval" else kb_facts.select_split)(per_tier)
         return [{"id": t["task_id"], "question": t["question"], "answer": t["answer"], "tier": t["tier"]} for t in raw]
     if ref.startswith("builtin:"):
         raise ValueError(f"heldout {ref!r}: unknown built-in set (have: {', '.join(sorted(BUILTIN_HELDOUT))})")

@@ -44,6 +44,7 @@ __all__ = [
     "generate_task",
     "parallel_trace",
     "render_sequential",
+    "select_split",
     "solution_paths",
     "task_for",
     "train_split",
@@ -231,7 +232,20 @@ def eval_split(per_tier: int | None = None, products: int = EVAL_PRODUCTS) -> li
     """The held-out tasks: the first ``products`` held-out products (catalogue order), one wording per (product,
     kind), so 72 easy, 48 medium and 24 hard by default; ``per_tier`` caps each tier (the same every time)."""
     held = catalogue("eval")[:products]
-    tasks = [task_for(p, k, p.index) for p in held for k in _QUESTIONS]
+    return _capped([task_for(p, k, p.index) for p in held for k in _QUESTIONS], per_tier)
+
+
+def select_split(per_tier: int | None = None, products: int = EVAL_PRODUCTS) -> list[dict[str, Any]]:
+    """The selection split: tasks about the *next* ``products`` held-out products after :func:`eval_split`'s, so
+    a stage that chooses between models on them (RL's keep check) never chooses on what the gates score."""
+    held = catalogue("eval")[EVAL_PRODUCTS:EVAL_PRODUCTS + products]
+    if len(held) < products:
+        raise ValueError(f"the catalogue holds {len(catalogue('eval'))} held-out products; the selection split "
+                         f"needs {EVAL_PRODUCTS + products}")
+    return _capped([task_for(p, k, p.index) for p in held for k in _QUESTIONS], per_tier)
+
+
+def _capped(tasks: list[dict[str, Any]], per_tier: int | None) -> list[dict[str, Any]]:
     if per_tier is None:
         return tasks
     out, seen = [], dict.fromkeys(TIERS, 0)

@@ -19,6 +19,28 @@ def test_builtin_kb_facts_is_the_held_out_products():
         load_heldout("builtin:tool_calls")
 
 
+def test_builtin_kb_facts_selection_split_is_other_held_out_products():
+    from pr1d.tasks import kb_facts
+
+    gate = load_heldout("builtin:kb_facts")
+    select = load_heldout("builtin:kb_facts", split="select")
+    assert Counter(t["tier"] for t in select) == Counter(t["tier"] for t in gate) == {"easy": 72, "medium": 48,
+                                                                                      "hard": 24}
+    products = {kb_facts.product_in(t["question"]) for t in select}
+    assert all(p.split == "eval" for p in products) and len(products) == 24
+    assert not products & {kb_facts.product_in(t["question"]) for t in gate}
+    with pytest.raises(ValueError, match="unknown held-out split"):
+        load_heldout("builtin:kb_facts", split="train")
+
+
+def test_select_may_not_be_the_gates_own_file(tmp_path):
+    from pr1d.tasks.config import TasksConfig
+
+    f = str(tmp_path / "h.jsonl")
+    with pytest.raises(ValueError, match="select and heldout name the same file"):
+        TasksConfig.model_validate({"families": {"x": {"grader": {"kind": "exact"}, "heldout": f, "select": f}}}).build()
+
+
 def test_jsonl_heldout_is_read_per_tier_and_bad_lines_are_named(tmp_path):
     f = tmp_path / "support.jsonl"
     rows = [{"question": f"q{i}", "answer": "Lyon", "tier": "easy" if i % 2 else "hard"} for i in range(6)]

@@ -283,7 +283,17 @@ def test_stage_keeps_the_sft_candidate_when_rl_makes_it_worse(tiny_model, tmp_pa
     params = {"cpu": True, "rl": {
         "max_steps": 2, "lr": 0.05, "max_completion_length": MAX_LEN, "eval_per_tier": 6,
         "generation_batch": 32, "micro_batch": 32, "curriculum": {"tiers": ["easy"]}}}
-    spec = write_stage_spec(tmp_path, "04-rl", params, False)
+    # A second task family with a selection set: any final answer passes its rubric, which the model in
+    # its right mind gives and the wrecked one does not. RL's keep check scores it before and after.
+    select = tmp_path / "store_select.jsonl"
+    select.write_text("".join(json.dumps({"question": f"Tom has {i} pens and buys 3 more. How many pens now?",
+                                          "answer": str(i + 3), "tier": "easy"}) + "\n" for i in range(4)))
+    from pr1d.tasks.config import TasksConfig
+
+    tasks = TasksConfig.model_validate({"families": {"store": {
+        "grader": {"kind": "rubric", "checks": [{"name": "answered", "kind": "regex", "pattern": "."}]},
+        "reference_from_entry": False, "select": str(select), "kb_context": False}}})
+    spec = write_stage_spec(tmp_path, "04-rl", params, False, tasks=tasks)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("PR1_EVENT_FD", None)
     proc = subprocess.run([sys.executable, "-m", "pr1d.stages.rl", str(spec)], capture_output=True, text=True,
@@ -294,8 +304,13 @@ def test_stage_keeps_the_sft_candidate_when_rl_makes_it_worse(tiny_model, tmp_pa
     ev = result["eval"]
     assert ev["split"] == "select" and ev["before"]["split"] == ev["after"]["split"] == "select"
     assert ev["after"]["overall"] < ev["before"]["overall"], ev
+    fam = ev["families"]["store"]
+    assert fam["before"]["n_per_tier"] == fam["after"]["n_per_tier"] == {"easy": 4}
+    assert fam["before"]["accuracy"]["easy"] > fam["after"]["accuracy"]["easy"], fam
     assert result["kept"]["model"] == "sft candidate"
-    assert "< its start" in result["kept"]["reason"], result["kept"]
+    # The family is checked first, and the reason names it.
+    assert "< its start" in result["kept"]["reason"] and "store family" in result["kept"]["reason"], result["kept"]
+    assert any(e["type"] == "metric" and e["name"] == "rl.eval.store.after.easy" for e in events)
     assert result["candidate"] == str(sft) and "stop_run" not in result
     stage = tmp_path / "run" / "04-rl"
     assert not (stage / "candidate").exists() and (stage / "rl_model_not_kept" / "model.safetensors").is_file()
@@ -329,6 +344,27 @@ def test_choose_candidate(before, after, keep, says):
 
     got, why = choose_candidate(report(before), report(after), 0.05)
     assert got is keep and says in why, why
+
+
+def test_choose_candidate_holds_each_family_to_the_same_rules():
+    from pr1d.stages.rl import choose_candidate, family_overall
+
+    gsm = {"accuracy": {"easy": 0.9, "medium": 0.4}, "overall": 0.65, "n_per_tier": 50}
+    better = {**gsm, "accuracy": {"easy": 0.9, "medium": 0.6}, "overall": 0.75}
+
+    def fam(easy, hard):
+        return {"accuracy": {"easy": easy, "hard": hard}, "n_per_tier": {"easy": 30, "hard": 10}}
+
+    assert family_overall(fam(0.5, 0.1)) == pytest.approx(0.4)
+    keep, why = choose_candidate(gsm, better, 0.05, {"kb": {"before": fam(0.5, 0.1), "after": fam(0.5, 0.2)}})
+    assert keep and "and on kb" in why
+    keep, why = choose_candidate(gsm, better, 0.05, {"kb": {"before": fam(0.5, 0.1), "after": fam(0.4, 0.1)}})
+    assert not keep and "kb family's selection set" in why and "-7.5 points" in why, why
+    # Overall up on the family, but one of its tiers fell more than the tolerance.
+    keep, why = choose_candidate(gsm, better, 0.05, {"kb": {"before": fam(0.5, 0.4), "after": fam(0.7, 0.3)}})
+    assert not keep and "kb hard tier fell 10.0 points" in why, why
+    # A family measured on one side only (the stage was resumed past an older check) is not compared.
+    assert choose_candidate(gsm, better, 0.05, {"kb": {"before": None, "after": fam(0.0, 0.0)}})[0]
 
 
 def test_choose_candidate_without_a_check_keeps_and_says_so():
