@@ -42,6 +42,7 @@ __all__ = [
     "documents",
     "eval_split",
     "generate_task",
+    "heldout_slice",
     "parallel_trace",
     "render_sequential",
     "select_split",
@@ -238,10 +239,17 @@ def eval_split(per_tier: int | None = None, products: int = EVAL_PRODUCTS) -> li
 def select_split(per_tier: int | None = None, products: int = EVAL_PRODUCTS) -> list[dict[str, Any]]:
     """The selection split: tasks about the *next* ``products`` held-out products after :func:`eval_split`'s, so
     a stage that chooses between models on them (RL's keep check) never chooses on what the gates score."""
-    held = catalogue("eval")[EVAL_PRODUCTS:EVAL_PRODUCTS + products]
+    return heldout_slice(EVAL_PRODUCTS, products, per_tier)
+
+
+def heldout_slice(start: int, products: int, per_tier: int | None = None) -> list[dict[str, Any]]:
+    """Tasks about held-out products ``start`` .. ``start + products`` (catalogue order), one wording per (product,
+    kind). The gate's split starts at 0 and the selection split at 24; a benchmark reporting a recipe chosen on
+    those takes a slice after both (48 on)."""
+    held = catalogue("eval")[start:start + products]
     if len(held) < products:
-        raise ValueError(f"the catalogue holds {len(catalogue('eval'))} held-out products; the selection split "
-                         f"needs {EVAL_PRODUCTS + products}")
+        raise ValueError(f"the catalogue holds {len(catalogue('eval'))} held-out products; products {start} to "
+                         f"{start + products} were asked for")
     return _capped([task_for(p, k, p.index) for p in held for k in _QUESTIONS], per_tier)
 
 
