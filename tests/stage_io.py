@@ -40,3 +40,19 @@ def write_stage_spec(tmp_path: Path, stage_dir_name: str, params: dict, resume: 
                      params=params, **sections)
     stage_dir.mkdir(parents=True, exist_ok=True)
     return spec.dump(tmp_path / f"spec-{int(resume)}.json")
+
+
+def run_worker(stage: str, spec: Path, timeout: float = 600.0) -> tuple[list[dict], dict]:
+    """Run ``python -m pr1d.stages.<stage> SPEC`` to its end (events on stdout, no event fd); asserts it exited 0
+    (showing its stderr otherwise). Returns every event and the result event's outputs."""
+    import os
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    env.pop("PR1_EVENT_FD", None)
+    proc = subprocess.run([sys.executable, "-m", f"pr1d.stages.{stage}", str(spec)], capture_output=True, text=True,
+                          env=env, cwd=root, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    return events, next(e for e in events if e["type"] == "result")["outputs"]

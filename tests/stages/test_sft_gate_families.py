@@ -4,18 +4,13 @@ grader next to GSM-lite, and the evidence says which side carried the run or wha
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("torch")
 
-from tests.stage_io import write_stage_spec  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.stage_io import run_worker, write_stage_spec  # noqa: E402
 
 
 def _run(tmp_path: Path, base: Path, candidate: Path, families: dict) -> dict:
@@ -25,13 +20,8 @@ def _run(tmp_path: Path, base: Path, candidate: Path, families: dict) -> dict:
               "max_new_tokens": 24, "threshold": 0.05}
     spec = write_stage_spec(tmp_path, "03-sft_gate", params, False,
                             tasks=TasksConfig.model_validate({"families": families}))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("PR1_EVENT_FD", None)
-    proc = subprocess.run([sys.executable, "-m", "pr1d.stages.sft_gate", str(spec)], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    events = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
-    return {"result": next(e for e in events if e["type"] == "result")["outputs"],
+    events, result = run_worker("sft_gate", spec)
+    return {"result": result,
             "metrics": {e["name"] for e in events if e["type"] == "metric"}}
 
 

@@ -27,7 +27,7 @@ from pr1d.train.grpo import (  # noqa: E402
     metric_events,
     train_grpo,
 )
-from tests.stage_io import read_events, write_stage_spec  # noqa: E402
+from tests.stage_io import read_events, run_worker, write_stage_spec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 # The tiny model answers one-step problems in 18 tokens (EOS included); 20 leaves room and keeps the
@@ -294,13 +294,7 @@ def test_stage_keeps_the_sft_candidate_when_rl_makes_it_worse(tiny_model, tmp_pa
         "grader": {"kind": "rubric", "checks": [{"name": "answered", "kind": "regex", "pattern": "."}]},
         "reference_from_entry": False, "select": str(select), "kb_context": False}}})
     spec = write_stage_spec(tmp_path, "04-rl", params, False, tasks=tasks)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("PR1_EVENT_FD", None)
-    proc = subprocess.run([sys.executable, "-m", "pr1d.stages.rl", str(spec)], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=400)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    events = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
-    result = next(e for e in events if e["type"] == "result")["outputs"]
+    events, result = run_worker("rl", spec, timeout=400)
     ev = result["eval"]
     assert ev["split"] == "select" and ev["before"]["split"] == ev["after"]["split"] == "select"
     assert ev["after"]["overall"] < ev["before"]["overall"], ev
