@@ -86,11 +86,12 @@ def render(state: Path, run: int | None, label: str) -> str:
         f"(relative {(sft.get('uplift_rel') or 0) * 100:+.1f}%), standard error {(sft.get('stderr_abs') or 0) * 100:.1f} "
         f"points; threshold {(sft.get('threshold') or 0) * 100:+.0f} points.",
         "",
-        "After RL, parallel format on held-out answers: "
-        + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
-                    for k, v in (after.get("format") or {}).items()
-                    if k in ("format_adherence", "parallel_ratio", "path_diversity", "consensus_rate"))
-        + f"; parallel adherence {after.get('parallel_adherence', '-')}.",
+        ("After RL, parallel format on held-out answers: "
+         + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
+                     for k, v in (after.get("format") or {}).items()
+                     if k in ("format_adherence", "parallel_ratio", "path_diversity", "consensus_rate"))
+         + f"; parallel adherence {after.get('parallel_adherence', '-')}.") if after else
+        "RL did not run: the run stopped before it (below).",
         "",
     ]
     fams = sft.get("families") or {}
@@ -115,7 +116,11 @@ def render(state: Path, run: int | None, label: str) -> str:
         lines += ["", f"Carried by: {', '.join(sft.get('carried_by') or []) or 'none'}; regressed: "
                       f"{', '.join(sft.get('regressed') or []) or 'none'}.", ""]
     g = final["gate"]
-    if g.get("uplift"):
+    if not g.get("incumbent"):  # no promotion gate ran: the run stopped at the SFT gate (or before)
+        stop = (st.get("sft_gate") or {}).get("stop_run") or {}
+        lines += [f"Run ended `{final['state']}`" + (f" at the SFT gate: `{stop.get('reason')}`" if stop else "")
+                  + "; no backtest or promotion gate ran.", ""]
+    elif g.get("uplift"):
         u = g["uplift"]
         lines += [
             f"Promotion gate (backtest, candidate vs model in service, weighted grade): **{g.get('outcome')}** — "
@@ -137,8 +142,15 @@ def main() -> int:
     ap.add_argument("--append", action="store_true",
                     help="append this run as a section of --out (e.g. a second scenario) instead of replacing it")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--note", help="a sentence under the section's title (how the run was made: fresh clone, ...)")
     a = ap.parse_args()
     state, label = a.from_state_dir, "an existing demo state dir"
+    meta_path = state / "demo.json" if state else None
+    if meta_path is not None and meta_path.is_file():  # the demo's own record of how it was started
+        meta = json.loads(meta_path.read_text())
+        flags = (["--quick"] if meta.get("quick") else []) + (
+            ["--scenario", str(meta["scenario"])] if meta.get("scenario") not in (None, "demo") else [])
+        label = " ".join(["`pr1d demo", *flags]) + "`, read from its state dir"
     if state is None:
         state = a.state_dir or Path(tempfile.mkdtemp(prefix="pr1-quality-"))
         cmd = [str(Path(sys.executable).parent / "pr1d"), "demo", "--exit-when-done", "--state-dir", str(state)]
@@ -146,6 +158,9 @@ def main() -> int:
         label = " ".join(["`pr1d demo", *extra]) + "`"
         subprocess.run(cmd + extra, check=True)
     text = render(state, a.run, label)
+    if a.note:
+        head, _, rest = text.partition("\n\n")
+        text = f"{head}\n\n{a.note}\n\n{rest}"
     if a.append and a.out.is_file():
         section = text.replace("# Curriculum quality on the demo model", f"## Another run: {label}", 1)
         text = a.out.read_text().rstrip("\n") + "\n\n" + section
