@@ -171,7 +171,8 @@ def render(cells: list[dict], args, command: str, kb_info: dict) -> str:
         f"and steps ({args.kb_records} KB-facts records, {args.steps} steps of {args.batch_size}, GSM-lite top-up "
         f"{args.gsm_topup}) with no context. "
         f"GSM-lite: the SFT gate's evaluation split, {args.gsm_per_tier} per tier. Mean ± sd over "
-        f"{len(cells)} model(s) (bootstrap seeds {args.seeds} x training seeds {args.train_seeds}).",
+        f"{len(cells)} model(s) (bootstrap seeds {sorted({c['seed'] for c in cells})} x training seeds "
+        f"{sorted({c['train_seed'] for c in cells})}).",
         "",
         f"Retrieval: {kb_info}",
         "",
@@ -212,8 +213,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top-k", type=int, default=1)
     ap.add_argument("--kb-records", type=int, default=3000, help="KB-facts training tasks drawn (of 10,368)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "kb_family.md")
+    ap.add_argument("--previous", type=Path, action="append", default=[],
+                    help="a JSON this benchmark wrote with the same settings: its cells join this run's table "
+                         "(seeds run one invocation at a time)")
     args = ap.parse_args(argv)
     command = "python benchmarks/kb_family.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    settings = {k: getattr(args, k) for k in ("steps", "batch_size", "gsm_topup", "gsm_per_tier", "top_k", "kb_records")}
+    earlier: list[dict] = []
+    for prev in args.previous:
+        old = json.loads(prev.read_text())
+        if old.get("settings") != settings:
+            ap.error(f"{prev}: written with other settings ({old.get('settings')}), not {settings}")
+        earlier += old["cells"]
+    seeds_run = sorted({(c["seed"], c["train_seed"]) for c in earlier})
 
     import torch
 
@@ -245,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
                      "gsm": score_gsm(model, tok, args.gsm_per_tier)}
         print(f"seed {seed} base: {json.dumps(base_cell)}", file=sys.stderr)
         for ts in args.train_seeds:
+            if (seed, ts) in seeds_run:
+                print(f"seed {seed}/{ts}: already in --previous, skipped", file=sys.stderr)
+                continue
             cell = {"seed": seed, "train_seed": ts, "base": base_cell}
             for arm, recs, arm_ctx in (("kb_on", on_records, ctx), ("kb_off", off_records, None)):
                 t0 = time.monotonic()
@@ -253,8 +268,10 @@ def main(argv: list[str] | None = None) -> int:
                              "wall_s": round(time.monotonic() - t0, 1)}
                 print(f"seed {seed}/{ts} {arm}: {json.dumps(cell[arm])}", file=sys.stderr)
             cells.append(cell)
-            args.out.write_text(render(cells, args, command, kb_info))
-            args.out.with_suffix(".json").write_text(json.dumps({"command": command, "cells": cells}, indent=1))
+            every = earlier + cells
+            args.out.write_text(render(every, args, command, kb_info))
+            args.out.with_suffix(".json").write_text(json.dumps(
+                {"command": command, "settings": settings, "cells": every}, indent=1))
     print(args.out.read_text())
     return 0
 
