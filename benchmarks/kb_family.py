@@ -191,12 +191,13 @@ def render(cells: list[dict], args, command: str, kb_info: dict) -> str:
     ctrl = [c["kb_on"]["kb"]["overall"] - c["kb_off"]["kb"]["overall"] for c in cells]
     gsm = [c["kb_on"]["gsm"]["overall"] - c["base"]["gsm"]["overall"] for c in cells]
     per = [f"seed {c['seed']}/{c['train_seed']}: {100 * u:+.1f}" for c, u in zip(cells, up, strict=True)]
+    per_gsm = [f"seed {c['seed']}/{c['train_seed']}: {100 * g:+.1f}" for c, g in zip(cells, gsm, strict=True)]
     lines += [
         "",
         f"- KB-facts uplift (kb-on vs base, both with retrieval): {_mean_sd(up)} points"
         + (f" (min {100 * min(up):+.1f}; {', '.join(per)})" if len(up) > 1 else ""),
         f"- retrieval's share (kb-on vs the kb-off control): {_mean_sd(ctrl)} points",
-        f"- GSM-lite change (kb-on vs base): {_mean_sd(gsm)} points",
+        f"- GSM-lite change (kb-on vs base): {_mean_sd(gsm)} points" + (f" ({', '.join(per_gsm)})" if len(gsm) > 1 else ""),
         "",
     ]
     return "\n".join(lines)
