@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         if old.get("settings") != settings:
             ap.error(f"{prev}: written with other settings ({old.get('settings')}), not {settings}")
         earlier += old["cells"]
-    seeds_run = sorted({(c["seed"], c["train_seed"]) for c in earlier})
+    seeds_run = {(c["seed"], c["train_seed"]) for c in earlier}
 
     import torch
 

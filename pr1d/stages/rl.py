@@ -45,6 +45,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ..evaluate.sft_gate import overall
 from ..params import RLParams, params_from
 from ..pipeline.files import writing
 from ..pipeline.spec import Scoring, StageSpec
@@ -85,10 +86,22 @@ def start_model(w: Worker) -> tuple[Path, str]:
 
 
 def family_overall(report: dict) -> float:
-    """A family report's overall accuracy: its tiers weighted by their task counts."""
-    n = report["n_per_tier"]
-    total = sum(n.get(t, 0) for t in report["accuracy"])
-    return sum(acc * n.get(t, 0) for t, acc in report["accuracy"].items()) / total if total else 0.0
+    """A family report's overall accuracy: its tiers weighted by their task counts (the SFT gate's ``overall``)."""
+    return overall(report["accuracy"], report["n_per_tier"])
+
+
+def _worse(b: float, a: float, before: dict[str, float | None], after: dict[str, float | None], max_tier_drop: float,
+           *, tier_label: str, where: str, tier_where: str) -> str | None:
+    """Why the RL model (overall ``a``, tiers ``after``) is worse than its start (``b``, ``before``), or None: its
+    overall is lower, or one tier fell by more than ``max_tier_drop``. The two rules, for GSM-lite and every family."""
+    if a < b:
+        return f"RL model {a:.1%} < its start {b:.1%} {where} ({(a - b) * 100:+.1f} points)"
+    drops = [(before[t] - acc, t) for t, acc in after.items() if acc is not None and before.get(t) is not None]
+    drop, tier = max(drops) if drops else (0.0, "")
+    if drop > max_tier_drop + 1e-9:
+        return (f"RL model's {tier_label}{tier} tier fell {drop * 100:.1f} points (more than keep_max_tier_drop "
+                f"{max_tier_drop * 100:.1f}) {tier_where}")
+    return None
 
 
 def choose_candidate(before: dict | None, after: dict | None, max_tier_drop: float,
@@ -106,28 +119,18 @@ def choose_candidate(before: dict | None, after: dict | None, max_tier_drop: flo
         fb, fa = pair.get("before"), pair.get("after")
         if not fb or not fa:
             continue
-        b, a = family_overall(fb), family_overall(fa)
-        if a < b:
-            return False, (f"RL model {a:.1%} < its start {b:.1%} on the {name} family's selection set "
-                           f"({(a - b) * 100:+.1f} points)")
-        drops = sorted(((fb["accuracy"][t] - acc, t) for t, acc in fa["accuracy"].items()
-                        if fb["accuracy"].get(t) is not None), reverse=True)
-        if drops and drops[0][0] > max_tier_drop + 1e-9:
-            drop, tier = drops[0]
-            return False, (f"RL model's {name} {tier} tier fell {drop * 100:.1f} points (more than "
-                           f"keep_max_tier_drop {max_tier_drop * 100:.1f}) on the family's selection set")
+        why = _worse(family_overall(fb), family_overall(fa), fb["accuracy"], fa["accuracy"], max_tier_drop,
+                     tier_label=f"{name} ", where=f"on the {name} family's selection set",
+                     tier_where="on the family's selection set")
+        if why:
+            return False, why
     n = after.get("n_per_tier")
     b, a = before["overall"], after["overall"]
-    if a < b:
-        return False, (f"RL model {a:.1%} < its start {b:.1%} overall on {n} held-out problems per tier "
-                       f"({(a - b) * 100:+.1f} points)")
-    drops = sorted(((before["accuracy"][t] - acc, t) for t, acc in after["accuracy"].items()
-                    if acc is not None and before["accuracy"].get(t) is not None), reverse=True)
-    if drops and drops[0][0] > max_tier_drop + 1e-9:
-        drop, tier = drops[0]
-        return False, (f"RL model's {tier} tier fell {drop * 100:.1f} points (more than keep_max_tier_drop "
-                       f"{max_tier_drop * 100:.1f}) on {n} held-out problems per tier, though overall "
-                       f"{(a - b) * 100:+.1f} points")
+    why = _worse(b, a, before["accuracy"], after["accuracy"], max_tier_drop, tier_label="",
+                 where=f"overall on {n} held-out problems per tier",
+                 tier_where=f"on {n} held-out problems per tier, though overall {(a - b) * 100:+.1f} points")
+    if why:
+        return False, why
     fams = f" (and on {', '.join(sorted(families))})" if families else ""
     return True, (f"RL model {a:.1%} >= its start {b:.1%} overall{fams}, no tier down more than "
                   f"{max_tier_drop * 100:.1f} points")

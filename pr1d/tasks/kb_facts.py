@@ -232,8 +232,7 @@ EVAL_PRODUCTS = 24
 def eval_split(per_tier: int | None = None, products: int = EVAL_PRODUCTS) -> list[dict[str, Any]]:
     """The held-out tasks: the first ``products`` held-out products (catalogue order), one wording per (product,
     kind), so 72 easy, 48 medium and 24 hard by default; ``per_tier`` caps each tier (the same every time)."""
-    held = catalogue("eval")[:products]
-    return _capped([task_for(p, k, p.index) for p in held for k in _QUESTIONS], per_tier)
+    return heldout_slice(0, products, per_tier)
 
 
 def select_split(per_tier: int | None = None, products: int = EVAL_PRODUCTS) -> list[dict[str, Any]]:
