@@ -219,11 +219,12 @@ def main(w: Worker) -> dict:
     if cfg.eval_per_tier and w.is_main:
         if before_path.is_file():
             before = json.loads(before_path.read_text())
+        loaded: Any = start  # the start's folder, or the model and tokenizer once loaded (one load for both checks)
         if not before or before.get("split") != "select" or before.get("n_per_tier") != cfg.eval_per_tier:
-            model, tok = load_model(start)
-            before = evaluate_model(model, tok, cfg.eval_per_tier, split="select")
+            loaded = load_model(start)
+            before = evaluate_model(*loaded, cfg.eval_per_tier, split="select")
         if "families" not in before:
-            rows = score_families(w, {"before": start}, n_per_tier=cfg.eval_per_tier,
+            rows = score_families(w, {"before": loaded}, n_per_tier=cfg.eval_per_tier,
                                   max_new_tokens=PARALLEL_EVAL_TOKENS, split="select", metric="rl.eval")
             before["families"] = {name: row["before"] for name, row in rows.items()}
             with writing(before_path):
@@ -276,7 +277,7 @@ def main(w: Worker) -> dict:
         for tier, acc in after["accuracy"].items():
             w.metric(f"rl.eval.after.{tier}", acc)
         w.metric("rl.eval.after.parallel_adherence", after["parallel_adherence"])
-        rows = score_families(w, {"after": out}, n_per_tier=cfg.eval_per_tier,
+        rows = score_families(w, {"after": (cand, tok)}, n_per_tier=cfg.eval_per_tier,
                               max_new_tokens=PARALLEL_EVAL_TOKENS, split="select", metric="rl.eval")
         family_eval = {name: {"before": (before or {}).get("families", {}).get(name), "after": row["after"]}
                        for name, row in rows.items()}

@@ -32,7 +32,7 @@ def heldout_families(w: Worker, p: SFTGateParams, models: dict[str, Any]) -> dic
 
 def score_families(w: Worker, models: dict[str, Any], *, n_per_tier: int | None, max_new_tokens: int,
                    split: str = "eval", metric: str = "gate") -> dict[str, dict]:
-    """Each model of ``models`` (``{side: folder}``) scored on every served family's ``heldout`` set
+    """Each model of ``models`` (``{side: folder}``, or ``{side: (model, tokenizer)}`` already loaded) scored on every served family's ``heldout`` set
     (``split="eval"``, what the gates score) or ``select`` set (``split="select"``, what RL chooses on), with KB
     context where the family takes it, by the family's grader. ``{family: {side: report, "n_per_tier",
     "with_context"}}``; families without that set are left out. Metrics ``<metric>.<family>.<side>.<tier>``."""
@@ -63,7 +63,7 @@ def score_families(w: Worker, models: dict[str, Any], *, n_per_tier: int | None,
         for side, path in models.items():
             if w.stop_requested.is_set():
                 w.interrupt()
-            model, tok = load_model(path)
+            model, tok = path if isinstance(path, tuple) else load_model(path)
             for name, tasks in sets.items():
                 tasks = [{**t, "context": ctx.get(t["question"], "") if cfg.kb_context(name) else ""} for t in tasks]
                 r = evaluate_family(model, tok, tasks, families.family(name), max_new_tokens=max_new_tokens)
