@@ -181,14 +181,16 @@ def render(cells: list[dict], args, command: str, kb_info: dict) -> str:
     ]
     for label, key, kbkey in (("base, with retrieval", "base", "kb_on"), ("base, no retrieval", "base", "kb_off"),
                               ("SFT kb-on (retrieval)", "kb_on", "kb"), ("SFT kb-off (control)", "kb_off", "kb")):
-        rows = [c[key] for c in cells]
+        rows = [c[key] for c in cells if key in c]
+        if not rows:
+            continue
         kbs = [r[kbkey] for r in rows]
         lines.append(
             f"| {label} | " + " | ".join(_mean_sd([k["accuracy"][t] for k in kbs]) for t in ("easy", "medium", "hard"))
             + f" | {_mean_sd([k['overall'] for k in kbs])} | {_mean_sd([k['gate']['overall'] for k in kbs if 'gate' in k])}"
             f" | {_mean_sd([r['gsm']['overall'] for r in rows])} |")
     up = [c["kb_on"]["kb"]["overall"] - c["base"]["kb_on"]["overall"] for c in cells]
-    ctrl = [c["kb_on"]["kb"]["overall"] - c["kb_off"]["kb"]["overall"] for c in cells]
+    ctrl = [c["kb_on"]["kb"]["overall"] - c["kb_off"]["kb"]["overall"] for c in cells if "kb_off" in c]
     gsm = [c["kb_on"]["gsm"]["overall"] - c["base"]["gsm"]["overall"] for c in cells]
     per = [f"seed {c['seed']}/{c['train_seed']}: {100 * u:+.1f}" for c, u in zip(cells, up, strict=True)]
     per_gsm = [f"seed {c['seed']}/{c['train_seed']}: {100 * g:+.1f}" for c, g in zip(cells, gsm, strict=True)]
@@ -213,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gsm-per-tier", type=int, default=50)
     ap.add_argument("--top-k", type=int, default=1)
     ap.add_argument("--kb-records", type=int, default=3000, help="KB-facts training tasks drawn (of 10,368)")
+    ap.add_argument("--skip-control", action="store_true",
+                    help="train the kb-on arm only (a recipe variant measured against an earlier run's control)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "kb_family.md")
     ap.add_argument("--previous", type=Path, action="append", default=[],
                     help="a JSON this benchmark wrote with the same settings: its cells join this run's table "
@@ -220,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     command = "python benchmarks/kb_family.py " + " ".join(argv if argv is not None else sys.argv[1:])
     settings = {k: getattr(args, k) for k in ("steps", "batch_size", "gsm_topup", "gsm_per_tier", "top_k", "kb_records")}
+    if args.skip_control:
+        settings["skip_control"] = True
     earlier: list[dict] = []
     for prev in args.previous:
         old = json.loads(prev.read_text())
@@ -263,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             cell = {"seed": seed, "train_seed": ts, "base": base_cell}
             for arm, recs, arm_ctx in (("kb_on", on_records, ctx), ("kb_off", off_records, None)):
+                if arm == "kb_off" and args.skip_control:
+                    continue
                 t0 = time.monotonic()
                 m, t, info = train_arm(base, recs, args, ts, work / f"{arm}-{seed}-{ts}")
                 cell[arm] = {"kb": score_kb(m, t, arm_ctx), "gsm": score_gsm(m, t, args.gsm_per_tier), **info,
