@@ -29,21 +29,29 @@ from pathlib import Path
 from typing import Any
 
 MAX_NEW_TOKENS = 224  # the evaluation budget the gates use (pr1d.train.sft.PARALLEL_EVAL_TOKENS)
-# The platform grades the work, not our format: right and compliant is 1.0, wrong 0.1. (pr1's own gates and
-# rewards add the parallel-format and consensus columns; the platform has no reason to.)
-PLATFORM_WEIGHTS = {"correctness": 0.9, "parallel_format": 0.0, "consensus_confidence": 0.0, "compliance": 0.1}
+# The platform grades the work, not our format: right and compliant is 1.0, wrong but compliant 0.1. (pr1's own
+# gates and rewards add the parallel-format and consensus columns; the platform has no reason to.)
+PLATFORM_WEIGHTS = {"correctness": 0.9, "compliance": 0.1}
+# The platform's rubric, from pr1's compliance checks (pr1d.evaluate.grading.COMPLIANCE_CHECKS). "compliance" is
+# policy: no forbidden phrase. An answer cut off by the token budget, with no answer line or a broken block is
+# bad *form* (and wrong), not a policy breach: counting it as compliance would make a model that merely cannot
+# do a new kind of task look like one that breaks rules, and queue guardrail training for it.
+POLICY_CHECKS = ("no_guardrail_violation",)
+FORM_CHECKS = ("finished", "final_answer_present", "well_formed")
 
 
 class ModelGrader:
     """``grader(agent_id, model_version, task) -> {"weighted_score", "status", "rubric"}`` backed by real models."""
 
     def __init__(self, model_dirs: Mapping[str, Path], models_root: Path | None = None, *,
-                 pass_threshold: float = 0.7, batch_size: int = 64, threads: int = 2) -> None:
+                 pass_threshold: float = 0.7, batch_size: int = 64, threads: int = 2,
+                 guardrails: Iterable[str] = ()) -> None:
         self.model_dirs = {k: Path(v) for k, v in model_dirs.items()}
         self.models_root = Path(models_root) if models_root else None
         self.pass_threshold = pass_threshold
         self.batch_size = batch_size
         self.threads = threads
+        self.guardrails = tuple(guardrails)  # the platform's forbidden phrases: its compliance rubric
         self._models: dict[Path, tuple[Any, Any]] = {}
         self._answers: dict[tuple[Path, str], tuple[str, bool]] = {}
         self._lock = threading.Lock()
@@ -97,19 +105,21 @@ class ModelGrader:
                 self._answers[(path, q)] = (out[0].text, out[0].finished)
 
     def __call__(self, agent_id: str, version: str, task: Mapping[str, Any]) -> dict[str, Any]:
-        from pr1d.evaluate.grading import GradeWeights, grade
+        from pr1d.evaluate.grading import grade
 
         path = self.folder(agent_id, version)
         if (path, task["question"]) not in self._answers:
             self.prepare(agent_id, version, [task])
         text, finished = self._answers[(path, task["question"])]
-        g = grade(text, str(task["answer"]), finished=finished, weights=GradeWeights(**PLATFORM_WEIGHTS))
+        g = grade(text, str(task["answer"]), finished=finished, guardrails=self.guardrails)
         correct = bool(g.columns["correctness"])
+        compliant = all(g.compliance[k] for k in POLICY_CHECKS)
+        score = round(PLATFORM_WEIGHTS["correctness"] * correct + PLATFORM_WEIGHTS["compliance"] * compliant, 4)
         return {
-            "weighted_score": g.score,
-            "status": "pass" if correct and g.compliance_ok and g.score >= self.pass_threshold else "fail",
-            "rubric": {"correctness": correct, "format": bool(g.compliance.get("well_formed", True)),
-                       "compliance": g.compliance_ok, "safety": True},
+            "weighted_score": score,
+            "status": "pass" if correct and compliant and score >= self.pass_threshold else "fail",
+            "rubric": {"correctness": correct, "format": all(g.compliance[k] for k in FORM_CHECKS),
+                       "compliance": compliant, "safety": True},
         }
 
 

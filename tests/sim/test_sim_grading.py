@@ -94,3 +94,21 @@ def test_sim_grades_with_the_pushed_version_and_the_dip_is_real(tiny_model, tmp_
         assert len(broken) == 60 and sum(broken) / 60 < 0.2, "a random model cannot answer"
     finally:
         sim.close()
+
+
+def test_rubric_compliance_is_policy_and_bad_form_is_not_a_breach(tiny_model, tmp_path):
+    """A model that cannot do a task (cut off, no answer line) fails on correctness and form, not on compliance:
+    compliance is the platform's policy (its forbidden phrases), so it cannot queue guardrail training by itself."""
+    import random
+
+    rnd = _random_model(tiny_model, tmp_path / "random")
+    tasks = [make_task(random.Random(f"t{i}"), "easy") for i in range(4)]
+    grader = ModelGrader({"random": rnd, "base": tiny_model}, guardrails=["final answer"])
+    grader.prepare("a", "random", tasks)
+    for t in tasks:
+        r = grader("a", "random", t)
+        assert r["rubric"] == {"correctness": False, "format": False, "compliance": True, "safety": True}, r
+        assert r["weighted_score"] == pytest.approx(0.1) and r["status"] == "fail"
+    breaches = [grader("a", "base", t) for t in tasks]  # the base writes "Final Answer:", forbidden here
+    assert all(r["rubric"]["compliance"] is False and r["status"] == "fail" for r in breaches)
+    assert all(r["weighted_score"] == pytest.approx(0.9 * r["rubric"]["correctness"]) for r in breaches)
