@@ -1,6 +1,7 @@
 """Does the curriculum lift a task family that needs the knowledge base, and is retrieval what does it?
 
     .venv/bin/python benchmarks/kb_family.py [--seeds 0] [--train-seeds 0 1] [--steps 2000] [--top-k 1]
+                                             [--kb-records 3000] [--gsm-topup 5000] [--skip-control]
 
 The KB-facts family (pr1d/tasks/kb_facts.py) asks about a fictional store's products; the facts exist only in
 the shipped pages under ``pr1d/kb/catalogue``. Per bootstrap seed (the demo's base model, cached like
@@ -9,7 +10,8 @@ the shipped pages under ``pr1d/kb/catalogue``. Per bootstrap seed (the demo's ba
 - ``kb-on``: records of the KB-facts training products with the context the dataset stage retrieves (the
   whole shipped corpus ingested into the embedded sqlite-vec store, ``kb_contexts`` with ``[kb] top_k``),
   evaluated on the held-out products with retrieval;
-- ``kb-off``: the same records and steps with no context, evaluated without retrieval (the control).
+- ``kb-off``: the same records and steps with no context, evaluated without retrieval (the control;
+  ``--skip-control`` leaves it out when a recipe variant is read against an earlier run's control).
 
 Both arms' records are the sim teacher's verified Parallel traces (``kb_facts.parallel_trace``, checked by the
 builder's family gate), topped up with GSM-lite problems by the SFT stage's ``curriculum_records`` so arithmetic
@@ -198,7 +200,8 @@ def render(cells: list[dict], args, command: str, kb_info: dict) -> str:
         "",
         f"- KB-facts uplift (kb-on vs base, both with retrieval): {_mean_sd(up)} points"
         + (f" (min {100 * min(up):+.1f}; {', '.join(per)})" if len(up) > 1 else ""),
-        f"- retrieval's share (kb-on vs the kb-off control): {_mean_sd(ctrl)} points",
+        f"- retrieval's share (kb-on vs the kb-off control): {_mean_sd(ctrl)} points" if ctrl else
+        "- retrieval's share: not measured (--skip-control: no kb-off arm in this run)",
         f"- GSM-lite change (kb-on vs base): {_mean_sd(gsm)} points" + (f" ({', '.join(per_gsm)})" if len(gsm) > 1 else ""),
         "",
     ]
@@ -253,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                f"{len(set(questions))} questions got context, {right} of {len(questions)} with their product's page first")
     print(kb_info, file=sys.stderr)
     on_records, on_drops = kb_records(ctx, train)
-    off_records, off_drops = kb_records(None, train)
+    off_records, off_drops = ([], {}) if args.skip_control else kb_records(None, train)
     print(f"records: kb-on {len(on_records)} (drops {on_drops}), kb-off {len(off_records)} (drops {off_drops})",
           file=sys.stderr)
     cells = []
