@@ -57,7 +57,10 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         # batch 8 gave +2.7 / -4.0 points (fixed / fresh split), 1600 of 16 +5.3 / +1.3, 2000 of 16 +12.7 /
         # +11.3 with easy kept (benchmarks/sft_recipe.md, across bootstrap seeds).
         "sft": {"max_steps": 2000, "batch_size": 16},
-        "sft_gate": {"n_per_tier": 50},
+        # 150 per tier: 450 problems score both models in ~20 s here, and the difference's standard error falls
+        # from ~4.5 points (50 per tier) to ~2.5, under the 2-point family-regression bound's own scale. The same
+        # kb-dip candidate read -7.3 points on 50 per tier and -3.7 on 150 fresh ones per tier.
+        "sft_gate": {"n_per_tier": 150},
         # RL shows no held-out change at 20 steps either (benchmarks/curriculum_quality.md): the quick demo
         # runs the stage end to end with the fewest steps that still move through a tier.
         "rl": {"max_steps": 8, "eval_per_tier": 30},
@@ -65,7 +68,7 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "full": {
         "sft": {"max_steps": 2000},
-        "sft_gate": {"n_per_tier": 100},
+        "sft_gate": {"n_per_tier": 200},
         "rl": {"max_steps": 120, "eval_per_tier": 100},
         "backtest": {"n_per_tier": 100, "window": 200},
     },
