@@ -81,6 +81,8 @@ def test_demo_config_for_a_kb_scenario(tmp_path):
     cfg = load_config([tmp_path / "demo.toml"], environ={}, use_system=False)
     assert cfg.tasks.families["kb_facts"].heldout == "builtin:kb_facts" and not cfg.tasks.gsm_lite_kb_context
     assert cfg.kb.top_k == 1 and cfg.training.sft.max_length == 512 and "[training.sft]" in kb
+    # Arithmetic keeps its GSM-only share of samples next to the store records (benchmarks/kb_family_gsm8000.md).
+    assert cfg.training.sft.n_train == 11000 and cfg.training.sft.max_steps == 2750
     assert (demo.store_corpus() / "README.md").is_file()
 
 
