@@ -107,18 +107,19 @@ min_samples = 30
 # by the SFT gate, its prompts with the page the KB retrieves
 # (GSM-lite prompts kept as the benchmark asks them). One page of context (top_k = 1): with two pages the tiny
 # model copies facts from the wrong one (benchmarks/kb_family.md). The teacher's URL comes from the environment.
-KB_TOML = """\
+KB_RECORDS = 3000  # store questions the dataset tops the family up to
+KB_TOML = f"""\
 [tasks]
 gsm_lite_kb_context = false
 
 [tasks.families.kb_facts]
-grader = { kind = "critic" }
+grader = {{ kind = "critic" }}
 reference_from_entry = false
 min_score = 0.0
 heldout = "builtin:kb_facts"
 select = "builtin:kb_facts"
 train_tasks = "builtin:kb_facts"
-min_records = 3000
+min_records = {KB_RECORDS}
 
 [kb]
 store = "sqlite"
@@ -133,7 +134,9 @@ teacher_model = "sim-teacher"
 # store records taking 3,000 of 8,000 records in 2,000 steps, arithmetic got 19,600 samples: too few to learn the
 # Parallel format without losing easy problems (fresh e2e: easy 90.0 -> 72.7, overall -3.7 on 450 problems);
 # with these, seed 0 kept easy (89.3 -> 90.0) and gained overall (benchmarks/kb_family_gsm8000.md).
-KB_SFT = {"max_length": 512, "n_train": 11000, "max_steps": 2750}
+GSM_SFT_RECORDS, GSM_SFT_STEPS = 8000, SETTINGS["quick"]["sft"]["max_steps"]  # the GSM-only recipe (both modes)
+KB_SFT = {"max_length": 512, "n_train": KB_RECORDS + GSM_SFT_RECORDS,
+          "max_steps": GSM_SFT_STEPS * (KB_RECORDS + GSM_SFT_RECORDS) // GSM_SFT_RECORDS}
 
 
 def scenario_families(scenario: str) -> set[str]:
