@@ -122,11 +122,17 @@ def render(state: Path, run: int | None, label: str) -> str:
                   + "; no backtest or promotion gate ran.", ""]
     elif g.get("uplift"):
         u = g["uplift"]
+        # older gates wrote `margin`; newer ones write the observed uplift and the bar it is held to
+        margin = u.get("margin")
+        if margin is None and u.get("observed") is not None and u.get("bar") is not None:
+            margin = round(u["observed"] - u["bar"], 6)
+        reasons = "; ".join(g.get("reasons") or [])
         lines += [
-            f"Promotion gate (backtest, candidate vs model in service, weighted grade): **{g.get('outcome')}** — "
-            f"candidate {g['candidate'].get('mean')} vs {g['incumbent'].get('mean')}, margin over the bar "
-            f"{u.get('margin')} ({int(u.get('ci_level', 0) * 100)}% CI [{u.get('ci_low')}, {u.get('ci_high')}], "
-            f"n = {g['candidate'].get('n')}); run ended `{final['state']}`.",
+            f"Promotion gate (backtest, candidate vs model in service, {u.get('compared') or 'weighted grade'}): "
+            f"**{g.get('outcome')}** — candidate {g['candidate'].get('mean')} vs {g['incumbent'].get('mean')}, "
+            f"margin over the bar {margin} ({int(u.get('ci_level', 0) * 100)}% CI [{u.get('ci_low')}, "
+            f"{u.get('ci_high')}], n = {g['candidate'].get('n')})" + (f"; why: {reasons}" if reasons else "")
+            + f"; run ended `{final['state']}`.",
             "",
         ]
     return "\n".join(lines)

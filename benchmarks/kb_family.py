@@ -147,6 +147,10 @@ def train_arm(base: Path, records: list[dict], args, seed: int, work: Path):
     return model, tok, {"train_s": summary["train_s"], "steps": summary["steps"], "sources": sources}
 
 
+def _recipe(settings: dict) -> dict:
+    return {k: v for k, v in settings.items() if k != "skip_control"}
+
+
 def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}"
 
@@ -186,6 +190,8 @@ def render(cells: list[dict], args, command: str, kb_info: dict) -> str:
         rows = [c[key] for c in cells if key in c]
         if not rows:
             continue
+        if len(rows) < len(cells):
+            label += f", {len(rows)} of {len(cells)} models"
         kbs = [r[kbkey] for r in rows]
         lines.append(
             f"| {label} | " + " | ".join(_mean_sd([k["accuracy"][t] for k in kbs]) for t in ("easy", "medium", "hard"))
@@ -195,12 +201,15 @@ def render(cells: list[dict], args, command: str, kb_info: dict) -> str:
     ctrl = [c["kb_on"]["kb"]["overall"] - c["kb_off"]["kb"]["overall"] for c in cells if "kb_off" in c]
     gsm = [c["kb_on"]["gsm"]["overall"] - c["base"]["gsm"]["overall"] for c in cells]
     per = [f"seed {c['seed']}/{c['train_seed']}: {100 * u:+.1f}" for c, u in zip(cells, up, strict=True)]
+    per_ctrl = [f"seed {c['seed']}/{c['train_seed']}: {100 * (c['kb_on']['kb']['overall'] - c['kb_off']['kb']['overall']):+.1f}"
+                for c in cells if "kb_off" in c]
     per_gsm = [f"seed {c['seed']}/{c['train_seed']}: {100 * g:+.1f}" for c, g in zip(cells, gsm, strict=True)]
     lines += [
         "",
         f"- KB-facts uplift (kb-on vs base, both with retrieval): {_mean_sd(up)} points"
         + (f" (min {100 * min(up):+.1f}; {', '.join(per)})" if len(up) > 1 else ""),
-        f"- retrieval's share (kb-on vs the kb-off control): {_mean_sd(ctrl)} points" if ctrl else
+        f"- retrieval's share (kb-on vs the kb-off control): {_mean_sd(ctrl)} points"
+        + (f" ({', '.join(per_ctrl)})" if len(ctrl) > 1 or len(ctrl) < len(cells) else "") if ctrl else
         "- retrieval's share: not measured (--skip-control: no kb-off arm in this run)",
         f"- GSM-lite change (kb-on vs base): {_mean_sd(gsm)} points" + (f" ({', '.join(per_gsm)})" if len(gsm) > 1 else ""),
         "",
@@ -230,12 +239,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.skip_control:
         settings["skip_control"] = True
     earlier: list[dict] = []
+    earlier_commands: list[str] = []
     for prev in args.previous:
         old = json.loads(prev.read_text())
-        if old.get("settings") != settings:
+        earlier_commands.append(old.get("command", str(prev)))
+        # --skip-control changes which arms a cell holds, not how an arm is trained: such runs join, and the
+        # control row says over how many models it was measured.
+        if {k: v for k, v in (old.get("settings") or {}).items() if k != "skip_control"} != _recipe(settings):
             ap.error(f"{prev}: written with other settings ({old.get('settings')}), not {settings}")
         earlier += old["cells"]
     seeds_run = {(c["seed"], c["train_seed"]) for c in earlier}
+    command = "`, then `".join(dict.fromkeys([*earlier_commands, command]))
 
     import torch
 
@@ -282,8 +296,9 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(cell)
             every = earlier + cells
             args.out.write_text(render(every, args, command, kb_info))
+            written = _recipe(settings) | ({} if any("kb_off" in c for c in every) else {"skip_control": True})
             args.out.with_suffix(".json").write_text(json.dumps(
-                {"command": command, "settings": settings, "cells": every}, indent=1))
+                {"command": command, "settings": written, "cells": every}, indent=1))
     print(args.out.read_text())
     return 0
 

@@ -105,3 +105,38 @@ def test_grpo_draws_the_dataset_tasks_and_grades_them_by_their_family(tiny_model
     assert len(acc) == 1 and (acc[0] > 0.2 if accurate else acc[0] == 0.0)
     with pytest.raises(ValueError, match="no dataset tasks were given"):
         build_trainer(tiny_model, tmp_path / "ckpt2", cfg, use_cpu=True)
+
+
+def test_the_grade_term_asks_the_critic_for_a_family_without_a_reference(tmp_path):
+    """A family graded by the platform's critic has no reference answer: the RL grade term sends the batch's final
+    answers to the real critic (the sim's, which knows the store catalogue) in one request, and credits the
+    completions it calls right."""
+    import json
+    import urllib.request
+
+    from pr1d.tasks import kb_facts
+    from pr1d.train.critic import CriticClient
+    from tests.monitor.test_monitor_e2e import Sim
+
+    task = kb_facts.eval_split(per_tier=1)[0]
+    right = kb_facts.parallel_trace(task)
+    truth = str(kb_facts.lookup(task["question"])["answer"])
+    wrong = right.replace(f"Final Answer: {truth}", f"Final Answer: {int(truth) + 1}")
+    assert wrong != right
+    sim = Sim(tmp_path, "kb-dip")
+    try:
+        critic = CriticClient(sim.url)
+        fams = Families.from_config({"kb_facts": {"grader": {"kind": "critic"}, "reference_from_entry": False}},
+                                    critic=critic)
+        cfg = RewardParams(format_weight=0, diversity_weight=0)
+        (g,) = [f for f in make_reward_funcs(cfg, None, families=fams) if f.__name__ == "reward_grade"]
+        got = g(["p", "p"], [right, wrong], answer=["", ""], question=[task["question"]] * 2, family=["kb_facts"] * 2)
+        critic.close()
+        state = json.loads(urllib.request.urlopen(f"{sim.url}/_sim/state", timeout=10).read())
+    finally:
+        sim.close()
+    assert state["requests"]["critic"] == 1  # one request for the batch
+    w = cfg.grading.normalised()
+    assert got[0] == pytest.approx(cfg.grade_weight * 1.0)  # the critic agrees: every column
+    # the answer it refuses: no correctness, and the paths (which give the true figure) do not back the final answer
+    assert got[1] == pytest.approx(cfg.grade_weight * (w["parallel_format"] + w["compliance"]))
