@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/curriculum_quality.py [--quick] [--state-dir DIR]   # runs `pr1d demo` first
     .venv/bin/python benchmarks/curriculum_quality.py --from-state-dir DIR [--run N]  # a demo already run
     .venv/bin/python benchmarks/curriculum_quality.py --quick --scenario kb-dip --append  # + a row per task family
+    .venv/bin/python benchmarks/curriculum_quality.py --quick --scenario kb-dip --base-seed 2 --append  # another base
 
 It reads what the run recorded in the ledger (no number is computed here): the SFT gate's evidence (base
 and SFT candidate on the same held-out GSM-lite problems, greedy), the RL stage's before/after
@@ -145,6 +146,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="run `pr1d demo --quick`")
     ap.add_argument("--state-dir", type=Path, help="where the demo runs (default: a temporary dir)")
     ap.add_argument("--scenario", help="the demo's sim scenario (e.g. kb-dip: store questions from the KB)")
+    ap.add_argument("--base-seed", type=int, default=0,
+                    help="the demo's --base-seed: bootstrap seed of the base model (default 0, the demo's own)")
     ap.add_argument("--append", action="store_true",
                     help="append this run as a section of --out (e.g. a second scenario) instead of replacing it")
     ap.add_argument("--out", type=Path, default=OUT)
@@ -155,12 +158,14 @@ def main() -> int:
     if meta_path is not None and meta_path.is_file():  # the demo's own record of how it was started
         meta = json.loads(meta_path.read_text())
         flags = (["--quick"] if meta.get("quick") else []) + (
-            ["--scenario", str(meta["scenario"])] if meta.get("scenario") not in (None, "demo") else [])
+            ["--scenario", str(meta["scenario"])] if meta.get("scenario") not in (None, "demo") else []) + (
+            ["--base-seed", str(meta["base_seed"])] if meta.get("base_seed") else [])
         label = " ".join(["`pr1d demo", *flags]) + "`, read from its state dir"
     if state is None:
         state = a.state_dir or Path(tempfile.mkdtemp(prefix="pr1-quality-"))
         cmd = [str(Path(sys.executable).parent / "pr1d"), "demo", "--exit-when-done", "--state-dir", str(state)]
-        extra = (["--quick"] if a.quick else []) + (["--scenario", a.scenario] if a.scenario else [])
+        extra = (["--quick"] if a.quick else []) + (["--scenario", a.scenario] if a.scenario else []) + (
+            ["--base-seed", str(a.base_seed)] if a.base_seed else [])
         label = " ".join(["`pr1d demo", *extra]) + "`"
         subprocess.run(cmd + extra, check=True)
     text = render(state, a.run, label)

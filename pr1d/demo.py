@@ -162,6 +162,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="keep the state dir even after a clean --exit-when-done run (an interrupted demo always "
                         "keeps it)")
     p.add_argument("--scenario", default="demo", help="sim scenario (default demo: model-graded)")
+    p.add_argument("--base-seed", type=int, default=0, metavar="N",
+                   help="bootstrap seed of the agent's base model (default 0, the demo's own; another seed "
+                        "bootstraps and caches a different base model: the curriculum measured on more than one)")
     p.add_argument("--exit-when-done", action="store_true",
                    help="stop the sim and daemon once the run is decided, instead of waiting for Ctrl+C")
     p.add_argument("--state-dir", help="state dir to use (default: a new temporary one; kept)")
@@ -245,18 +248,21 @@ def bootstrap_into(dest: Path, *, seed: int = 0, log=None) -> dict:
     return json.loads((dest / "bootstrap.json").read_text())
 
 
-def ensure_base_model(con: Console) -> tuple[Path, dict]:
-    """The cached demo model, bootstrapped (in a subprocess, with a progress bar) on first use."""
-    dest = base_model_dir()
+def ensure_base_model(con: Console, seed: int = 0) -> tuple[Path, dict]:
+    """The cached demo model of bootstrap ``seed``, bootstrapped (in a subprocess, with a progress bar) on first
+    use."""
+    dest = base_model_dir(seed)
     if (dest / "bootstrap.json").is_file():
         record = json.loads((dest / "bootstrap.json").read_text())
-        con.print(f"[green]✓[/] base model cached: {dest} (held-out greedy {_acc(record['heldout_accuracy'])})")
+        con.print(f"[green]✓[/] base model{_seed_note(seed)} cached: {dest} "
+                  f"(held-out greedy {_acc(record['heldout_accuracy'])})")
         return dest, {"cached": True, **record}
     started = time.monotonic()
     step_re = re.compile(r"step\s+(\d+)")
     with _progress(con, TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                    TimeRemainingColumn(), unit=" steps") as bar:
-        t = bar.add_task("bootstrapping the agent model (first run only)", total=2000)
+        t = bar.add_task("bootstrapping the agent model (first run only)" + (f", seed {seed}" if seed else ""),
+                         total=2000)
 
         def log(line: str) -> None:
             m = step_re.search(line)
@@ -265,11 +271,15 @@ def ensure_base_model(con: Console) -> tuple[Path, dict]:
             elif "evaluate" in line or "greedy" in line:
                 bar.update(t, description="evaluating the base model on held-out GSM-lite")
 
-        record = bootstrap_into(dest, log=log)
+        record = bootstrap_into(dest, seed=seed, log=log)
     took = time.monotonic() - started
-    con.print(f"[green]✓[/] base model bootstrapped in {took:.0f}s: {dest} "
+    con.print(f"[green]✓[/] base model{_seed_note(seed)} bootstrapped in {took:.0f}s: {dest} "
               f"(held-out greedy {_acc(record['heldout_accuracy'])})")
     return dest, {"cached": False, "bootstrap_s": round(took, 1), **record}
+
+
+def _seed_note(seed: int) -> str:
+    return f" (bootstrap seed {seed})" if seed else ""
 
 
 def _acc(acc: dict) -> str:
@@ -511,9 +521,12 @@ def _open_state(args: argparse.Namespace) -> tuple[Path, dict]:
             if not (state / need).exists():
                 raise SystemExit(f"pr1d demo --resume: {state / need} is missing")
         return state, meta
+    seed = int(getattr(args, "base_seed", 0) or 0)
+    if seed < 0:
+        raise SystemExit(f"pr1d demo: --base-seed must be 0 or more, not {seed}")
     state = Path(args.state_dir or tempfile.mkdtemp(prefix="pr1-demo-")).resolve()
     state.mkdir(parents=True, exist_ok=True)
-    meta = {"scenario": args.scenario, "quick": bool(args.quick), "started": time.time()}
+    meta = {"scenario": args.scenario, "quick": bool(args.quick), "base_seed": seed, "started": time.time()}
     (state / "demo.json").write_text(json.dumps(meta, indent=1) + "\n")
     return state, meta
 
@@ -548,7 +561,8 @@ def _run(args: argparse.Namespace, con: Console, main_thread: bool) -> int:
     con.print(f"state dir: {state}", soft_wrap=True)
     try:
         # 1. the agent's model, and where the platform and the daemon find it
-        base, boot = ensure_base_model(con)
+        seed = int(meta.get("base_seed", 0))  # a state dir from before --base-seed ran seed 0
+        base, boot = ensure_base_model(con, seed)
         agent_base = state / "base-models" / BASE_MODEL_NAME
         if not agent_base.exists():
             shutil.copytree(base, agent_base)

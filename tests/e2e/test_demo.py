@@ -262,7 +262,7 @@ def test_next_commands_parse_as_printed(until, run_id, decided, subcommands):
 
 @pytest.mark.parametrize(("sig", "rc"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129), (signal.SIGINT, 130)])
 def test_a_signal_mid_demo_interrupts_it_like_ctrl_c(tmp_path, monkeypatch, capsys, sig, rc):
-    def signalled_while_bootstrapping(con):
+    def signalled_while_bootstrapping(con, seed=0):
         os.kill(os.getpid(), sig)
         time.sleep(5)
         raise AssertionError(f"{sig.name} did not interrupt the demo")
@@ -276,6 +276,38 @@ def test_a_signal_mid_demo_interrupts_it_like_ctrl_c(tmp_path, monkeypatch, caps
     assert f"interrupted ({'Ctrl+C' if sig == signal.SIGINT else sig.name})" in out, out
     assert f"demo --resume {tmp_path / 's'}" in out, "the state dir is kept, resumable"
     assert {s: signal.getsignal(s) for s in before} == before, "the caller's signal handlers are back"
+
+
+def test_base_seed_gives_the_agent_its_own_cached_base_model_and_is_recorded(tmp_path, monkeypatch):
+    """`--base-seed N` measures the curriculum on another base model: bootstrap seed N, cached apart from the
+    demo's own, and named in demo.json so `--resume` and the benchmark read the same seed."""
+    monkeypatch.setenv("PR1_CACHE_DIR", str(tmp_path / "cache"))
+    assert demo.base_model_dir(2) != demo.base_model_dir(0)
+    asked: list[int] = []
+
+    def bootstrap_stand_in(dest, *, seed=0, log=None):  # the real bootstrap trains for ~5 minutes
+        asked.append(seed)
+        dest.mkdir(parents=True)
+        record = {"seed": seed, "heldout_accuracy": {"easy": 0.9}}
+        (dest / "bootstrap.json").write_text(json.dumps(record))
+        return record
+
+    monkeypatch.setattr(demo, "bootstrap_into", bootstrap_stand_in)
+    con = Console(file=io.StringIO(), width=200)
+    path, record = demo.ensure_base_model(con, 2)
+    assert path == demo.base_model_dir(2) and asked == [2] and record["cached"] is False
+    assert "base model (bootstrap seed 2) bootstrapped" in con.file.getvalue()
+    path, record = demo.ensure_base_model(con, 2)  # cached now: not bootstrapped again
+    assert path == demo.base_model_dir(2) and asked == [2] and record["cached"] is True
+
+    parser = argparse.ArgumentParser()
+    demo.add_arguments(parser)
+    state, meta = demo._open_state(parser.parse_args(["--state-dir", str(tmp_path / "s"), "--base-seed", "2"]))
+    assert meta["base_seed"] == 2 and json.loads((state / "demo.json").read_text())["base_seed"] == 2
+    assert demo._open_state(parser.parse_args(["--state-dir", str(tmp_path / "d")]))[1]["base_seed"] == 0
+    with pytest.raises(SystemExit, match="--base-seed must be 0 or more, not -1"):
+        demo._open_state(parser.parse_args(["--state-dir", str(tmp_path / "bad"), "--base-seed", "-1"]))
+    assert not (tmp_path / "bad").exists()
 
 
 @pytest.fixture
