@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-__all__ = ["MAX_BRANCH_COUNT", "ParallelExecutionPolicy", "PolicyError", "min_block_tokens"]
+__all__ = ["MAX_BRANCH_COUNT", "ParallelExecutionPolicy", "PolicyError", "min_block_tokens", "sized_to_traces"]
 
 # A guard against typos ("branch_count": 40 instead of 4): every branch is a row of the decode batch,
 # so memory and time grow linearly with it; Parallel-R1 itself uses 2-4.
@@ -151,3 +151,25 @@ class ParallelExecutionPolicy:
     def field_help(cls) -> dict[str, str]:
         """Each field's help text, for CLI ``--help`` and docs."""
         return {f.name: f.metadata["help"] for f in fields(cls)}
+
+
+def sized_to_traces(
+    longest_path: int, longest_summary: int, longest_answer: int, *, headroom: float = 1.25,
+    base: ParallelExecutionPolicy | None = None,
+) -> ParallelExecutionPolicy:
+    """The policy a candidate ships with: ``base`` (the default) with every token budget raised, where it is too
+    small, to ``headroom`` times the longest path, summary and answer (in tokens) of the traces it was trained on.
+
+    A budget below what the model was taught to write cuts its answers: with the default 64-token paths every hard
+    store-catalogue path (74 tokens) was closed mid-sentence in the backtest, and the gate read the unfinished
+    answers as a compliance drop. Budgets are only raised, never lowered, so a family of short answers keeps the
+    default's room to think."""
+    base = base or ParallelExecutionPolicy()
+    if headroom < 1:
+        raise PolicyError(f"headroom is {headroom}; use >= 1 (1.25 leaves a quarter more than the longest trace)")
+    path = max(base.max_path_tokens, math.ceil(longest_path * headroom))
+    summary = max(base.summary_max_tokens, math.ceil(longest_summary * headroom))
+    # the whole answer: the longest trace with headroom, and never less than one block of full paths can take
+    answer = max(base.max_new_tokens, math.ceil(longest_answer * headroom),
+                 min_block_tokens(base.branch_count) + base.branch_count * path + summary)
+    return replace(base, max_path_tokens=path, summary_max_tokens=summary, max_new_tokens=answer)

@@ -15,6 +15,7 @@ scheduler and RNG state.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,11 @@ def main(w: Worker) -> dict:
     out = w.stage_dir / "candidate"
     with writing(out):
         paths = save_candidate(model, tokenizer, out)
+        policy, longest = candidate_policy(records, tokenizer)
+        (out / "policy.json").write_text(json.dumps(policy.to_dict(), indent=1) + "\n")
+    w.log(f"candidate policy: paths {policy.max_path_tokens}, summary {policy.summary_max_tokens}, answer "
+          f"{policy.max_new_tokens} tokens (longest trained: path {longest['path']}, summary {longest['summary']}, "
+          f"answer {longest['answer']})")
     w.artifact("candidate", out, kind="model", meta={"finetune": cfg.finetune})
     if "adapter" in paths:
         w.artifact("adapter", paths["adapter"], kind="adapter")
@@ -152,6 +158,28 @@ def main(w: Worker) -> dict:
         w.metric("sft.eval.parallel_adherence", ev["parallel_adherence"])
         result["eval"] = ev
     return result
+
+
+def candidate_policy(records: list[dict[str, Any]], tokenizer) -> tuple[Any, dict[str, int]]:
+    """The ParallelExecutionPolicy the candidate ships with (``candidate/policy.json``, read by the backtest and
+    registered on promotion): the default, with budgets raised to fit the longest path, summary and answer it was
+    trained to write (pr1d.inference.policy.sized_to_traces)."""
+    from pr1d.data import parallel_format as pf
+    from pr1d.inference.policy import sized_to_traces
+
+    def n(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    longest = {"path": 0, "summary": 0, "answer": 0}
+    for rec in records:
+        text = rec.get("completion") or ""
+        longest["answer"] = max(longest["answer"], n(text))
+        if pf.check(text) is not None:
+            continue
+        for block in pf.parse(text).blocks:
+            longest["path"] = max([longest["path"], *(n(path) for path in block.paths)])
+            longest["summary"] = max(longest["summary"], n(block.summary))
+    return sized_to_traces(longest["path"], longest["summary"], longest["answer"]), longest
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -208,3 +209,8 @@ def test_stage_sigterm_then_resume(tiny_model, tmp_path):
     assert any(
         e["type"] == "artifact" and e["name"] == "candidate" and len(e["sha256"]) == 64 for e in events
     )
+    # the candidate ships a policy whose budgets fit what it was trained to write (the backtest reads it)
+    policy = json.loads(Path(result["candidate"], "policy.json").read_text())
+    logged = next(e["message"] for e in events if e["type"] == "log" and "candidate policy:" in e.get("message", ""))
+    longest_path = int(re.search(r"longest trained: path (\d+)", logged).group(1))
+    assert 0 < longest_path and policy["max_path_tokens"] >= 1.25 * longest_path and policy["max_path_tokens"] >= 64
