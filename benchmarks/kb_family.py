@@ -201,8 +201,8 @@ def render(cells: list[dict], args, command: str, kb_info: dict) -> str:
     ctrl = [c["kb_on"]["kb"]["overall"] - c["kb_off"]["kb"]["overall"] for c in cells if "kb_off" in c]
     gsm = [c["kb_on"]["gsm"]["overall"] - c["base"]["gsm"]["overall"] for c in cells]
     per = [f"seed {c['seed']}/{c['train_seed']}: {100 * u:+.1f}" for c, u in zip(cells, up, strict=True)]
-    per_ctrl = [f"seed {c['seed']}/{c['train_seed']}: {100 * (c['kb_on']['kb']['overall'] - c['kb_off']['kb']['overall']):+.1f}"
-                for c in cells if "kb_off" in c]
+    per_ctrl = [f"seed {c['seed']}/{c['train_seed']}: {100 * d:+.1f}"
+                for c, d in zip([c for c in cells if "kb_off" in c], ctrl, strict=True)]
     per_gsm = [f"seed {c['seed']}/{c['train_seed']}: {100 * g:+.1f}" for c, g in zip(cells, gsm, strict=True)]
     lines += [
         "",
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         earlier_commands.append(old.get("command", str(prev)))
         # --skip-control changes which arms a cell holds, not how an arm is trained: such runs join, and the
         # control row says over how many models it was measured.
-        if {k: v for k, v in (old.get("settings") or {}).items() if k != "skip_control"} != _recipe(settings):
+        if _recipe(old.get("settings") or {}) != _recipe(settings):
             ap.error(f"{prev}: written with other settings ({old.get('settings')}), not {settings}")
         earlier += old["cells"]
     seeds_run = {(c["seed"], c["train_seed"]) for c in earlier}

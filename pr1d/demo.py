@@ -521,7 +521,7 @@ def _open_state(args: argparse.Namespace) -> tuple[Path, dict]:
             if not (state / need).exists():
                 raise SystemExit(f"pr1d demo --resume: {state / need} is missing")
         return state, meta
-    seed = int(getattr(args, "base_seed", 0) or 0)
+    seed = args.base_seed
     if seed < 0:
         raise SystemExit(f"pr1d demo: --base-seed must be 0 or more, not {seed}")
     state = Path(args.state_dir or tempfile.mkdtemp(prefix="pr1-demo-")).resolve()

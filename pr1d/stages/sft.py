@@ -174,9 +174,11 @@ def candidate_policy(records: list[dict[str, Any]], tokenizer) -> tuple[Any, dic
     for rec in records:
         text = rec.get("completion") or ""
         longest["answer"] = max(longest["answer"], n(text))
-        if pf.check(text) is not None:
+        try:
+            blocks = pf.parse(text).blocks
+        except pf.FormatError:  # a record that is not Parallel (sequential) has no paths to size
             continue
-        for block in pf.parse(text).blocks:
+        for block in blocks:
             longest["path"] = max([longest["path"], *(n(path) for path in block.paths)])
             longest["summary"] = max(longest["summary"], n(block.summary))
     return sized_to_traces(longest["path"], longest["summary"], longest["answer"]), longest
